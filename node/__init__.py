@@ -1,0 +1,1 @@
+"""The running Veilnet peer: the thin I/O shell over protocol/."""
