@@ -1,0 +1,112 @@
+"""DCAP collateral (``QuoteCollateralV3`` JSON): parse, identify and compute its validity window.
+
+Why beside dcap-qvl: dcap-qvl reports an expired collateral item as a generic chain failure,
+while an operator needs "collateral expired at T, refresh it"; and the node's collateral cache
+needs the FMSPC and the expiry of each entry to index it and to warn before it lapses.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+
+MAX_COLLATERAL_SIZE = 256 * 1024
+REQUIRED_KEYS = (
+    "pck_crl_issuer_chain",
+    "root_ca_crl",
+    "pck_crl",
+    "tcb_info_issuer_chain",
+    "tcb_info",
+    "tcb_info_signature",
+    "qe_identity_issuer_chain",
+    "qe_identity",
+    "qe_identity_signature",
+)
+
+
+class CollateralError(ValueError):
+    """The collateral JSON is malformed."""
+
+
+@dataclass(frozen=True)
+class CollateralInfo:
+    json_text: str
+    tee: str  # "TDX" or "SGX", from tcbInfo.id
+    fmspc: str  # upper-case hex, 12 chars
+    tcb_evaluation_data_number: int
+    not_before: int  # latest issue date of any item (unix seconds)
+    not_after: int  # earliest nextUpdate / CRL nextUpdate / certificate expiry (unix seconds)
+    expires_first: str  # which item expires first
+
+    def window_error(self, now: int) -> tuple[str, str] | None:
+        """("expired" | "future", detail) when ``now`` is outside the validity window."""
+        if now < self.not_before:
+            return "future", f"collateral not valid before {self.not_before} (now {now})"
+        if now >= self.not_after:
+            return "expired", f"collateral {self.expires_first} expired at {self.not_after} (now {now})"
+        return None
+
+
+def _ts(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+
+
+def parse_collateral(data: bytes | str) -> CollateralInfo:
+    """Parse and sanity-check collateral JSON; no signature checks (dcap-qvl does those)."""
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    if len(text) > MAX_COLLATERAL_SIZE:
+        raise CollateralError(f"collateral is {len(text)} bytes, limit {MAX_COLLATERAL_SIZE}")
+    try:
+        obj = json.loads(text)
+        if not isinstance(obj, dict):
+            raise CollateralError("collateral must be a JSON object")
+        missing = [k for k in REQUIRED_KEYS if not isinstance(obj.get(k), str)]
+        if missing:
+            raise CollateralError(f"collateral lacks {', '.join(missing)}")
+        tcb = json.loads(obj["tcb_info"])
+        qe = json.loads(obj["qe_identity"])
+        bounds: list[tuple[int, int, str]] = [
+            (_ts(tcb["issueDate"]), _ts(tcb["nextUpdate"]), "TCB info"),
+            (_ts(qe["issueDate"]), _ts(qe["nextUpdate"]), "QE identity"),
+        ]
+        for key, label in (("pck_crl", "PCK CRL"), ("root_ca_crl", "root CA CRL")):
+            crl = x509.load_der_x509_crl(bytes.fromhex(obj[key]))
+            if crl.next_update_utc is None:
+                raise CollateralError(f"{label} has no nextUpdate")
+            bounds.append(
+                (int(crl.last_update_utc.timestamp()), int(crl.next_update_utc.timestamp()), label)
+            )
+        for key, label in (
+            ("tcb_info_issuer_chain", "TCB signing chain"),
+            ("qe_identity_issuer_chain", "QE identity signing chain"),
+            ("pck_crl_issuer_chain", "PCK CRL issuer chain"),
+        ):
+            for cert in x509.load_pem_x509_certificates(obj[key].encode()):
+                bounds.append(
+                    (
+                        int(cert.not_valid_before_utc.timestamp()),
+                        int(cert.not_valid_after_utc.timestamp()),
+                        f"{label} certificate {cert.subject.rfc4514_string()}",
+                    )
+                )
+        fmspc = str(tcb["fmspc"]).upper()
+        bytes.fromhex(fmspc)
+        tee = str(tcb["id"])
+        eval_num = int(tcb["tcbEvaluationDataNumber"])
+    except CollateralError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CollateralError(f"malformed collateral: {exc}") from exc
+    first = min(bounds, key=lambda b: b[1])
+    return CollateralInfo(
+        json_text=text,
+        tee=tee,
+        fmspc=fmspc,
+        tcb_evaluation_data_number=eval_num,
+        not_before=max(b[0] for b in bounds),
+        not_after=first[1],
+        expires_first=first[2],
+    )
