@@ -30,13 +30,13 @@ from protocol.codec import CodecError, Limits, decode, encode
 
 __all__ = [
     "FORMAT_VERSION",
-    "Offence",
-    "ReputationPolicy",
     "EvidenceRecord",
+    "Offence",
     "PeerStanding",
     "Penalty",
     "ReputationBook",
     "ReputationFormatError",
+    "ReputationPolicy",
 ]
 
 FORMAT_VERSION = 1
@@ -404,6 +404,6 @@ def _bytes_list(m: Mapping[str, Any], key: str) -> list[bytes]:
 
 def _offence(m: Mapping[str, Any]) -> Offence:
     try:
-        return Offence(m.get("offence"))
+        return Offence(str(m.get("offence")))
     except ValueError:
         raise ReputationFormatError(f"unknown offence {m.get('offence')!r}") from None

@@ -27,8 +27,8 @@ __all__ = [
     "MIN_WEIGHT",
     "Candidate",
     "peer_weight",
-    "rendezvous_score",
     "rank_peers",
+    "rendezvous_score",
     "select_peers",
 ]
 
