@@ -1,0 +1,239 @@
+"""NVIDIA GPU confidential-computing evidence (Hopper; Blackwell with the same checks).
+
+Checks, in order: the device certificate chain up to the pinned NVIDIA Device Identity CA; the
+SPDM GET_MEASUREMENTS transcript and its ECDSA P-384 signature by the leaf key; the FWID in the
+leaf's TCG DICE TcbInfo extension equal to the FWID the GPU reports (opaque field 20); the
+requester nonce equal to our 32-byte GPU binding (constant time); reference measurements from
+RIMs when given. Revocation needs NVIDIA's OCSP service, so offline it is recorded as
+``"not checked"`` and the ``require_ocsp`` policy key (default true) decides.
+
+Endorsements: ``cert_chain`` (PEM, leaf first), optional ``rim*`` keys (SWID tag XML each) and
+``arch`` (informational; the architecture is taken from the leaf certificate).
+
+Policy keys (``[nvidia-gpu]``): ``require_ocsp`` (default true), ``allow_any_measurement``
+(default false: without RIMs the measurements are refused), ``allowed_driver_versions`` and
+``allowed_vbios_versions`` (checked when present), ``allowed_archs`` (default both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from protocol.attestation import allowlist, der
+from protocol.attestation.evidence import Evidence, EvidenceKind, EvidenceVerdict, Reason
+from protocol.attestation.nvidia_rim import Rim, RimError, parse_rim
+from protocol.attestation.roots import fingerprint, nvidia_device_root
+from protocol.attestation.spdm import (
+    OPAQUE_DRIVER_VERSION,
+    OPAQUE_FWID,
+    OPAQUE_VBIOS_VERSION,
+    MeasurementsTranscript,
+    SpdmFormatError,
+    parse_transcript,
+)
+
+LABEL = "NVIDIA GPU CC"
+NONCE_SIZE = 32
+MAX_CHAIN_CERTS = 8
+MAX_CHAIN_SIZE = 64 * 1024
+OID_TCG_DICE_TCB_INFO = x509.ObjectIdentifier("2.23.133.5.4.1")
+ARCHS = {"GH100": "HOPPER", "GB100": "BLACKWELL", "GB102": "BLACKWELL", "GB202": "BLACKWELL"}
+
+
+class _Refusal(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def format_vbios_version(raw: bytes) -> str:
+    """Opaque field 6 (8 bytes) as NVIDIA prints it: bytes 3,2,1,0,4 → ``96.00.9F.00.01``."""
+    if len(raw) < 5:
+        return raw.hex()
+    return ".".join(f"{raw[i]:02X}" for i in (3, 2, 1, 0, 4))
+
+
+def architecture(leaf: x509.Certificate) -> str | None:
+    names = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    cn = str(names[0].value) if names else ""
+    return next((arch for chip, arch in ARCHS.items() if cn.startswith(chip)), None)
+
+
+def leaf_fwids(leaf: x509.Certificate) -> list[bytes]:
+    """FWID digests in the leaf's TCG DICE TcbInfo extension (Hopper and Blackwell layouts)."""
+    ext = leaf.extensions.get_extension_for_oid(OID_TCG_DICE_TCB_INFO).value
+    if not isinstance(ext, x509.UnrecognizedExtension):
+        raise ValueError("TcbInfo extension has an unexpected type")
+    return [digest for _oid, digest in der.find_fwids(ext.value)]
+
+
+class NvidiaGpuVerifier:
+    """Verifies and appraises GPU SPDM evidence. Stateless; one shared instance is ``VERIFIER``."""
+
+    kind = EvidenceKind.NVIDIA_GPU
+
+    def verify(
+        self,
+        evidence: Evidence,
+        *,
+        expected_report_data: bytes,
+        policy: Mapping[str, Any],
+        now: int,
+    ) -> EvidenceVerdict:
+        kind = EvidenceKind.NVIDIA_GPU.value
+        try:
+            transcript = parse_transcript(evidence.data)
+        except SpdmFormatError as exc:
+            return EvidenceVerdict.refused(kind, Reason.MALFORMED, f"not SPDM evidence: {exc}", label=LABEL)
+        claims: dict[str, Any] = {
+            "label": LABEL,
+            "measurements": {f"index{i}": v.hex() for i, v in sorted(transcript.measurements().items())},
+            "report_data": transcript.nonce,
+        }
+        try:
+            arch = self._verify_chain_and_signature(transcript, evidence.endorsements, now)
+            extra = {
+                "arch": arch,
+                "driver_version": transcript.opaque_text(OPAQUE_DRIVER_VERSION),
+                "vbios_version": format_vbios_version(transcript.opaque.get(OPAQUE_VBIOS_VERSION, b"")),
+            }
+            claims["extra"] = extra
+            rims = [
+                parse_rim(blob) for key, blob in sorted(evidence.endorsements.items()) if key.startswith("rim")
+            ]
+            return self._appraise(transcript, rims, extra, expected_report_data, policy, claims)
+        except _Refusal as refusal:
+            return EvidenceVerdict.refused(kind, refusal.reason, refusal.detail, **claims)
+        except RimError as exc:
+            return EvidenceVerdict.refused(kind, Reason.COLLATERAL_INVALID, f"reference measurements: {exc}", **claims)
+        except allowlist.PolicyError as exc:
+            return EvidenceVerdict.refused(kind, Reason.POLICY_VIOLATION, f"bad [nvidia-gpu] policy: {exc}", **claims)
+
+    def _verify_chain_and_signature(
+        self, transcript: MeasurementsTranscript, endorsements: Mapping[str, bytes], now: int
+    ) -> str:
+        pem = endorsements.get("cert_chain")
+        if pem is None:
+            raise _Refusal(Reason.COLLATERAL_INVALID, "no device certificate chain")
+        if len(pem) > MAX_CHAIN_SIZE:
+            raise _Refusal(Reason.MALFORMED, "certificate chain too large")
+        try:
+            chain = x509.load_pem_x509_certificates(pem)
+        except ValueError as exc:
+            raise _Refusal(Reason.MALFORMED, f"certificate chain unreadable: {exc}") from exc
+        if not 1 <= len(chain) <= MAX_CHAIN_CERTS:
+            raise _Refusal(Reason.MALFORMED, f"certificate chain of {len(chain)} certificates")
+        root = nvidia_device_root()
+        if fingerprint(chain[-1]) == fingerprint(root):
+            chain = chain[:-1]  # the sender included the root; we use our pinned copy
+        path = [*chain, root]
+        moment = datetime.fromtimestamp(now, UTC)
+        for i, cert in enumerate(path):
+            if i + 1 < len(path):
+                try:
+                    cert.verify_directly_issued_by(path[i + 1])
+                except (InvalidSignature, ValueError, TypeError) as exc:
+                    raise _Refusal(
+                        Reason.CHAIN_INVALID,
+                        f"{cert.subject.rfc4514_string()} is not issued by {path[i + 1].subject.rfc4514_string()}",
+                    ) from exc
+            if moment < cert.not_valid_before_utc:
+                raise _Refusal(Reason.FUTURE_DATED, f"{cert.subject.rfc4514_string()} not yet valid")
+            if moment > cert.not_valid_after_utc:
+                raise _Refusal(Reason.EXPIRED, f"{cert.subject.rfc4514_string()} expired")
+        leaf = path[0]
+        arch = architecture(leaf)
+        if arch is None:
+            raise _Refusal(Reason.UNTRUSTED_PLATFORM, f"unknown GPU in {leaf.subject.rfc4514_string()}")
+        key = leaf.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
+            raise _Refusal(Reason.CHAIN_INVALID, "device leaf key is not ECDSA P-384")
+        r = int.from_bytes(transcript.signature[:48], "big")
+        s = int.from_bytes(transcript.signature[48:], "big")
+        try:
+            key.verify(encode_dss_signature(r, s), transcript.signed_message, ec.ECDSA(hashes.SHA384()))
+        except InvalidSignature as exc:
+            raise _Refusal(Reason.BAD_SIGNATURE, "SPDM measurements signature is invalid") from exc
+        reported_fwid = transcript.opaque.get(OPAQUE_FWID)
+        if not reported_fwid:
+            raise _Refusal(Reason.MALFORMED, "evidence carries no FWID (opaque field 20)")
+        try:
+            fwids = leaf_fwids(leaf)
+        except (ValueError, x509.ExtensionNotFound) as exc:
+            raise _Refusal(Reason.CHAIN_INVALID, f"leaf certificate has no readable FWID: {exc}") from exc
+        if not any(allowlist.same(reported_fwid, f) for f in fwids):
+            raise _Refusal(Reason.WRONG_SIGNER, "leaf certificate FWID does not match the reported firmware")
+        return arch
+
+    def _appraise(
+        self,
+        transcript: MeasurementsTranscript,
+        rims: list[Rim],
+        extra: dict[str, Any],
+        expected: bytes,
+        policy: Mapping[str, Any],
+        claims: dict[str, Any],
+    ) -> EvidenceVerdict:
+        reasons: list[Reason] = []
+        details: list[str] = []
+
+        def refuse(reason: Reason, detail: str) -> None:
+            if reason not in reasons:
+                reasons.append(reason)
+            details.append(detail)
+
+        archs = allowlist.strings(policy, "allowed_archs") or ["HOPPER", "BLACKWELL"]
+        if extra["arch"] not in archs:
+            refuse(Reason.UNTRUSTED_PLATFORM, f"architecture {extra['arch']} not in {archs}")
+        for key, field in (("allowed_driver_versions", "driver_version"), ("allowed_vbios_versions", "vbios_version")):
+            allowed = allowlist.strings(policy, key)
+            if allowed is not None and extra[field].upper() not in {v.upper() for v in allowed}:
+                refuse(Reason.MEASUREMENT_NOT_ALLOWED, f"{field} {extra[field]} not in {allowed}")
+        if rims:
+            for problem in _compare_rims(transcript, rims, extra):
+                refuse(Reason.MEASUREMENT_NOT_ALLOWED, problem)
+            extra["reference_measurements"] = "matched" if not reasons else "mismatch"
+        elif not allowlist.flag(policy, "allow_any_measurement"):
+            refuse(Reason.MEASUREMENT_NOT_ALLOWED, "no reference measurements (RIMs) to appraise the GPU against")
+        else:
+            extra["reference_measurements"] = "not appraised (allow_any_measurement)"
+        if allowlist.flag(policy, "require_ocsp", True):
+            refuse(Reason.UNTRUSTED_PLATFORM, "policy requires OCSP revocation status; not checked offline")
+        if len(expected) != NONCE_SIZE or not allowlist.same(transcript.nonce, expected):
+            refuse(Reason.REPORT_DATA_MISMATCH, "SPDM nonce does not equal the expected GPU binding")
+        kind = EvidenceKind.NVIDIA_GPU.value
+        claims["revocation"] = "not checked"
+        if reasons:
+            return EvidenceVerdict(kind=kind, ok=False, reasons=tuple(reasons), detail="; ".join(details), **claims)
+        return EvidenceVerdict(kind=kind, ok=True, detail=f"{extra['arch']} GPU evidence verified", **claims)
+
+
+def _compare_rims(transcript: MeasurementsTranscript, rims: list[Rim], extra: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    runtime = transcript.measurements()
+    covered: dict[int, str] = {}
+    for rim in rims:
+        actual = extra["driver_version"] if rim.component == "driver" else extra["vbios_version"]
+        if rim.version.upper() != str(actual).upper():
+            problems.append(f"{rim.component} RIM is for version {rim.version}, GPU reports {actual}")
+        for index, alternatives in rim.measurements.items():
+            if index in covered:
+                problems.append(f"index {index} is active in both the {covered[index]} and {rim.component} RIMs")
+                continue
+            covered[index] = rim.component
+            value = runtime.get(index + 1)
+            if value is None or not any(allowlist.same(value, alt) for alt in alternatives):
+                problems.append(f"measurement index {index} does not match the {rim.component} RIM")
+    return problems
+
+
+VERIFIER = NvidiaGpuVerifier()
