@@ -347,7 +347,8 @@ class JobFlow:
         if not live:
             return [*actions, self._finish_unavailable()]
         # 2. reveal gate
-        if not self._gate_open and (now >= self._gate_at or all(a.state is not AttemptState.SENT for a in live)):
+        all_committed = all(a.state is not AttemptState.SENT for a in live)
+        if not self._gate_open and (now >= self._gate_at or all_committed):
             self._gate_open = True
         if self._gate_open:
             for a in live:
