@@ -1,0 +1,373 @@
+"""Job and result envelopes, and sealed result streams (pynacl/libsodium only).
+
+A job is sealed to an executor's attested X25519 epoch key with a fresh ephemeral X25519 key per
+envelope (``seal_job`` makes it; it doubles as the client key results come back to). Both sides
+derive two keys from the X25519 shared secret, each bound to both public keys and a label::
+
+    k_job    = BLAKE2b-256(key=shared, "veilnet/seal/v1/job"    ‖ 0x00 ‖ client_pk ‖ executor_pk)
+    k_result = BLAKE2b-256(key=shared, "veilnet/seal/v1/result" ‖ 0x00 ‖ client_pk ‖ executor_pk)
+
+An envelope is ``nonce (24 random bytes) ‖ XChaCha20-Poly1305-IETF ciphertext ‖ tag (16)`` whose
+AAD is the canonical encoding of the job binding (version, direction, job id, model id, both keys,
+deadline). Results are sealed with ``k_result``: only the holder of the client's ephemeral secret
+(or the executor that answered) can derive it, the same construction Oblivious HTTP uses for its
+responses, and it costs no extra key agreement per result. Random 192-bit nonces make nonce reuse
+under one key negligible (and every job has its own keys anyway).
+
+Streamed results use libsodium's secretstream (per-chunk nonces, ordered, final tag) under a fresh
+random stream key that travels, with the stream header, inside an envelope sealed with ``k_result``
+(direction "stream").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import nacl.bindings as sodium
+import nacl.exceptions
+import nacl.utils
+
+from protocol.codec import encode
+from protocol.messages import JOB_ID_LEN, MAX_MODEL_ID, MAX_SEALED, PROTOCOL_VERSION
+
+__all__ = [
+    "ENVELOPE_OVERHEAD",
+    "KEY_LEN",
+    "MAX_PLAINTEXT",
+    "MAX_STREAM_PLAINTEXT",
+    "NONCE_LEN",
+    "STREAM_ABYTES",
+    "STREAM_HEADER_LEN",
+    "STREAM_OPENING_LEN",
+    "EncryptionKeyPair",
+    "JobBinding",
+    "JobSession",
+    "OpenedJob",
+    "SealedJob",
+    "SealingError",
+    "StreamOpener",
+    "StreamSealer",
+    "job_aad",
+    "open_job",
+    "open_result",
+    "seal_job",
+    "seal_result",
+]
+
+KEY_LEN = 32
+NONCE_LEN = sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES  # 24
+TAG_LEN = sodium.crypto_aead_xchacha20poly1305_ietf_ABYTES  # 16
+ENVELOPE_OVERHEAD = NONCE_LEN + TAG_LEN
+MAX_PLAINTEXT = MAX_SEALED - ENVELOPE_OVERHEAD
+
+STREAM_HEADER_LEN = sodium.crypto_secretstream_xchacha20poly1305_HEADERBYTES  # 24
+STREAM_ABYTES = sodium.crypto_secretstream_xchacha20poly1305_ABYTES  # 17
+STREAM_OPENING_LEN = ENVELOPE_OVERHEAD + KEY_LEN + STREAM_HEADER_LEN
+MAX_STREAM_PLAINTEXT = 1 << 20
+_TAG_MESSAGE = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
+_TAG_FINAL = sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL
+
+_JOB_LABEL = b"veilnet/seal/v1/job\x00"
+_RESULT_LABEL = b"veilnet/seal/v1/result\x00"
+
+
+class SealingError(ValueError):
+    """Sealing or opening failed. ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _check_len(name: str, value: Any, length: int) -> bytes:
+    if not isinstance(value, bytes) or len(value) != length:
+        raise SealingError("bad_key" if "key" in name else "bad_argument", f"{name} must be {length} bytes")
+    return value
+
+
+def _as_bytes(name: str, value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise SealingError("bad_argument", f"{name} must be bytes, got {type(value).__name__}")
+
+
+@dataclass(frozen=True, repr=False)
+class EncryptionKeyPair:
+    """An X25519 key pair (an executor's epoch key, or a client's per-job ephemeral key)."""
+
+    secret: bytes
+    public: bytes
+
+    def __post_init__(self) -> None:
+        _check_len("secret key", self.secret, KEY_LEN)
+        _check_len("public key", self.public, KEY_LEN)
+        if sodium.crypto_scalarmult_base(self.secret) != self.public:
+            raise SealingError("bad_key", "public key does not belong to the secret key")
+
+    @classmethod
+    def generate(cls) -> EncryptionKeyPair:
+        public, secret = sodium.crypto_box_keypair()
+        return cls(secret=secret, public=public)
+
+    @classmethod
+    def from_secret(cls, secret: bytes) -> EncryptionKeyPair:
+        _check_len("secret key", secret, KEY_LEN)
+        return cls(secret=secret, public=sodium.crypto_scalarmult_base(secret))
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"EncryptionKeyPair(public={self.public.hex()})"
+
+
+@dataclass(frozen=True)
+class JobBinding:
+    """The clear-text job fields every envelope of the job authenticates (with both keys)."""
+
+    job_id: bytes
+    model_id: str
+    deadline_ms: int
+
+    def __post_init__(self) -> None:
+        _check_len("job_id", self.job_id, JOB_ID_LEN)
+        if not isinstance(self.model_id, str) or not 0 < len(self.model_id) <= MAX_MODEL_ID:
+            raise SealingError("bad_argument", f"model_id must be a str of 1..{MAX_MODEL_ID} characters")
+        deadline = self.deadline_ms
+        if not isinstance(deadline, int) or isinstance(deadline, bool) or deadline < 0:
+            raise SealingError("bad_argument", "deadline_ms must be a non-negative int")
+
+
+def job_aad(binding: JobBinding, client_pubkey: bytes, executor_pubkey: bytes, direction: str) -> bytes:
+    """The associated data of an envelope: canonical msgpack of the binding, keys and direction."""
+    return encode(
+        {
+            "v": PROTOCOL_VERSION,
+            "dir": direction,
+            "job_id": binding.job_id,
+            "model_id": binding.model_id,
+            "client_pubkey": client_pubkey,
+            "executor_pubkey": executor_pubkey,
+            "deadline_ms": binding.deadline_ms,
+        }
+    )
+
+
+def _shared_keys(
+    secret: bytes, peer_public: bytes, client_pk: bytes, executor_pk: bytes
+) -> tuple[bytes, bytes]:
+    try:
+        shared = sodium.crypto_scalarmult(secret, peer_public)
+    except nacl.exceptions.CryptoError:  # libsodium refuses an all-zero result (low-order point)
+        raise SealingError("bad_public_key", "X25519 with this public key gives no shared secret") from None
+    context = client_pk + executor_pk
+    job_key = sodium.crypto_generichash_blake2b_salt_personal(_JOB_LABEL + context, key=shared)
+    result_key = sodium.crypto_generichash_blake2b_salt_personal(_RESULT_LABEL + context, key=shared)
+    return job_key, result_key
+
+
+def _seal(key: bytes, aad: bytes, plaintext: bytes) -> bytes:
+    nonce = nacl.utils.random(NONCE_LEN)
+    return nonce + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nonce, key)
+
+
+def _open(key: bytes, aad: bytes, envelope: bytes) -> bytes:
+    if len(envelope) < ENVELOPE_OVERHEAD:
+        raise SealingError("truncated", f"an envelope has at least {ENVELOPE_OVERHEAD} bytes")
+    if len(envelope) > MAX_SEALED:
+        raise SealingError("too_large", f"{len(envelope)} bytes exceeds {MAX_SEALED}")
+    try:
+        return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            envelope[NONCE_LEN:], aad, envelope[:NONCE_LEN], key
+        )
+    except nacl.exceptions.CryptoError:
+        raise SealingError("decrypt_failed", "wrong key, wrong binding or tampered envelope") from None
+
+
+@dataclass(frozen=True, repr=False)
+class JobSession:
+    """What both ends of one job envelope know afterwards: the binding, both keys, the result key."""
+
+    binding: JobBinding
+    client_pubkey: bytes
+    executor_pubkey: bytes
+    result_key: bytes
+    _aads: dict[str, bytes] = field(default_factory=dict, compare=False)
+
+    def aad(self, direction: str) -> bytes:
+        cached = self._aads.get(direction)
+        if cached is None:
+            cached = self._aads[direction] = job_aad(
+                self.binding, self.client_pubkey, self.executor_pubkey, direction
+            )
+        return cached
+
+    def __repr__(self) -> str:
+        return f"JobSession(job_id={self.binding.job_id.hex()}, model_id={self.binding.model_id!r})"
+
+
+@dataclass(frozen=True)
+class SealedJob:
+    """Client side of ``seal_job``: the envelope to send, the ephemeral key, the result session."""
+
+    envelope: bytes
+    client_keys: EncryptionKeyPair
+    session: JobSession
+
+
+@dataclass(frozen=True)
+class OpenedJob:
+    """Executor side of ``open_job``: the plaintext job input and the session to answer with."""
+
+    payload: bytes
+    session: JobSession
+
+
+def seal_job(
+    payload: bytes, *, recipient_pubkey: bytes, job_id: bytes, model_id: str, deadline_ms: int
+) -> SealedJob:
+    """Seal ``payload`` to ``recipient_pubkey`` under a fresh ephemeral key (never reused)."""
+    payload = _as_bytes("payload", payload)
+    _check_len("recipient public key", recipient_pubkey, KEY_LEN)
+    if len(payload) > MAX_PLAINTEXT:
+        raise SealingError("too_large", f"{len(payload)} bytes exceeds {MAX_PLAINTEXT}")
+    binding = JobBinding(job_id, model_id, deadline_ms)
+    client = EncryptionKeyPair.generate()
+    job_key, result_key = _shared_keys(client.secret, recipient_pubkey, client.public, recipient_pubkey)
+    session = JobSession(binding, client.public, recipient_pubkey, result_key)
+    envelope = _seal(job_key, session.aad("job"), payload)
+    return SealedJob(envelope=envelope, client_keys=client, session=session)
+
+
+def open_job(
+    envelope: bytes,
+    *,
+    recipient: EncryptionKeyPair,
+    client_pubkey: bytes,
+    job_id: bytes,
+    model_id: str,
+    deadline_ms: int,
+) -> OpenedJob:
+    """Open a job envelope with the executor's key pair; every clear-text field must match the AAD."""
+    envelope = _as_bytes("envelope", envelope)
+    _check_len("client public key", client_pubkey, KEY_LEN)
+    binding = JobBinding(job_id, model_id, deadline_ms)
+    job_key, result_key = _shared_keys(recipient.secret, client_pubkey, client_pubkey, recipient.public)
+    session = JobSession(binding, client_pubkey, recipient.public, result_key)
+    return OpenedJob(payload=_open(job_key, session.aad("job"), envelope), session=session)
+
+
+def seal_result(session: JobSession, result: bytes) -> bytes:
+    """Seal a result back to the job's client ephemeral key (executor side)."""
+    result = _as_bytes("result", result)
+    if len(result) > MAX_PLAINTEXT:
+        raise SealingError("too_large", f"{len(result)} bytes exceeds {MAX_PLAINTEXT}")
+    return _seal(session.result_key, session.aad("result"), result)
+
+
+def open_result(session: JobSession, envelope: bytes) -> bytes:
+    """Open a result envelope (client side, with the session ``seal_job`` returned)."""
+    return _open(session.result_key, session.aad("result"), _as_bytes("envelope", envelope))
+
+
+class StreamSealer:
+    """Sans-IO sender of a sealed result stream: ``push`` chunks, then ``final`` exactly once.
+
+    Use ``StreamSealer.start(session)`` to get the sealer and the *opening* (stream key and header
+    sealed to the client), send the opening first, then each returned chunk in order.
+    """
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = sodium.crypto_secretstream_xchacha20poly1305_keygen() if key is None else key
+        _check_len("stream key", self._key, KEY_LEN)
+        self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        self.header: bytes = sodium.crypto_secretstream_xchacha20poly1305_init_push(self._state, self._key)
+        self._finished = False
+
+    @classmethod
+    def start(cls, session: JobSession) -> tuple[StreamSealer, bytes]:
+        sealer = cls()
+        opening = _seal(session.result_key, session.aad("stream"), sealer._key + sealer.header)
+        return sealer, opening
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def push(self, chunk: bytes) -> bytes:
+        return self._push(chunk, _TAG_MESSAGE)
+
+    def final(self, chunk: bytes = b"") -> bytes:
+        """The last chunk (possibly empty), tagged FINAL so the receiver can tell end from cut-off."""
+        out = self._push(chunk, _TAG_FINAL)
+        self._finished = True
+        return out
+
+    def _push(self, chunk: bytes, tag: int) -> bytes:
+        if self._finished:
+            raise SealingError("finished", "the stream was already finalised")
+        chunk = _as_bytes("chunk", chunk)
+        if len(chunk) > MAX_STREAM_PLAINTEXT:
+            raise SealingError("too_large", f"{len(chunk)} bytes exceeds {MAX_STREAM_PLAINTEXT}")
+        return sodium.crypto_secretstream_xchacha20poly1305_push(self._state, chunk, None, tag)
+
+
+class StreamOpener:
+    """Sans-IO receiver of a sealed result stream.
+
+    ``pull`` returns each chunk's plaintext in order. Any reordered, dropped, replayed or forged
+    chunk fails authentication (secretstream nonces are implicit counters); after the first error the
+    opener stays failed. ``close()`` at end of input raises unless the FINAL chunk arrived, so a
+    truncated stream is never mistaken for a complete one.
+    """
+
+    def __init__(self, key: bytes, header: bytes) -> None:
+        _check_len("stream key", key, KEY_LEN)
+        _check_len("stream header", header, STREAM_HEADER_LEN)
+        self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        sodium.crypto_secretstream_xchacha20poly1305_init_pull(self._state, header, key)
+        self._finished = False
+        self._failed: SealingError | None = None
+
+    @classmethod
+    def start(cls, session: JobSession, opening: bytes) -> StreamOpener:
+        secret = _open(session.result_key, session.aad("stream"), _as_bytes("opening", opening))
+        if len(secret) != KEY_LEN + STREAM_HEADER_LEN:
+            raise SealingError("bad_opening", "a stream opening holds a 32-byte key and a 24-byte header")
+        return cls(secret[:KEY_LEN], secret[KEY_LEN:])
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def pull(self, chunk: bytes) -> bytes:
+        if self._failed is not None:
+            raise self._failed
+        if self._finished:
+            self._fail("after_final", "data after the final chunk")
+        chunk = _as_bytes("chunk", chunk)
+        if len(chunk) < STREAM_ABYTES:
+            self._fail("bad_chunk", "chunk shorter than its authentication overhead")
+        if len(chunk) > MAX_STREAM_PLAINTEXT + STREAM_ABYTES:
+            self._fail("too_large", f"chunk of {len(chunk)} bytes")
+        try:
+            plaintext, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(self._state, chunk, None)
+        except nacl.exceptions.CryptoError:
+            self._fail("bad_chunk", "forged, reordered, replayed or dropped chunk")
+        if tag == _TAG_FINAL:
+            self._finished = True
+        elif tag != _TAG_MESSAGE:
+            self._fail("bad_tag", f"unexpected secretstream tag {tag}")
+        return plaintext
+
+    def close(self) -> None:
+        """Raise SealingError("truncated") unless the stream ended with its FINAL chunk."""
+        if self._failed is not None:
+            raise self._failed
+        if not self._finished:
+            self._fail("truncated", "stream ended without the final chunk")
+
+    def _fail(self, reason: str, detail: str) -> NoReturn:
+        self._failed = SealingError(reason, detail)
+        raise self._failed
