@@ -107,12 +107,7 @@ def find_fwids(data: bytes, depth: int = 0) -> list[tuple[str, bytes]]:
         if not tlv.constructed:
             continue
         children = list(iter_tlvs(tlv.value))
-        if (
-            tlv.tag == 0x30
-            and len(children) == 2
-            and children[0].tag == 0x06
-            and children[1].tag == 0x04
-        ):
+        if tlv.tag == 0x30 and len(children) == 2 and children[0].tag == 0x06 and children[1].tag == 0x04:
             found.append((decode_oid(children[0].value), children[1].value))
         else:
             found.extend(find_fwids(tlv.value, depth + 1))

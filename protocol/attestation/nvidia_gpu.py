@@ -108,15 +108,21 @@ class NvidiaGpuVerifier:
             }
             claims["extra"] = extra
             rims = [
-                parse_rim(blob) for key, blob in sorted(evidence.endorsements.items()) if key.startswith("rim")
+                parse_rim(blob)
+                for key, blob in sorted(evidence.endorsements.items())
+                if key.startswith("rim")
             ]
             return self._appraise(transcript, rims, extra, expected_report_data, policy, claims)
         except _Refusal as refusal:
             return EvidenceVerdict.refused(kind, refusal.reason, refusal.detail, **claims)
         except RimError as exc:
-            return EvidenceVerdict.refused(kind, Reason.COLLATERAL_INVALID, f"reference measurements: {exc}", **claims)
+            return EvidenceVerdict.refused(
+                kind, Reason.COLLATERAL_INVALID, f"reference measurements: {exc}", **claims
+            )
         except allowlist.PolicyError as exc:
-            return EvidenceVerdict.refused(kind, Reason.POLICY_VIOLATION, f"bad [nvidia-gpu] policy: {exc}", **claims)
+            return EvidenceVerdict.refused(
+                kind, Reason.POLICY_VIOLATION, f"bad [nvidia-gpu] policy: {exc}", **claims
+            )
 
     def _verify_chain_and_signature(
         self, transcript: MeasurementsTranscript, endorsements: Mapping[str, bytes], now: int
@@ -142,10 +148,9 @@ class NvidiaGpuVerifier:
                 try:
                     cert.verify_directly_issued_by(path[i + 1])
                 except (InvalidSignature, ValueError, TypeError) as exc:
-                    raise _Refusal(
-                        Reason.CHAIN_INVALID,
-                        f"{cert.subject.rfc4514_string()} is not issued by {path[i + 1].subject.rfc4514_string()}",
-                    ) from exc
+                    issuer = path[i + 1].subject.rfc4514_string()
+                    subject = cert.subject.rfc4514_string()
+                    raise _Refusal(Reason.CHAIN_INVALID, f"{subject} not issued by {issuer}") from exc
             if moment < cert.not_valid_before_utc:
                 raise _Refusal(Reason.FUTURE_DATED, f"{cert.subject.rfc4514_string()} not yet valid")
             if moment > cert.not_valid_after_utc:
@@ -194,7 +199,10 @@ class NvidiaGpuVerifier:
         archs = allowlist.strings(policy, "allowed_archs") or ["HOPPER", "BLACKWELL"]
         if extra["arch"] not in archs:
             refuse(Reason.UNTRUSTED_PLATFORM, f"architecture {extra['arch']} not in {archs}")
-        for key, field in (("allowed_driver_versions", "driver_version"), ("allowed_vbios_versions", "vbios_version")):
+        for key, field in (
+            ("allowed_driver_versions", "driver_version"),
+            ("allowed_vbios_versions", "vbios_version"),
+        ):
             allowed = allowlist.strings(policy, key)
             if allowed is not None and extra[field].upper() not in {v.upper() for v in allowed}:
                 refuse(Reason.MEASUREMENT_NOT_ALLOWED, f"{field} {extra[field]} not in {allowed}")
@@ -203,7 +211,9 @@ class NvidiaGpuVerifier:
                 refuse(Reason.MEASUREMENT_NOT_ALLOWED, problem)
             extra["reference_measurements"] = "matched" if not reasons else "mismatch"
         elif not allowlist.flag(policy, "allow_any_measurement"):
-            refuse(Reason.MEASUREMENT_NOT_ALLOWED, "no reference measurements (RIMs) to appraise the GPU against")
+            refuse(
+                Reason.MEASUREMENT_NOT_ALLOWED, "no reference measurements (RIMs) to appraise the GPU against"
+            )
         else:
             extra["reference_measurements"] = "not appraised (allow_any_measurement)"
         if allowlist.flag(policy, "require_ocsp", True):
@@ -213,7 +223,9 @@ class NvidiaGpuVerifier:
         kind = EvidenceKind.NVIDIA_GPU.value
         claims["revocation"] = "not checked"
         if reasons:
-            return EvidenceVerdict(kind=kind, ok=False, reasons=tuple(reasons), detail="; ".join(details), **claims)
+            return EvidenceVerdict(
+                kind=kind, ok=False, reasons=tuple(reasons), detail="; ".join(details), **claims
+            )
         return EvidenceVerdict(kind=kind, ok=True, detail=f"{extra['arch']} GPU evidence verified", **claims)
 
 
@@ -227,7 +239,9 @@ def _compare_rims(transcript: MeasurementsTranscript, rims: list[Rim], extra: Ma
             problems.append(f"{rim.component} RIM is for version {rim.version}, GPU reports {actual}")
         for index, alternatives in rim.measurements.items():
             if index in covered:
-                problems.append(f"index {index} is active in both the {covered[index]} and {rim.component} RIMs")
+                problems.append(
+                    f"index {index} is active in both the {covered[index]} and {rim.component} RIMs"
+                )
                 continue
             covered[index] = rim.component
             value = runtime.get(index + 1)

@@ -150,7 +150,9 @@ class SevSnpVerifier:
         except _Refusal as refusal:
             return EvidenceVerdict.refused(kind, refusal.reason, refusal.detail, **claims)
         except allowlist.PolicyError as exc:
-            return EvidenceVerdict.refused(kind, Reason.POLICY_VIOLATION, f"bad [sev-snp] policy: {exc}", **claims)
+            return EvidenceVerdict.refused(
+                kind, Reason.POLICY_VIOLATION, f"bad [sev-snp] policy: {exc}", **claims
+            )
         claims.update(
             tcb_status=f"reported TCB {reported.raw.hex()}",
             extra={
@@ -165,7 +167,9 @@ class SevSnpVerifier:
         try:
             return self._appraise(report, reported, expected_report_data, policy, claims)
         except allowlist.PolicyError as exc:
-            return EvidenceVerdict.refused(kind, Reason.POLICY_VIOLATION, f"bad [sev-snp] policy: {exc}", **claims)
+            return EvidenceVerdict.refused(
+                kind, Reason.POLICY_VIOLATION, f"bad [sev-snp] policy: {exc}", **claims
+            )
 
     def _verify_signature_chain(
         self, report: SnpReport, endorsements: Mapping[str, bytes], now: int, policy: Mapping[str, Any]
@@ -291,16 +295,22 @@ class SevSnpVerifier:
                 raise allowlist.PolicyError(f"unknown min_tcb component {name!r}")
             minimum = allowlist.integer(min_tcb, name, 0)
             if name in components and components[name] < minimum:
-                refuse(Reason.TCB_NOT_ALLOWED, f"reported {name} SPL {components[name]} below minimum {minimum}")
+                refuse(
+                    Reason.TCB_NOT_ALLOWED, f"reported {name} SPL {components[name]} below minimum {minimum}"
+                )
         if problem := allowlist.check_measurement(policy, "measurements", report.measurement):
             refuse(Reason.MEASUREMENT_NOT_ALLOWED, problem)
-        if "host_data" in policy and (problem := allowlist.check_measurement(policy, "host_data", report.host_data)):
+        if "host_data" in policy and (
+            problem := allowlist.check_measurement(policy, "host_data", report.host_data)
+        ):
             refuse(Reason.MEASUREMENT_NOT_ALLOWED, problem)
         if len(expected) != REPORT_DATA_SIZE or not allowlist.same(report.report_data, expected):
             refuse(Reason.REPORT_DATA_MISMATCH, "REPORT_DATA does not equal the expected binding")
         kind = EvidenceKind.SEV_SNP.value
         if reasons:
-            return EvidenceVerdict(kind=kind, ok=False, reasons=tuple(reasons), detail="; ".join(details), **claims)
+            return EvidenceVerdict(
+                kind=kind, ok=False, reasons=tuple(reasons), detail="; ".join(details), **claims
+            )
         return EvidenceVerdict(kind=kind, ok=True, detail="SEV-SNP report verified", **claims)
 
 

@@ -91,7 +91,9 @@ class TdxVerifier:
         try:
             return self._verify(evidence, expected_report_data, policy, now)
         except allowlist.PolicyError as exc:
-            return EvidenceVerdict.refused(kind, Reason.POLICY_VIOLATION, f"bad [tdx] policy: {exc}", label=LABEL)
+            return EvidenceVerdict.refused(
+                kind, Reason.POLICY_VIOLATION, f"bad [tdx] policy: {exc}", label=LABEL
+            )
 
     def _verify(
         self, evidence: Evidence, expected: bytes, policy: Mapping[str, Any], now: int
@@ -176,14 +178,18 @@ class TdxVerifier:
             )
         except ValueError as exc:
             message = str(exc)
-            return EvidenceVerdict.refused(kind, _dcap_reason(message), f"dcap-qvl: {message}", extra=extra, **claims)
+            return EvidenceVerdict.refused(
+                kind, _dcap_reason(message), f"dcap-qvl: {message}", extra=extra, **claims
+            )
 
         status = str(verified["tcb"]["status"])
         advisories = tuple(str(a) for a in verified["tcb"].get("advisory_ids", []))
         pck = verified.get("platform", {}).get("pck", {})
         extra["platform"] = {name: str(pck.get(name, "Undefined")) for name, _ in PLATFORM_FLAGS}
         claims.update(tcb_status=status, advisories=advisories, extra=extra)
-        return self._appraise(fields, quote.td_debug, status, advisories, extra["platform"], expected, policy, claims)
+        return self._appraise(
+            fields, quote.td_debug, status, advisories, extra["platform"], expected, policy, claims
+        )
 
     def _appraise(
         self,
@@ -225,7 +231,9 @@ class TdxVerifier:
             refuse(Reason.REPORT_DATA_MISMATCH, "REPORTDATA does not equal the expected binding")
         kind = EvidenceKind.TDX.value
         if reasons:
-            return EvidenceVerdict(kind=kind, ok=False, reasons=tuple(reasons), detail="; ".join(details), **claims)
+            return EvidenceVerdict(
+                kind=kind, ok=False, reasons=tuple(reasons), detail="; ".join(details), **claims
+            )
         return EvidenceVerdict(kind=kind, ok=True, detail=f"TDX quote verified, TCB {status}", **claims)
 
 

@@ -76,9 +76,7 @@ def parse_collateral(data: bytes | str) -> CollateralInfo:
             crl = x509.load_der_x509_crl(bytes.fromhex(obj[key]))
             if crl.next_update_utc is None:
                 raise CollateralError(f"{label} has no nextUpdate")
-            bounds.append(
-                (int(crl.last_update_utc.timestamp()), int(crl.next_update_utc.timestamp()), label)
-            )
+            bounds.append((int(crl.last_update_utc.timestamp()), int(crl.next_update_utc.timestamp()), label))
         for key, label in (
             ("tcb_info_issuer_chain", "TCB signing chain"),
             ("qe_identity_issuer_chain", "QE identity signing chain"),
