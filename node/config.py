@@ -1,0 +1,383 @@
+"""Node and testnet configuration: TOML files in, validated frozen dataclasses out.
+
+Two files, because they have different owners. The *testnet* config is shared by every member of
+one network (its id, the pre-shared key that isolates it, the simulated platform key, the
+appraisal policy); whoever joins receives a copy. The *node* config is one operator's choices
+(data dir, listen and bootstrap addresses, API address, which models to serve).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import multiaddr
+
+__all__ = [
+    "ConfigError",
+    "EvidenceMode",
+    "NodeConfig",
+    "TestEvidenceFault",
+    "TestnetConfig",
+    "dump_toml",
+    "load_node_config",
+    "load_testnet_config",
+    "parse_api_address",
+]
+
+DEFAULT_API = "127.0.0.1:8700"
+DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4001"
+
+
+class ConfigError(ValueError):
+    """A config file or option is invalid; the message says which field and why."""
+
+
+class EvidenceMode(StrEnum):
+    """Where a node's attestation evidence comes from."""
+
+    AUTO = "auto"  # real TEE if present; else simulated when the testnet allows it; else none
+    SIMULATED = "simulated"  # software stand-in signed by the testnet platform key (not secure)
+    NONE = "none"  # do not attest: a client-only node
+
+
+class TestEvidenceFault(StrEnum):
+    """Test-only ways to present bad simulated evidence (refused unless evidence is simulated)."""
+
+    __test__ = False  # not a pytest class
+
+    FORGED_SIGNATURE = "forged-signature"  # bundle signature does not verify
+    MEASUREMENT_OUTSIDE_POLICY = "measurement-outside-policy"  # measures tampered sources
+    WRONG_PLATFORM_KEY = "wrong-platform-key"  # evidence signed by a key that is not the testnet's
+
+
+# ---------------------------------------------------------------------------------------- TOML
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        if "\n" in value:
+            if "'''" in value:
+                raise ConfigError("cannot write a multi-line string containing '''")
+            return "'''\n" + value + "'''"
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, Sequence):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise ConfigError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dump_toml(data: Mapping[str, Any], header: str = "") -> str:
+    """Write a flat TOML document (scalars, lists of scalars, one level of tables).
+
+    tomllib reads TOML but the standard library cannot write it; our configs are flat enough
+    that a writer this small is exact.
+    """
+    lines = [f"# {line}" for line in header.splitlines()]
+    tables = {k: v for k, v in data.items() if isinstance(v, Mapping)}
+    for key, value in data.items():
+        if key not in tables and value is not None:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables.items():
+        lines.append("")
+        lines.append(f"[{name}]")
+        for key, value in table.items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _take(
+    data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = None
+) -> Any:
+    if key not in data:
+        return default
+    value = data.pop(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: {key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _str_list(value: Any, key: str, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{where}: {key} must be a list of strings")
+    return tuple(value)
+
+
+def _check_multiaddrs(addrs: Sequence[str], key: str, *, need_peer_id: bool) -> None:
+    for addr in addrs:
+        try:
+            parsed = multiaddr.Multiaddr(addr)
+        except Exception as exc:
+            raise ConfigError(f"{key}: {addr!r} is not a multiaddr ({exc})") from None
+        protocols = [p.name for p in parsed.protocols()]
+        if "tcp" not in protocols:
+            raise ConfigError(f"{key}: {addr!r} is not a TCP address (Veilnet runs over TCP)")
+        if need_peer_id and "p2p" not in protocols:
+            raise ConfigError(f"{key}: {addr!r} must end in /p2p/<peer id>")
+
+
+def parse_api_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` → (host, port). Port 0 asks the OS for a free port."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"api: {text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port_text)
+
+
+# ------------------------------------------------------------------------------- testnet config
+
+
+@dataclass(frozen=True)
+class TestnetConfig:
+    """What every member of one testnet shares. Treat the file as a secret: it holds the PSK
+    and the simulated platform's private key (anyone holding it can mint simulated evidence)."""
+
+    __test__ = False
+
+    testnet_id: str
+    psk: bytes
+    policy_toml: str
+    platform_seed: bytes | None = None  # simulated platform signing key; None: no simulated kind
+    bootstrap: tuple[str, ...] = ()
+    epoch_seconds: int = 600
+
+    def __post_init__(self) -> None:
+        if not self.testnet_id or len(self.testnet_id) > 64:
+            raise ConfigError("testnet_id must be 1-64 characters")
+        if len(self.psk) != 32:
+            raise ConfigError("psk must be 32 bytes (64 hex digits)")
+        if self.platform_seed is not None and len(self.platform_seed) != 32:
+            raise ConfigError("platform_key must be 32 bytes (64 hex digits)")
+        if not 10 <= self.epoch_seconds <= 86_400:
+            raise ConfigError("epoch_seconds must be between 10 and 86400")
+        _check_multiaddrs(self.bootstrap, "bootstrap", need_peer_id=True)
+
+    @property
+    def psk_hex(self) -> str:
+        return self.psk.hex()
+
+    @classmethod
+    def create(
+        cls, testnet_id: str, policy_toml: str, *, simulated: bool = True, epoch_seconds: int = 600
+    ) -> TestnetConfig:
+        """A new testnet with a fresh PSK and (if ``simulated``) a fresh platform key."""
+        return cls(
+            testnet_id=testnet_id,
+            psk=secrets.token_bytes(32),
+            policy_toml=policy_toml,
+            platform_seed=secrets.token_bytes(32) if simulated else None,
+            epoch_seconds=epoch_seconds,
+        )
+
+    def with_bootstrap(self, bootstrap: Sequence[str]) -> TestnetConfig:
+        return replace(self, bootstrap=tuple(bootstrap))
+
+    def to_toml(self) -> str:
+        data: dict[str, Any] = {
+            "testnet_id": self.testnet_id,
+            "psk": self.psk.hex(),
+            "platform_key": self.platform_seed.hex() if self.platform_seed else None,
+            "epoch_seconds": self.epoch_seconds,
+            "bootstrap": list(self.bootstrap),
+            "policy": self.policy_toml,
+        }
+        return dump_toml(
+            data,
+            header="Veilnet testnet config. SECRET: holds the pre-shared key and the simulated platform key.",
+        )
+
+    def save(self, path: Path) -> None:
+        """Write the file readable by its owner only (it holds secrets)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(self.to_toml())
+        os.chmod(path, 0o600)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], where: str = "testnet config") -> TestnetConfig:
+        data = dict(raw)
+        testnet_id = _take(data, "testnet_id", str, where)
+        psk_hex = _take(data, "psk", str, where)
+        policy_toml = _take(data, "policy", str, where)
+        platform_hex = _take(data, "platform_key", str, where)
+        epoch_seconds = _take(data, "epoch_seconds", int, where, 600)
+        bootstrap = _str_list(data.pop("bootstrap", None), "bootstrap", where)
+        if data:
+            raise ConfigError(f"{where}: unknown keys {sorted(data)}")
+        if testnet_id is None or psk_hex is None or policy_toml is None:
+            raise ConfigError(f"{where}: testnet_id, psk and policy are required")
+        try:
+            psk = bytes.fromhex(psk_hex)
+            platform_seed = bytes.fromhex(platform_hex) if platform_hex else None
+        except ValueError:
+            raise ConfigError(f"{where}: psk and platform_key must be hex") from None
+        return cls(
+            testnet_id=testnet_id,
+            psk=psk,
+            policy_toml=policy_toml,
+            platform_seed=platform_seed,
+            bootstrap=bootstrap,
+            epoch_seconds=epoch_seconds,
+        )
+
+
+def load_testnet_config(path: Path) -> TestnetConfig:
+    return TestnetConfig.from_mapping(_read_toml(path), where=str(path))
+
+
+# ---------------------------------------------------------------------------------- node config
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node's settings. Relative paths in a file are resolved against the file's directory."""
+
+    data_dir: Path
+    testnet_config: Path | None = None
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    bootstrap: tuple[str, ...] = ()
+    api: str | None = DEFAULT_API  # None: no HTTP API
+    mdns: bool = False
+    models: tuple[str, ...] = ()
+    evidence: EvidenceMode = EvidenceMode.AUTO
+    reannounce_seconds: int = 60
+    bundle_lifetime_seconds: int = 300
+    target_peers: int = 12
+    log_level: str = "INFO"
+    log_file: Path | None = None
+    label: str = ""
+    test_evidence_fault: TestEvidenceFault | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # [extra] table: for later subsystems
+
+    def __post_init__(self) -> None:
+        _check_multiaddrs(self.listen, "listen", need_peer_id=False)
+        _check_multiaddrs(self.bootstrap, "bootstrap", need_peer_id=True)
+        if not self.listen:
+            raise ConfigError("listen: at least one address is needed")
+        if self.api is not None:
+            parse_api_address(self.api)
+        if not 1 <= self.reannounce_seconds < self.bundle_lifetime_seconds:
+            raise ConfigError(
+                "reannounce_seconds must be at least 1 and shorter than bundle_lifetime_seconds"
+            )
+        if not 30 <= self.bundle_lifetime_seconds <= 86_400:
+            raise ConfigError("bundle_lifetime_seconds must be between 30 and 86400")
+        if not 1 <= self.target_peers <= 1000:
+            raise ConfigError("target_peers must be between 1 and 1000")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        for model in self.models:
+            if not model or len(model) > 200 or any(ch.isspace() for ch in model):
+                raise ConfigError(f"models: {model!r} is not a model id")
+        if self.test_evidence_fault is not None and self.evidence is EvidenceMode.NONE:
+            raise ConfigError("test_evidence_fault needs simulated evidence")
+
+    @property
+    def identity_path(self) -> Path:
+        return self.data_dir / "identity.key"
+
+    @property
+    def info_path(self) -> Path:
+        """Written once the node is up: its peer id, multiaddrs and API URL (for scripts and tests)."""
+        return self.data_dir / "node-info.json"
+
+    def to_toml(self) -> str:
+        data: dict[str, Any] = {
+            "data_dir": str(self.data_dir),
+            "testnet_config": str(self.testnet_config) if self.testnet_config else None,
+            "listen": list(self.listen),
+            "bootstrap": list(self.bootstrap),
+            "api": self.api if self.api is not None else "off",
+            "mdns": self.mdns,
+            "models": list(self.models),
+            "evidence": self.evidence.value,
+            "reannounce_seconds": self.reannounce_seconds,
+            "bundle_lifetime_seconds": self.bundle_lifetime_seconds,
+            "target_peers": self.target_peers,
+            "log_level": self.log_level,
+            "log_file": str(self.log_file) if self.log_file else None,
+            "label": self.label,
+            "test_evidence_fault": self.test_evidence_fault.value if self.test_evidence_fault else None,
+        }
+        if self.extra:
+            data["extra"] = dict(self.extra)
+        return dump_toml(data, header="Veilnet node config.")
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], base_dir: Path, where: str = "node config") -> NodeConfig:
+        data = dict(raw)
+
+        def path_of(key: str) -> Path | None:
+            value = _take(data, key, str, where)
+            if value is None:
+                return None
+            path = Path(value).expanduser()
+            return path if path.is_absolute() else (base_dir / path)
+
+        data_dir = path_of("data_dir")
+        testnet_config = path_of("testnet_config")
+        log_file = path_of("log_file")
+        api = _take(data, "api", str, where, DEFAULT_API)
+        evidence_text = _take(data, "evidence", str, where, EvidenceMode.AUTO.value)
+        fault_text = _take(data, "test_evidence_fault", str, where)
+        kwargs: dict[str, Any] = {
+            "listen": _str_list(data.pop("listen", [DEFAULT_LISTEN]), "listen", where),
+            "bootstrap": _str_list(data.pop("bootstrap", None), "bootstrap", where),
+            "models": _str_list(data.pop("models", None), "models", where),
+            "mdns": _take(data, "mdns", bool, where, False),
+            "reannounce_seconds": _take(data, "reannounce_seconds", int, where, 60),
+            "bundle_lifetime_seconds": _take(data, "bundle_lifetime_seconds", int, where, 300),
+            "target_peers": _take(data, "target_peers", int, where, 12),
+            "log_level": _take(data, "log_level", str, where, "INFO"),
+            "label": _take(data, "label", str, where, ""),
+            "extra": _take(data, "extra", dict, where, {}),
+        }
+        if data:
+            raise ConfigError(f"{where}: unknown keys {sorted(data)}")
+        if data_dir is None:
+            raise ConfigError(f"{where}: data_dir is required")
+        try:
+            evidence = EvidenceMode(evidence_text)
+            fault = TestEvidenceFault(fault_text) if fault_text else None
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        return cls(
+            data_dir=data_dir,
+            testnet_config=testnet_config,
+            log_file=log_file,
+            api=None if api == "off" else api,
+            evidence=evidence,
+            test_evidence_fault=fault,
+            **kwargs,
+        )
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_toml(), encoding="utf-8")
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    return NodeConfig.from_mapping(_read_toml(path), base_dir=path.resolve().parent, where=str(path))

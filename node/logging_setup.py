@@ -1,0 +1,105 @@
+"""One logging configuration for the node process, including py-libp2p's own loggers.
+
+py-libp2p sets ``propagate=False`` on its ``libp2p`` logger without giving it a handler, so its
+records fall through to Python's last-resort handler and land on stderr whatever the application
+configured; a few modules also log through the root logger. Several of those messages are emitted
+on perfectly normal events (every DHT stream end logs "Failed to read DHT message from stream").
+Here we give ``libp2p`` our handler, and demote the known-benign messages to DEBUG so an operator's
+log shows what matters.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["BENIGN_LIBP2P_MESSAGES", "configure_logging"]
+
+# Message prefixes py-libp2p 0.8.1 logs at WARNING/ERROR on normal stream or connection ends.
+BENIGN_LIBP2P_MESSAGES: tuple[str, ...] = (
+    "Failed to read DHT message from stream",
+    "Error getting transport addresses",
+    "Failed to store value at peer",
+    "Error in DHT maintenance loop",
+    "Error stopping",
+    "fail to open pubsub stream",
+    "Failed to send",
+    "Error closing",
+    "Stream reset",
+    "Failed to handle",
+    "Error handling",
+    "Connection closed",
+    "Failed to open stream",
+    "Error while reading",
+    "Error reading",
+    "Identify",
+    "identify",
+    "RT Refresh",
+    "Random walk",
+    "random walk",
+    "Routing table",
+    "Failed to dial",
+    "Failed to connect",
+    "Peer stream retry",
+    "Failed to ping",
+    "Error pinging",
+    "Error in stream handler",
+    "Unexpected exception",
+)
+
+_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class _DemoteBenign(logging.Filter):
+    """Turn known-benign libp2p warnings into DEBUG records (dropped unless DEBUG is on)."""
+
+    def __init__(self, debug: bool) -> None:
+        super().__init__()
+        self._debug = debug
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.CRITICAL and (record.name == "root" or record.name.startswith("libp2p")):
+            message = record.getMessage()
+            if any(message.startswith(prefix) for prefix in BENIGN_LIBP2P_MESSAGES):
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self._debug or record.levelno >= logging.INFO
+
+
+def configure_logging(
+    level: str = "INFO", log_file: Path | None = None, libp2p_level: str = "WARNING"
+) -> None:
+    """Route every logger, libp2p's included, to one handler (stderr, or ``log_file`` if given).
+
+    ``libp2p_level`` bounds libp2p's own verbosity independently of ours, because at INFO it logs
+    every stream and connection.
+    """
+    handler: logging.Handler
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    debug = level.upper() == "DEBUG"
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.addFilter(_DemoteBenign(debug))
+
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+    libp2p_logger = logging.getLogger("libp2p")
+    for old in list(libp2p_logger.handlers):
+        libp2p_logger.removeHandler(old)
+    libp2p_logger.addHandler(handler)
+    libp2p_logger.propagate = False
+    libp2p_logger.setLevel(logging.DEBUG if debug else libp2p_level.upper())
+    # Sub-loggers created before this call may carry their own level; let the parent decide.
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.startswith("libp2p."):
+            logger.setLevel(logging.NOTSET)
+    for noisy in ("hypercorn.access", "zeroconf", "multiaddr", "async_service"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.captureWarnings(True)
