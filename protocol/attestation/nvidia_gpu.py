@@ -68,6 +68,21 @@ def architecture(leaf: x509.Certificate) -> str | None:
     return next((arch for chip, arch in ARCHS.items() if cn.startswith(chip)), None)
 
 
+def device_id(leaf: x509.Certificate) -> str:
+    """The GPU's identity as its leaf certificate names it (SAN ``NVIDIA:GH100:<id>``, else serialNumber).
+
+    Lets a relying party notice the same GPU listed twice, or a GPU moving between hosts.
+    """
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        for other in san.get_values_for_type(x509.OtherName):
+            return der.read_string(other.value)
+    except (x509.ExtensionNotFound, ValueError):
+        pass
+    serials = leaf.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)
+    return str(serials[0].value) if serials else ""
+
+
 def leaf_fwids(leaf: x509.Certificate) -> list[bytes]:
     """FWID digests in the leaf's TCG DICE TcbInfo extension (Hopper and Blackwell layouts)."""
     ext = leaf.extensions.get_extension_for_oid(OID_TCG_DICE_TCB_INFO).value
@@ -100,9 +115,10 @@ class NvidiaGpuVerifier:
             "report_data": transcript.nonce,
         }
         try:
-            arch = self._verify_chain_and_signature(transcript, evidence.endorsements, now)
+            arch, device = self._verify_chain_and_signature(transcript, evidence.endorsements, now)
             extra = {
                 "arch": arch,
+                "device_id": device,
                 "driver_version": transcript.opaque_text(OPAQUE_DRIVER_VERSION),
                 "vbios_version": format_vbios_version(transcript.opaque.get(OPAQUE_VBIOS_VERSION, b"")),
             }
@@ -126,7 +142,7 @@ class NvidiaGpuVerifier:
 
     def _verify_chain_and_signature(
         self, transcript: MeasurementsTranscript, endorsements: Mapping[str, bytes], now: int
-    ) -> str:
+    ) -> tuple[str, str]:
         pem = endorsements.get("cert_chain")
         if pem is None:
             raise _Refusal(Reason.COLLATERAL_INVALID, "no device certificate chain")
@@ -177,7 +193,7 @@ class NvidiaGpuVerifier:
             raise _Refusal(Reason.CHAIN_INVALID, f"leaf certificate has no readable FWID: {exc}") from exc
         if not any(allowlist.same(reported_fwid, f) for f in fwids):
             raise _Refusal(Reason.WRONG_SIGNER, "leaf certificate FWID does not match the reported firmware")
-        return arch
+        return arch, device_id(leaf)
 
     def _appraise(
         self,
