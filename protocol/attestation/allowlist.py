@@ -16,6 +16,13 @@ class PolicyError(ValueError):
     """The policy section itself is malformed (wrong type for a key)."""
 
 
+def check_keys(policy: Mapping[str, Any], known: frozenset[str], section: str) -> None:
+    """Refuse unknown keys: a typo in a security policy must not silently mean "default"."""
+    unknown = sorted(set(policy) - known)
+    if unknown:
+        raise PolicyError(f"unknown key(s) {unknown} in [{section}]; known: {sorted(known)}")
+
+
 def flag(policy: Mapping[str, Any], key: str, default: bool = False) -> bool:
     value = policy.get(key, default)
     if not isinstance(value, bool):

@@ -45,6 +45,15 @@ NONCE_SIZE = 32
 MAX_CHAIN_CERTS = 8
 MAX_CHAIN_SIZE = 64 * 1024
 OID_TCG_DICE_TCB_INFO = x509.ObjectIdentifier("2.23.133.5.4.1")
+POLICY_KEYS = frozenset(
+    {
+        "require_ocsp",
+        "allow_any_measurement",
+        "allowed_driver_versions",
+        "allowed_vbios_versions",
+        "allowed_archs",
+    }
+)
 ARCHS = {"GH100": "HOPPER", "GB100": "BLACKWELL", "GB102": "BLACKWELL", "GB202": "BLACKWELL"}
 
 
@@ -105,6 +114,10 @@ class NvidiaGpuVerifier:
         now: int,
     ) -> EvidenceVerdict:
         kind = EvidenceKind.NVIDIA_GPU.value
+        try:
+            allowlist.check_keys(policy, POLICY_KEYS, "nvidia-gpu")
+        except allowlist.PolicyError as exc:
+            return EvidenceVerdict.refused(kind, Reason.POLICY_VIOLATION, str(exc), label=LABEL)
         try:
             transcript = parse_transcript(evidence.data)
         except SpdmFormatError as exc:

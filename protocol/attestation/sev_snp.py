@@ -54,6 +54,18 @@ OID_SPL = {
     "microcode": "1.3.6.1.4.1.3704.1.3.8",
     "fmc": "1.3.6.1.4.1.3704.1.3.9",
 }
+POLICY_KEYS = frozenset(
+    {
+        "allow_debug",
+        "max_vmpl",
+        "min_guest_svn",
+        "min_tcb",
+        "measurements",
+        "host_data",
+        "allow_any_measurement",
+        "allowed_products",
+    }
+)
 TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
 
 
@@ -131,6 +143,10 @@ class SevSnpVerifier:
         now: int,
     ) -> EvidenceVerdict:
         kind = EvidenceKind.SEV_SNP.value
+        try:
+            allowlist.check_keys(policy, POLICY_KEYS, "sev-snp")
+        except allowlist.PolicyError as exc:
+            return EvidenceVerdict.refused(kind, Reason.POLICY_VIOLATION, str(exc), label=LABEL)
         try:
             report = parse_report(evidence.data)
         except ReportFormatError as exc:

@@ -42,6 +42,26 @@ LABEL = "Intel TDX"
 REPORT_DATA_SIZE = 64
 MEASUREMENT_KEYS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3")
 OPTIONAL_KEYS = ("mrconfigid", "mrowner", "mrownerconfig")
+POLICY_KEYS = frozenset(
+    {
+        "allowed_tcb_statuses",
+        "rejected_advisories",
+        "allow_dynamic_platform",
+        "allow_cached_keys",
+        "allow_smt",
+        "allow_debug",
+        "allow_any_measurement",
+        "require_event_log",
+        "mrtd",
+        "rtmr0",
+        "rtmr1",
+        "rtmr2",
+        "rtmr3",
+        "mrconfigid",
+        "mrowner",
+        "mrownerconfig",
+    }
+)
 PLATFORM_FLAGS = (
     ("dynamic_platform", "allow_dynamic_platform"),
     ("cached_keys", "allow_cached_keys"),
@@ -89,6 +109,7 @@ class TdxVerifier:
     ) -> EvidenceVerdict:
         kind = EvidenceKind.TDX.value
         try:
+            allowlist.check_keys(policy, POLICY_KEYS, "tdx")
             return self._verify(evidence, expected_report_data, policy, now)
         except allowlist.PolicyError as exc:
             return EvidenceVerdict.refused(

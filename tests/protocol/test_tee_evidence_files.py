@@ -112,3 +112,17 @@ def test_verifiers_never_raise_on_mutated_vectors(offset: int, flip: int) -> Non
             Evidence(verifier.kind.value, bytes(data)), expected_report_data=bytes(rd_len), policy={}, now=0
         )
         assert not verdict.ok and verdict.reasons
+
+
+def test_unknown_policy_keys_refused() -> None:
+    from protocol.attestation.evidence import Reason
+
+    for verifier, rd_len in ((tdx.VERIFIER, 64), (sev_snp.VERIFIER, 64), (nvidia_gpu.VERIFIER, 32)):
+        verdict = verifier.verify(
+            Evidence(verifier.kind.value, b""),
+            expected_report_data=bytes(rd_len),
+            policy={"alow_debug": True},
+            now=0,
+        )
+        assert verdict.reasons == (Reason.POLICY_VIOLATION,)
+        assert "alow_debug" in verdict.detail
