@@ -43,6 +43,7 @@ class Reason(StrEnum):
     TCB_NOT_ALLOWED = "tcb_not_allowed"
     UNTRUSTED_PLATFORM = "untrusted_platform"
     NOT_CPU_EVIDENCE = "not_cpu_evidence"
+    NOT_GPU_EVIDENCE = "not_gpu_evidence"
     POLICY_VIOLATION = "policy_violation"
 
 
