@@ -63,6 +63,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from starlette.routing import BaseRoute
 
+from node import attest_kit
 from node.attest_service import ATTEST_PROTOCOL_ID, AttestService, BundleBuilder, EpochKeys, epoch_of
 from node.config import NodeConfig, TestnetConfig
 from node.discovery import Discovery
@@ -103,14 +104,12 @@ class Node:
         self.metrics = Metrics()
         self.registry = Registry()
         self.host = build_host(self.identity, testnet.psk, config.listen)
-        if isinstance(builder, str) or appraise is None:
-            from node import attest_kit
-
-            if isinstance(builder, str):
-                builder = attest_kit.make_builder(config, testnet)
-            if appraise is None:
-                appraise = attest_kit.make_appraise(testnet)
-        self.builder: BundleBuilder | None = builder  # None: this node does not attest (client only)
+        resolved: BundleBuilder | None = (
+            attest_kit.make_builder(config, testnet) if isinstance(builder, str) else builder
+        )
+        self.builder = resolved  # None: this node does not attest (a client-only node)
+        if appraise is None:
+            appraise = attest_kit.make_appraise(testnet)
         self.gossip = AttestationGossip(
             self.host, appraise, self.registry, self.metrics, addrs_of=self._addrs_of
         )

@@ -126,6 +126,7 @@ class BundleBuilder(Protocol):
         issued_at: int,
         expires_at: int,
         models: Sequence[str],
+        addrs: Sequence[str],
     ) -> bytes:
         """A signed bundle with fresh evidence over the binding; bytes exactly as put on the wire."""
         ...
@@ -205,8 +206,9 @@ class AttestService:
             key.public_key,
             epoch,
             issued_at,
-            issued_at + self.bundle_lifetime_seconds,
+            min(issued_at + self.bundle_lifetime_seconds, (epoch + 2) * self.epoch_seconds),
             self.models,
+            [str(addr) for addr in self.host.get_addrs()][:16],
         )
 
     async def announce(self, trigger: str) -> None:

@@ -17,6 +17,9 @@ app = typer.Typer(
 # (module, attribute, group name or None for top-level commands registered by the module itself)
 _GROUPS: list[tuple[str, str, str | None]] = [
     ("node.cli_tee", "tee_app", "tee"),
+    ("node.cli_node", "node_app", "node"),
+    ("node.cli_node", "testnet_app", "testnet"),
+    ("node.cli_node", "register_peers", None),
 ]
 
 

@@ -199,7 +199,8 @@ class AttestationGossip:
             )
         if appraisal.ok and appraisal.entry is not None:
             entry = appraisal.entry
-            entry = replace(entry, addrs=self._addrs_of(entry.peer_id), verified_at=self._clock())
+            addrs = tuple(sorted(set(entry.addrs) | set(self._addrs_of(entry.peer_id))))
+            entry = replace(entry, addrs=addrs, verified_at=self._clock())
             change = self.registry.upsert(entry)
             self.accepted.inc(source=source)
             if change is Change.ADDED:

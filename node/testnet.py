@@ -1,0 +1,355 @@
+"""A local testnet: one shared testnet config and N node processes, supervised in the foreground.
+
+Layout under the data dir::
+
+    testnet.toml          shared: testnet id, PSK, simulated platform key, policy (mode 0600)
+    node-<i>/node.toml    node i's config
+    node-<i>/identity.key node i's Ed25519 key (0600), so peer ids survive restarts
+    node-<i>/node.log     node i's log
+    node-<i>/node-info.json  written by the running node: peer id, multiaddrs, API URL
+
+Node 0 starts first; the others bootstrap from its multiaddr only and find the rest themselves.
+Each node is its own OS process (py-libp2p costs real CPU per message; one process per node is
+what keeps a 20-node testnet responsive on two cores). Children die with the supervisor
+(PR_SET_PDEATHSIG on Linux) so no node outlives it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.config import EvidenceMode, NodeConfig, TestnetConfig, load_testnet_config
+
+__all__ = [
+    "DEMO_STEPS",
+    "NodeProcess",
+    "RunningTestnet",
+    "TestnetError",
+    "TestnetLayout",
+    "create_testnet",
+    "node_command",
+    "run_testnet",
+    "start_node_process",
+    "wait_for_info",
+]
+
+TESTNET_FILE = "testnet.toml"
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 6.0
+DEMO_TIMEOUT = 60.0
+
+
+class TestnetError(RuntimeError):
+    """The testnet could not be created or started; the message says why."""
+
+    __test__ = False
+
+
+@dataclass(frozen=True)
+class TestnetLayout:
+    __test__ = False
+
+    root: Path
+    testnet_path: Path
+    node_configs: tuple[Path, ...]
+
+
+def create_testnet(
+    root: Path,
+    *,
+    nodes: int,
+    base_port: int = 0,
+    api_port: int = 8700,
+    listen_host: str = "127.0.0.1",
+    testnet_id: str | None = None,
+    reannounce_seconds: int = 60,
+    bundle_lifetime_seconds: int = 300,
+    epoch_seconds: int = 600,
+    node_overrides: Callable[[int, NodeConfig], NodeConfig] | None = None,
+) -> TestnetLayout:
+    """Write (or refresh) the testnet config and one node config per node under ``root``.
+
+    An existing ``testnet.toml`` keeps its PSK and platform key (so existing identities stay
+    members); its policy is rewritten to allow this code's measurement.
+    """
+    from node import attest_kit
+
+    if nodes < 1:
+        raise TestnetError("a testnet needs at least one node")
+    root = root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    testnet_path = root / TESTNET_FILE
+    if testnet_path.exists():
+        previous = load_testnet_config(testnet_path)
+        testnet_id, psk, seed = previous.testnet_id, previous.psk, previous.platform_seed
+    else:
+        testnet_id = testnet_id or f"local-{secrets.token_hex(4)}"
+        psk, seed = secrets.token_bytes(32), None
+    seed = seed or secrets.token_bytes(32)
+    policy_toml = attest_kit.testnet_policy_toml(
+        [attest_kit.own_measurement()],
+        platform_public_key=attest_kit.platform_public_key(seed),
+        testnet_id=testnet_id,
+        epoch_seconds=epoch_seconds,
+    )
+    testnet = TestnetConfig(
+        testnet_id=testnet_id,
+        psk=psk,
+        policy_toml=policy_toml,
+        platform_seed=seed,
+        epoch_seconds=epoch_seconds,
+    )
+    testnet.save(testnet_path)
+    configs: list[Path] = []
+    for index in range(nodes):
+        node_dir = root / f"node-{index}"
+        port = base_port + index if base_port else 0
+        config = NodeConfig(
+            data_dir=node_dir,
+            testnet_config=testnet_path,
+            listen=(f"/ip4/{listen_host}/tcp/{port}",),
+            api=f"127.0.0.1:{api_port + index if api_port else 0}",
+            evidence=EvidenceMode.SIMULATED,
+            reannounce_seconds=reannounce_seconds,
+            bundle_lifetime_seconds=bundle_lifetime_seconds,
+            log_file=node_dir / "node.log",
+            label=f"node-{index}",
+        )
+        if node_overrides is not None:
+            config = node_overrides(index, config)
+        path = node_dir / "node.toml"
+        config.save(path)
+        configs.append(path)
+    return TestnetLayout(root=root, testnet_path=testnet_path, node_configs=tuple(configs))
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+def node_command(config_path: Path, *extra: str) -> list[str]:
+    """The command line that runs one node from ``config_path``."""
+    return [
+        sys.executable,
+        "-c",
+        "from node.cli import main; main()",
+        "node",
+        "start",
+        "--config",
+        str(config_path),
+        *extra,
+    ]
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: get SIGTERM when the supervisor dies (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+
+
+@dataclass
+class NodeProcess:
+    index: int
+    config_path: Path
+    process: subprocess.Popen[bytes]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config_path.parent
+
+    @property
+    def info_path(self) -> Path:
+        return self.data_dir / "node-info.json"
+
+    @property
+    def multiaddr(self) -> str:
+        return str(self.info["addrs"][0])
+
+    @property
+    def api_url(self) -> str:
+        return str(self.info["api_url"])
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+def start_node_process(
+    index: int, config_path: Path, extra_args: Sequence[str] = (), env: dict[str, str] | None = None
+) -> NodeProcess:
+    """Start a node in its own process (own session: Ctrl-C reaches the supervisor, not the node)."""
+    info_path = config_path.parent / "node-info.json"
+    if info_path.exists():
+        info_path.unlink()
+    child_env = dict(os.environ if env is None else env)
+    repo_root = str(Path(__file__).resolve().parents[1])
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, child_env.get("PYTHONPATH", "")]))
+    stderr_path = config_path.parent / "stderr.log"
+    with open(stderr_path, "ab") as stderr:
+        process = subprocess.Popen(
+            node_command(config_path, *extra_args),
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            env=child_env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+    return NodeProcess(index=index, config_path=config_path, process=process)
+
+
+def wait_for_info(node: NodeProcess, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+    """Block until the node wrote its info file (it is up), or raise TestnetError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not node.alive():
+            raise TestnetError(
+                f"node {node.index} exited with code {node.process.returncode};"
+                f" see {node.data_dir / 'node.log'} and {node.data_dir / 'stderr.log'}"
+            )
+        try:
+            node.info = json.loads(node.info_path.read_text(encoding="utf-8"))
+            return node.info
+        except (FileNotFoundError, json.JSONDecodeError):
+            time.sleep(0.05)
+    raise TestnetError(f"node {node.index} did not come up within {timeout:.0f} s")
+
+
+def stop_processes(nodes: Sequence[NodeProcess], timeout: float = STOP_TIMEOUT) -> dict[int, int | None]:
+    """SIGTERM every node, wait up to ``timeout``, SIGKILL what is left; returns exit codes by index."""
+    for node in nodes:
+        if node.alive():
+            node.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for node in nodes:
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            node.process.wait(remaining)
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait()
+    return {node.index: node.process.returncode for node in nodes}
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+@dataclass
+class RunningTestnet:
+    layout: TestnetLayout
+    nodes: list[NodeProcess]
+
+    def peers_of(self, index: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        import httpx
+
+        response = httpx.get(f"{self.nodes[index].api_url}/veilnet/v1/peers", timeout=timeout)
+        response.raise_for_status()
+        peers: list[dict[str, Any]] = response.json()["peers"]
+        return peers
+
+
+def _wait_registry_complete(run: RunningTestnet, timeout: float = DEMO_TIMEOUT) -> list[dict[str, Any]]:
+    expected = {node.info["peer_id"] for node in run.nodes}
+    deadline = time.monotonic() + timeout
+    peers: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        try:
+            peers = run.peers_of(0)
+        except Exception:
+            peers = []
+        if {peer["peer_id"] for peer in peers} >= expected:
+            return peers
+        time.sleep(0.25)
+    raise TestnetError(f"node 0 attested {len(peers)} of {len(expected)} peers within {timeout:.0f} s")
+
+
+def demo_registry(run: RunningTestnet) -> None:
+    """Demo step: wait until node 0 has attested every node, then print its registry."""
+    from node.cli_node import print_peer_table
+
+    started = time.monotonic()
+    peers = _wait_registry_complete(run)
+    print(f"node 0 attested all {len(run.nodes)} peers after {time.monotonic() - started:.1f} s:")
+    print_peer_table(peers, title="Node 0's attested peers")
+
+
+# Steps ``testnet up --demo`` runs in order once every node is up; later subsystems append theirs
+# (e.g. sending one job). A step raising TestnetError ends the demo with that message.
+DEMO_STEPS: list[Callable[[RunningTestnet], None]] = [demo_registry]
+
+
+def run_testnet(layout: TestnetLayout, *, demo: bool = False, out: Any = None) -> int:
+    """Start every node, report how to use and join the testnet, and supervise until a signal."""
+    out = out or sys.stdout
+    stop = {"signal": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop["signal"] = signum
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    nodes: list[NodeProcess] = []
+    try:
+        first = start_node_process(0, layout.node_configs[0])
+        nodes.append(first)
+        wait_for_info(first)
+        bootstrap = ("--bootstrap", first.multiaddr)
+        for index, config_path in enumerate(layout.node_configs[1:], start=1):
+            nodes.append(start_node_process(index, config_path, bootstrap))
+        for node in nodes[1:]:
+            wait_for_info(node)
+        run = RunningTestnet(layout, nodes)
+        _print_summary(run, out)
+        if demo:
+            for step in DEMO_STEPS:
+                if stop["signal"]:
+                    break
+                step(run)
+        print("Press Ctrl-C to stop every node.", file=out, flush=True)
+        while not stop["signal"]:
+            for node in nodes:
+                if not node.alive() and node.info:
+                    print(
+                        f"node {node.index} exited with code {node.process.returncode}", file=out, flush=True
+                    )
+                    node.info = {}
+            time.sleep(0.2)
+        return 0
+    except TestnetError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        codes = stop_processes(nodes)
+        bad = {index: code for index, code in codes.items() if code not in (0, None)}
+        print(
+            f"stopped {len(nodes)} nodes" + (f" (non-zero exits: {bad})" if bad else ""), file=out, flush=True
+        )
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _print_summary(run: RunningTestnet, out: Any) -> None:
+    print(f"Veilnet testnet {run.layout.root} — {len(run.nodes)} nodes", file=out)
+    for node in run.nodes:
+        print(f"  node {node.index}: {node.multiaddr}  api {node.api_url}", file=out)
+    print(
+        "\nSIMULATED evidence — not secure. To join from another machine, copy "
+        f"{run.layout.testnet_path} (it is secret) and run:\n"
+        f"  veilnet testnet join {run.nodes[0].multiaddr} --testnet-config testnet.toml\n"
+        f"(listen on a reachable address with --listen-host 0.0.0.0 when starting the testnet).\n"
+        f"Registry: veilnet peers --api {run.nodes[0].api_url}\n",
+        file=out,
+        flush=True,
+    )
