@@ -125,6 +125,10 @@ class SimulatedBundleBuilder:
                 "TEST-ONLY EVIDENCE FAULT %r: this node presents bad evidence on purpose", fault.value
             )
 
+    def collect_challenge_evidence(self, report_data: bytes, now: int) -> Evidence:
+        """Fresh evidence over a challenge's report data (the job router's freshness check)."""
+        return self._platform.issue(report_data, measurement=self._measurement, issued_at=now)
+
     def build_bundle(
         self,
         identity: Identity,
@@ -182,6 +186,10 @@ class TeeBundleBuilder:
             if collateral is not None:
                 endorsements["collateral"] = collateral
         return tsm_evidence(report, endorsements)
+
+    def collect_challenge_evidence(self, report_data: bytes, now: int) -> Evidence:
+        """Fresh CPU evidence over a challenge's report data (blocking: run it in a worker thread)."""
+        return self._collect_cpu(report_data)
 
     def build_bundle(
         self,
