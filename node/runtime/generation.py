@@ -1,0 +1,215 @@
+"""Greedy generation and teacher-forced re-scoring for causal language models (CPU, fp32).
+
+Chat jobs are cross-checked the "one generator, many scorers" way: the primary executor generates
+greedily; each verifier runs ONE prefill over prompt ‖ claimed tokens and reports, per position,
+the rank of the claimed token and its logit gap to the top-1 token. Independent regeneration would
+diverge under harmless float noise (and cost a full decode); a prefill conditions every position
+on the same prefix and costs one parallel forward pass.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from node.runtime import torch_env
+from node.runtime.base import ModelRuntime, Task
+from node.runtime.errors import InvalidInput, UnsupportedModel
+
+__all__ = ["ChatRuntime", "Generation", "Prompt", "TokenCallback", "TokenScores"]
+
+Prompt = str | Sequence[Mapping[str, str]]
+"""A raw prompt string, or OpenAI-style chat messages ``[{"role": ..., "content": ...}, ...]``."""
+
+TokenCallback = Callable[[int, str], None]
+"""Called from the worker thread after each generated token with (token id, new text)."""
+
+_ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
+_MAX_MESSAGES = 1024
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A greedy completion. ``tokens`` include the final EOS token when ``finish_reason == "stop"``
+    (so verifiers check the decision to stop too); ``text`` never contains it."""
+
+    prompt_tokens: tuple[int, ...]
+    tokens: tuple[int, ...]
+    text: str
+    finish_reason: str  # "stop" (EOS produced) | "length" (max_tokens or context reached)
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Per claimed token, as recomputed by a verifier's prefill.
+
+    ``ranks[i]``: how many vocabulary entries have a strictly higher logit than claimed token i
+    (0 = the claimed token is top-1). ``gaps[i]``: top-1 logit minus the claimed token's logit
+    (>= 0). ``logprobs[i]``: log-softmax of the claimed token. Raw logits, no temperature.
+    """
+
+    ranks: np.ndarray  # uint32 [n]
+    gaps: np.ndarray  # float32 [n]
+    logprobs: np.ndarray  # float32 [n]
+
+
+class ChatRuntime(ModelRuntime):
+    """A causal LM served for chat: greedy ``generate`` and teacher-forced ``score``."""
+
+    task = Task.CHAT
+
+    def __init__(self, model_dir: Path, *, model_id: str, name: str | None = None) -> None:
+        torch_env.configure_torch()
+        self.path = Path(model_dir)
+        self.model_id = model_id
+        self.name = name or self.path.name
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+            self._model = AutoModelForCausalLM.from_pretrained(
+                str(self.path),
+                local_files_only=True,
+                dtype=torch.float32,
+                attn_implementation="sdpa",
+                use_safetensors=True,
+            ).eval()
+        except (OSError, ValueError, KeyError) as exc:
+            raise UnsupportedModel(f"cannot load {self.path}: {exc}") from None
+        config = self._model.config
+        self.vocab_size = int(config.vocab_size)
+        context: int | None = getattr(config, "max_position_embeddings", None) or getattr(
+            config, "n_positions", None
+        )
+        self.context_length = int(context or 1024)
+        eos = config.eos_token_id
+        self.eos_token_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The underlying torch module (read-only use: calibration measures logit drift with it)."""
+        return self._model
+
+    # -- prompts --------------------------------------------------------------------------------
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt string, or of chat messages rendered by the model's chat template.
+
+        Primary and verifiers call this with the same job input and the same tokenizer files
+        (covered by the model id), so they agree on the prompt tokens without sending them.
+        """
+        if isinstance(prompt, str):
+            ids = list(self._tokenizer.encode(prompt, add_special_tokens=False))
+        else:
+            messages = _validate_messages(prompt)
+            if getattr(self._tokenizer, "chat_template", None):
+                rendered = self._tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
+                ids = list(self._tokenizer.encode(str(rendered), add_special_tokens=False))
+            else:
+                text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+                ids = list(self._tokenizer.encode(text, add_special_tokens=False))
+        if not ids:
+            raise InvalidInput("the prompt encodes to zero tokens")
+        if len(ids) >= self.context_length:
+            raise InvalidInput(f"prompt has {len(ids)} tokens; the context holds {self.context_length}")
+        return ids
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        """Text of generated tokens, without EOS or other special tokens."""
+        return str(
+            self._tokenizer.decode(
+                [t for t in tokens if t not in self.eos_token_ids], skip_special_tokens=True
+            )
+        )
+
+    # -- compute --------------------------------------------------------------------------------
+
+    def generate(self, prompt: Prompt, max_tokens: int, on_token: TokenCallback | None = None) -> Generation:
+        """Greedy decoding (argmax, lowest id on ties) with a KV cache, up to ``max_tokens``.
+
+        Stops at EOS (included in ``tokens``) or when the context is full. ``on_token`` receives
+        each token with the text it completes (held back while a UTF-8 sequence is incomplete).
+        """
+        if max_tokens < 1:
+            raise InvalidInput("max_tokens must be >= 1")
+        prompt_ids = self.encode_prompt(prompt)
+        budget = min(max_tokens, self.context_length - len(prompt_ids))
+        tokens: list[int] = []
+        emitted = ""
+        finish = "length"
+        with self._lock, torch.inference_mode():
+            input_ids = torch.tensor([prompt_ids], dtype=torch.long)
+            past = None
+            for step in range(budget):
+                out = self._model(input_ids=input_ids, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                token = int(torch.argmax(out.logits[0, -1]).item())
+                tokens.append(token)
+                last = token in self.eos_token_ids or step == budget - 1
+                if on_token is not None:
+                    text = self.decode(tokens)
+                    held = text.endswith("\ufffd") and not last
+                    delta = "" if held or not text.startswith(emitted) else text[len(emitted) :]
+                    emitted += delta
+                    on_token(token, delta)
+                if token in self.eos_token_ids:
+                    finish = "stop"
+                    break
+                input_ids = torch.tensor([[token]], dtype=torch.long)
+        text = self.decode(tokens)
+        return Generation(tuple(prompt_ids), tuple(tokens), text, finish)
+
+    def score(self, prompt: Prompt, tokens: Sequence[int]) -> TokenScores:
+        """Teacher-forced verification of claimed ``tokens`` after ``prompt`` in one prefill."""
+        return self.score_ids(self.encode_prompt(prompt), tokens)
+
+    def score_ids(self, prompt_ids: Sequence[int], tokens: Sequence[int]) -> TokenScores:
+        """As ``score``, for an already tokenised prompt."""
+        claimed = [int(t) for t in tokens]
+        if not prompt_ids:
+            raise InvalidInput("empty prompt")
+        if not claimed:
+            raise InvalidInput("no tokens to score")
+        if any(t < 0 or t >= self.vocab_size for t in claimed) or any(
+            t < 0 or t >= self.vocab_size for t in prompt_ids
+        ):
+            raise InvalidInput(f"token ids must lie in [0, {self.vocab_size})")
+        total = len(prompt_ids) + len(claimed)
+        if total > self.context_length:
+            raise InvalidInput(f"{total} tokens exceed the context of {self.context_length}")
+        with self._lock, torch.inference_mode():
+            ids = torch.tensor([list(prompt_ids) + claimed], dtype=torch.long)
+            logits = self._model(input_ids=ids, use_cache=False).logits[0].float()
+            # Position p predicts token p+1: claimed token i is predicted at len(prompt)-1+i.
+            window = logits[len(prompt_ids) - 1 : total - 1]
+            target = torch.tensor(claimed, dtype=torch.long)
+            claimed_logit = window.gather(1, target[:, None])[:, 0]
+            ranks = (window > claimed_logit[:, None]).sum(dim=1)
+            gaps = window.max(dim=1).values - claimed_logit
+            logprobs = torch.log_softmax(window, dim=1).gather(1, target[:, None])[:, 0]
+        return TokenScores(
+            ranks=ranks.numpy().astype(np.uint32),
+            gaps=gaps.numpy().astype(np.float32),
+            logprobs=logprobs.numpy().astype(np.float32),
+        )
+
+
+def _validate_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    if not isinstance(messages, Sequence) or not messages or len(messages) > _MAX_MESSAGES:
+        raise InvalidInput(f"messages must be a non-empty list of at most {_MAX_MESSAGES} items")
+    clean: list[dict[str, str]] = []
+    for message in messages:
+        if not isinstance(message, Mapping):
+            raise InvalidInput("each message must be a map with role and content")
+        role, content = message.get("role"), message.get("content")
+        if role not in _ROLES or not isinstance(content, str):
+            raise InvalidInput(f"bad message: role must be one of {sorted(_ROLES)}, content a string")
+        clean.append({"role": role, "content": content})
+    return clean
