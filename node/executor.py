@@ -29,6 +29,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import trio
@@ -37,9 +38,6 @@ from libp2p.abc import INetStream
 from node.faults import Fault, FaultConfig, copied_result, perturb_result
 from node.host import remote_peer_id
 from node.job_streams import EndOfStream, FrameIO, Libp2pFrames
-from node.runtime.base import ModelRuntime
-from node.runtime.base import Task as RuntimeTask
-from node.runtime.errors import Busy, InvalidInput, ModelRuntimeError
 from protocol.identity import Identity
 from protocol.messages import (
     SALT_LEN,
@@ -71,6 +69,11 @@ from protocol.payloads import (
 )
 from protocol.replay import ReplayError, ReplayWindow
 from protocol.sealing import EncryptionKeyPair, JobSession, SealingError, StreamSealer, open_job, seal_result
+
+if TYPE_CHECKING:
+    # node.runtime imports torch; a node that serves no model must never load it, so runtime
+    # modules are imported only where a model actually runs (see _run_job).
+    from node.runtime.base import ModelRuntime
 
 __all__ = [
     "CHALLENGE_PROTOCOL_ID",
@@ -317,6 +320,8 @@ class Executor:
     async def _run_job(
         self, session: _Session, req: JobRequest, job: JobInput, job_session: JobSession, admitted: float
     ) -> None:
+        from node.runtime.errors import Busy, InvalidInput, ModelRuntimeError
+
         outcome = "committed"
         try:
             remaining = req.deadline_ms / 1000 - self._clock()
@@ -383,7 +388,7 @@ class Executor:
         result, deltas, queue_ms, compute_ms = await self._compute(runtime, req.model_id, job)
         self._last_result = result
         if fault is Fault.WRONG_OUTPUT:
-            result = perturb_result(result, req.job_id)
+            result = perturb_result(result, req.job_id, self.identity.peer_id)
             if isinstance(result, GenerateResult):
                 deltas = [result.text]
         return result, deltas, queue_ms, compute_ms
@@ -502,7 +507,7 @@ class Executor:
 
 
 def _task_of(runtime: ModelRuntime) -> Task:
-    return Task.EMBEDDINGS if runtime.task is RuntimeTask.EMBEDDINGS else Task.CHAT
+    return Task.EMBEDDINGS if runtime.task.value == Task.EMBEDDINGS.value else Task.CHAT
 
 
 def _embeddings_result(vectors: np.ndarray) -> EmbeddingsResult:

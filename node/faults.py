@@ -84,14 +84,15 @@ class FaultConfig:
         return cls(fault=fault, slow_seconds=float(slow))
 
 
-def _rng(job_id: bytes) -> np.random.Generator:
-    seed = int.from_bytes(hashlib.sha256(b"veilnet/fault" + job_id).digest()[:8], "big")
+def _rng(job_id: bytes, peer_id: bytes) -> np.random.Generator:
+    seed = int.from_bytes(hashlib.sha256(b"veilnet/fault" + job_id + peer_id).digest()[:8], "big")
     return np.random.default_rng(seed)
 
 
-def perturb_result(result: JobResult, job_id: bytes) -> JobResult:
-    """A plausible but wrong version of ``result`` (deterministic per job id)."""
-    rng = _rng(job_id)
+def perturb_result(result: JobResult, job_id: bytes, peer_id: bytes) -> JobResult:
+    """A plausible but wrong version of ``result``, deterministic per (job, executor): two faulty
+    executors do not agree by accident (colluders would have to coordinate)."""
+    rng = _rng(job_id, peer_id)
     if isinstance(result, EmbeddingsResult):
         shape = (result.count, result.dim)
         vectors = np.frombuffer(result.vectors, dtype="<f4").reshape(shape).astype(np.float64)

@@ -555,16 +555,18 @@ class Router:
         assert isinstance(job, GenerateInput)
         verifiers = (k - 1 if mode is Mode.CONSENSUS else k) if verify else 0
         executors: list[dict[str, Any]] = []
-        used: set[bytes] = set()
+        rejected: set[bytes] = set()  # primaries the verifiers' majority rejected
         report["phases"] = []
         for attempt in range(2):  # a primary rejected by the verifiers' majority gets one retry
             gen_id = job_id if attempt == 0 else os.urandom(JOB_ID_LEN)
             outcome, phase = await self._run_phase(
                 gen_id, model_id, Task.CHAT, mode, job, decode, infos, quorum=1, deadline=deadline,
-                challenge=challenge, escalate=False, exclude=used,
+                challenge=challenge, escalate=False, exclude=rejected,
             )
-            executors += self._executor_report(outcome, phase, role="primary")
-            used.update(a.peer_id for a in outcome.attempts)
+            primary_rows = self._executor_report(outcome, phase, role="primary")
+            for row in primary_rows:  # producing a completion is not agreement: phase 2 decides
+                row["in_majority"] = verifiers == 0 and row["in_majority"]
+            executors += primary_rows
             report["phases"].append(
                 {"job_id": gen_id.hex(), "op": "generate", "status": outcome.status.value}
             )
@@ -595,10 +597,9 @@ class Router:
             verdict_outcome, score_phase = await self._run_phase(
                 score_id, model_id, Task.CHAT, mode, score_job, decode_scores, infos, quorum=verifiers,
                 deadline=deadline, challenge=challenge, escalate=self.settings.escalate,
-                exclude=used | {primary}, voter=chat_voter, needed=1,
+                exclude=rejected | {primary}, voter=chat_voter, needed=1,
             )
             executors += self._executor_report(verdict_outcome, score_phase, role="verifier")
-            used.update(a.peer_id for a in verdict_outcome.attempts)
             report["phases"].append(
                 {"job_id": score_id.hex(), "op": "score", "status": verdict_outcome.status.value}
             )
@@ -617,6 +618,7 @@ class Router:
                 1 + len(chat_voter.last_verdicts)
             ):
                 self._penalise(primary, "wrong_output", gen_id, chat_voter.detail_for_primary())
+                rejected.add(primary)
                 report.setdefault("penalties", []).append(
                     {"peer_id": peer_id_to_text(primary), "offence": "wrong_output"}
                 )
