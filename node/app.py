@@ -103,7 +103,9 @@ class Node:
         self.identity = load_or_create_identity(config.identity_path)
         self.metrics = Metrics()
         self.registry = Registry()
-        self.host = build_host(self.identity, testnet.psk, config.listen)
+        self.host = build_host(
+            self.identity, testnet.psk, config.listen, config.announce, target_peers=config.target_peers
+        )
         resolved: BundleBuilder | None = (
             attest_kit.make_builder(config, testnet) if isinstance(builder, str) else builder
         )

@@ -39,6 +39,7 @@ __all__ = [
     "load_policy",
     "make_appraise",
     "make_builder",
+    "measurement_of",
     "own_measurement",
     "testnet_policy_toml",
 ]
@@ -60,6 +61,13 @@ def own_measurement_bytes() -> bytes:
 
 def own_measurement() -> str:
     return own_measurement_bytes().hex()
+
+
+def measurement_of(code_root: Path | None = None) -> str:
+    """The measurement a node running the packages under ``code_root`` (default: this one) reports."""
+    if code_root is None:
+        return own_measurement()
+    return simulated.measure_package_sources([code_root / name for name in _PACKAGES]).hex()
 
 
 # ------------------------------------------------------------------------------------ policy

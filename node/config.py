@@ -259,6 +259,7 @@ class NodeConfig:
     testnet_config: Path | None = None
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     bootstrap: tuple[str, ...] = ()
+    announce: tuple[str, ...] = ()  # addresses to advertise instead of the listen addresses (NAT)
     api: str | None = DEFAULT_API  # None: no HTTP API
     mdns: bool = False
     models: tuple[str, ...] = ()
@@ -275,6 +276,7 @@ class NodeConfig:
     def __post_init__(self) -> None:
         _check_multiaddrs(self.listen, "listen", need_peer_id=False)
         _check_multiaddrs(self.bootstrap, "bootstrap", need_peer_id=True)
+        _check_multiaddrs(self.announce, "announce", need_peer_id=False)
         if not self.listen:
             raise ConfigError("listen: at least one address is needed")
         if self.api is not None:
@@ -310,6 +312,7 @@ class NodeConfig:
             "testnet_config": str(self.testnet_config) if self.testnet_config else None,
             "listen": list(self.listen),
             "bootstrap": list(self.bootstrap),
+            "announce": list(self.announce),
             "api": self.api if self.api is not None else "off",
             "mdns": self.mdns,
             "models": list(self.models),
@@ -346,6 +349,7 @@ class NodeConfig:
         kwargs: dict[str, Any] = {
             "listen": _str_list(data.pop("listen", [DEFAULT_LISTEN]), "listen", where),
             "bootstrap": _str_list(data.pop("bootstrap", None), "bootstrap", where),
+            "announce": _str_list(data.pop("announce", None), "announce", where),
             "models": _str_list(data.pop("models", None), "models", where),
             "mdns": _take(data, "mdns", bool, where, False),
             "reannounce_seconds": _take(data, "reannounce_seconds", int, where, 60),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 import stat
 import struct
 from collections.abc import Awaitable, Callable, Sequence
@@ -113,8 +114,54 @@ def key_pair_for(identity: Identity) -> KeyPair:
 # ---------------------------------------------------------------------------------------- host
 
 
-def build_host(identity: Identity, psk: bytes, listen_addrs: Sequence[str]) -> IHost:
-    """A host that speaks only TCP + Noise + yamux inside the private network keyed by ``psk``."""
+def local_ipv4_addresses() -> list[str]:
+    """This machine's IPv4 interface addresses, non-loopback first (Linux ioctl; loopback elsewhere)."""
+    found: list[str] = []
+    try:
+        import fcntl
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for _index, name in socket.if_nameindex():
+                request = struct.pack("256s", name.encode()[:15])
+                try:
+                    reply = fcntl.ioctl(sock.fileno(), 0x8915, request)  # SIOCGIFADDR
+                except OSError:
+                    continue  # interface without an IPv4 address
+                found.append(socket.inet_ntoa(reply[20:24]))
+    except (ImportError, OSError):
+        pass
+    ordered = sorted(set(found), key=lambda ip: (ip.startswith("127."), ip))
+    return ordered or ["127.0.0.1"]
+
+
+def advertised_addrs(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+    """What we tell peers (identify, bundles): a wildcard listen address becomes one address per
+    local interface, because nobody can dial ``0.0.0.0``."""
+    out: list[multiaddr.Multiaddr] = []
+    for addr in candidates:
+        text = str(addr)
+        if text.startswith("/ip4/0.0.0.0/"):
+            rest = text[len("/ip4/0.0.0.0") :]
+            out.extend(multiaddr.Multiaddr(f"/ip4/{ip}{rest}") for ip in local_ipv4_addresses())
+        else:
+            out.append(addr)
+    return list(dict.fromkeys(out))
+
+
+def build_host(
+    identity: Identity,
+    psk: bytes,
+    listen_addrs: Sequence[str],
+    announce_addrs: Sequence[str] = (),
+    target_peers: int = 12,
+) -> IHost:
+    """A host that speaks only TCP + Noise + yamux inside the private network keyed by ``psk``.
+
+    ``announce_addrs`` (e.g. a public address behind NAT) replace what the host advertises;
+    otherwise wildcard listen addresses are expanded to the interface addresses. py-libp2p's
+    auto-connector aims at the midpoint of the watermarks (default 200 connections); ours aim at
+    ``target_peers`` so a large network is not dialled wholesale.
+    """
     if len(psk) != 32:
         raise ValueError("the pre-shared key is 32 bytes")
     key_pair = key_pair_for(identity)
@@ -126,8 +173,17 @@ def build_host(identity: Identity, psk: bytes, listen_addrs: Sequence[str]) -> I
         muxer_preference="YAMUX",
         listen_addrs=addrs,
         psk=psk.hex(),
-        connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=DIAL_TIMEOUT),
+        connection_config=ConnectionConfig(
+            max_connections_per_peer=1,
+            dial_timeout=DIAL_TIMEOUT,
+            min_connections=target_peers,
+            low_watermark=target_peers,
+            high_watermark=4 * target_peers,
+            max_connections=max(300, 4 * target_peers),
+        ),
         enable_mDNS=False,
+        announce_addrs=[multiaddr.Multiaddr(addr) for addr in announce_addrs] or None,
+        addrs_factory=None if announce_addrs else advertised_addrs,
     )
     if host.get_id().to_bytes() != identity.peer_id:
         raise IdentityFileError("libp2p host peer id differs from the node identity")

@@ -77,11 +77,15 @@ def create_testnet(
     bundle_lifetime_seconds: int = 300,
     epoch_seconds: int = 600,
     node_overrides: Callable[[int, NodeConfig], NodeConfig] | None = None,
+    extra_measurements: Sequence[str] = (),
+    code_root: Path | None = None,
 ) -> TestnetLayout:
     """Write (or refresh) the testnet config and one node config per node under ``root``.
 
     An existing ``testnet.toml`` keeps its PSK and platform key (so existing identities stay
-    members); its policy is rewritten to allow this code's measurement.
+    members); its policy is rewritten to allow this code's measurement (plus
+    ``extra_measurements``). ``code_root`` is where the nodes' ``protocol`` and ``node`` packages
+    live when they do not run from this checkout (see :func:`start_node_process`).
     """
     from node import attest_kit
 
@@ -98,7 +102,7 @@ def create_testnet(
         psk, seed = secrets.token_bytes(32), None
     seed = seed or secrets.token_bytes(32)
     policy_toml = attest_kit.testnet_policy_toml(
-        [attest_kit.own_measurement()],
+        list(dict.fromkeys([attest_kit.measurement_of(code_root), *extra_measurements])),
         platform_public_key=attest_kit.platform_public_key(seed),
         testnet_id=testnet_id,
         epoch_seconds=epoch_seconds,
@@ -188,14 +192,21 @@ class NodeProcess:
 
 
 def start_node_process(
-    index: int, config_path: Path, extra_args: Sequence[str] = (), env: dict[str, str] | None = None
+    index: int,
+    config_path: Path,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    code_root: Path | None = None,
 ) -> NodeProcess:
-    """Start a node in its own process (own session: Ctrl-C reaches the supervisor, not the node)."""
+    """Start a node in its own process (own session: Ctrl-C reaches the supervisor, not the node).
+
+    ``code_root`` runs the ``protocol``/``node`` packages found there instead of this checkout's.
+    """
     info_path = config_path.parent / "node-info.json"
     if info_path.exists():
         info_path.unlink()
     child_env = dict(os.environ if env is None else env)
-    repo_root = str(Path(__file__).resolve().parents[1])
+    repo_root = str(code_root or Path(__file__).resolve().parents[1])
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, child_env.get("PYTHONPATH", "")]))
     stderr_path = config_path.parent / "stderr.log"
     with open(stderr_path, "ab") as stderr:
@@ -312,6 +323,13 @@ def run_testnet(layout: TestnetLayout, *, demo: bool = False, out: Any = None) -
             wait_for_info(node)
         run = RunningTestnet(layout, nodes)
         _print_summary(run, out)
+        for node in measurement_mismatches(run):
+            print(
+                f"WARNING: node {node.index} measures {node.info.get('measurement')}, which the testnet policy"
+                " does not allow (source files changed while the testnet started?); run `testnet up` again.",
+                file=out,
+                flush=True,
+            )
         if demo:
             for step in DEMO_STEPS:
                 if stop["signal"]:
@@ -338,6 +356,15 @@ def run_testnet(layout: TestnetLayout, *, demo: bool = False, out: Any = None) -
         )
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def measurement_mismatches(run: RunningTestnet) -> list[NodeProcess]:
+    """Nodes whose own measurement is not in the testnet policy (their peers will refuse them)."""
+    from node import attest_kit
+
+    policy = attest_kit.load_policy(load_testnet_config(run.layout.testnet_path))
+    allowed = set(policy.section("simulated").get("measurements", []))
+    return [node for node in run.nodes if node.info.get("measurement") not in allowed]
 
 
 def _print_summary(run: RunningTestnet, out: Any) -> None:
