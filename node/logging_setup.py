@@ -46,6 +46,7 @@ BENIGN_LIBP2P_MESSAGES: tuple[str, ...] = (
     "Error pinging",
     "Error in stream handler",
     "Unexpected exception",
+    "Yamux connection closed unexpectedly",  # every time a peer stops
 )
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"

@@ -325,8 +325,9 @@ def run_testnet(layout: TestnetLayout, *, demo: bool = False, out: Any = None) -
         _print_summary(run, out)
         for node in measurement_mismatches(run):
             print(
-                f"WARNING: node {node.index} measures {node.info.get('measurement')}, which the testnet policy"
-                " does not allow (source files changed while the testnet started?); run `testnet up` again.",
+                f"WARNING: node {node.index} measures {node.info.get('measurement')}, which the testnet"
+                " policy does not allow (source files changed while the testnet started?);"
+                " run `testnet up` again.",
                 file=out,
                 flush=True,
             )
