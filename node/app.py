@@ -147,8 +147,11 @@ class Node:
             "veilnet_registry_size", "Attested peers in the registry", lambda: len(self.registry)
         )
         self.add_stream_handler(ATTEST_PROTOCOL_ID, self.attest.handle_pull, timeout=10.0)
-        if config.models:
-            self.serve_models(config.models)
+        # Jobs: loads config.models (names or directories) once running and serves their content
+        # ids; every node also gets a router for its own user's requests (node.jobs.router).
+        from node import jobs
+
+        self.jobs = jobs.install(self)
 
     # ------------------------------------------------------------------------------- hooks
 
