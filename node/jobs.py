@@ -53,7 +53,6 @@ log = logging.getLogger("veilnet.jobs")
 
 def install(node: Node) -> JobService:
     service = JobService(node)
-    node.jobs = service  # type: ignore[attr-defined]
     node.add_stream_handler(JOB_PROTOCOL_ID, service.executor.handle_job_stream)
     node.add_stream_handler(CHALLENGE_PROTOCOL_ID, service.executor.handle_challenge_stream, timeout=60.0)
     node.add_service(service.run, "jobs")
