@@ -218,7 +218,8 @@ class BundleAppraiser:
         """Appraise a challenge answer: fresh CPU evidence over the bundle's binding plus ``nonce``.
 
         The bundle itself must be acceptable; the answer must be the same CPU kind, pass that
-        kind's verifier and carry ``challenge_report_data(..., nonce)``. Never cached.
+        kind's verifier and carry ``challenge_report_data(..., nonce)``. Evidence without
+        endorsements borrows the bundle's CPU endorsements. Never cached.
         """
         verdict = self.appraise(bundle, sender_peer_id=sender_peer_id, now=now)
         if not verdict.ok:
@@ -232,6 +233,9 @@ class BundleAppraiser:
                 Reason.KIND_NOT_ALLOWED,
                 f"challenge answered with {evidence.kind} evidence, the bundle carries {decoded.cpu.kind}",
             )
+        if not evidence.endorsements and decoded.cpu.endorsements:
+            # same platform: the bundle's endorsements (collateral, VCEK) serve the fresh evidence too
+            evidence = Evidence(evidence.kind, evidence.data, decoded.cpu.endorsements)
         try:
             expected = decoded.challenge_report_data(nonce)
         except ValueError as exc:
