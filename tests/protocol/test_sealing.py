@@ -392,8 +392,6 @@ def test_stream_opener_on_arbitrary_chunks_raises_only_sealing_error(chunks: lis
 
 
 def test_envelopes_match_the_documented_construction() -> None:
-    import nacl.bindings as sodium
-
     sealed = seal(b"documented")
     c_pk, e_pk = sealed.client_keys.public, EXECUTOR.public
     shared = sodium.crypto_scalarmult(EXECUTOR.secret, c_pk)
