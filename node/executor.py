@@ -184,6 +184,7 @@ class Executor:
         self._pending: dict[tuple[bytes, bytes], _Pending] = {}
         self._active = 0
         self._last_result: JobResult | None = None
+        self.requests_received = 0  # JobRequests that reached this executor, accepted or not
         self.jobs_committed = 0
         self.jobs_refused: dict[str, int] = {}
 
@@ -260,6 +261,7 @@ class Executor:
     # ------------------------------------------------------------------ admission
 
     async def _admit(self, session: _Session, req: JobRequest, nursery: trio.Nursery) -> None:
+        self.requests_received += 1
         now_ms = int(self._clock() * 1000)
         checked = self._check(req, now_ms)
         if isinstance(checked, _Refusal):

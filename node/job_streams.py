@@ -20,9 +20,29 @@ from libp2p.network.stream.exceptions import StreamEOF
 
 from protocol.messages import MAX_FRAME, FrameDecoder, MessageError, encode_frame
 
-__all__ = ["EndOfStream", "FrameIO", "Libp2pFrames", "MemoryFrames", "memory_frame_pair"]
+__all__ = ["EndOfStream", "FrameIO", "FrameTrace", "Libp2pFrames", "MemoryFrames", "memory_frame_pair"]
 
 _READ_SIZE = 1 << 16
+
+
+class FrameTrace:
+    """Test-only: append every job-stream frame (inside Noise, as the peers exchange it) to a file.
+
+    Enabled by ``[extra] trace_job_frames = "<path>"``; the confidentiality test greps these
+    traces for a canary to show that job contents never travel in clear, not even inside the
+    encrypted libp2p connection.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def record(self, direction: str, peer_id: bytes, frame: bytes) -> None:
+        with open(self.path, "ab") as handle:
+            line = f"{direction} {peer_id.hex()} {frame.hex()}\n"
+            handle.write(line.encode())
+
+
+TRACE: FrameTrace | None = None
 
 
 class EndOfStream(Exception):
@@ -68,10 +88,15 @@ class Libp2pFrames:
                 self._decoder.close()  # raises MessageError("truncated_frame") mid-frame
                 raise EndOfStream()
             self._frames.extend(self._decoder.feed(data))
-        return self._frames.popleft()
+        frame = self._frames.popleft()
+        if TRACE is not None:
+            TRACE.record("in", self.peer_id, frame)
+        return frame
 
     async def write(self, payload: bytes) -> None:
         frame = encode_frame(payload)
+        if TRACE is not None:
+            TRACE.record("out", self.peer_id, payload)
         async with self._write_lock:
             await self.stream.write(frame)
 

@@ -25,9 +25,9 @@ import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
+from node import job_streams
 from node.executor import CHALLENGE_PROTOCOL_ID, JOB_PROTOCOL_ID, Executor, ExecutorSettings
 from node.faults import FaultConfig
-from node.host import peer_id_of
 from node.job_streams import FrameIO, Libp2pFrames, memory_frame_pair
 from node.router import ExecutorInfo, Router, RouterSettings
 from protocol import codec
@@ -91,6 +91,16 @@ class JobService:
         self._nursery: trio.Nursery | None = None
         node.metrics.gauge("veilnet_executor_active_jobs", "Jobs admitted and not yet committed",
                            lambda: self.executor.active_jobs)
+        node.metrics.gauge("veilnet_executor_job_requests", "Job requests this executor received",
+                           lambda: self.executor.requests_received)
+        node.metrics.gauge("veilnet_executor_jobs_committed", "Jobs this executor computed and committed",
+                           lambda: self.executor.jobs_committed)
+        node.metrics.gauge("veilnet_router_streams_opened", "Job streams this node's router opened",
+                           lambda: self.router.streams_opened)
+        trace = extra.get("trace_job_frames")
+        if isinstance(trace, str) and trace:
+            job_streams.TRACE = job_streams.FrameTrace(trace)
+            log.warning("TEST-ONLY: tracing job-stream frames to %s", trace)
 
     # ------------------------------------------------------------------ running
 
@@ -287,9 +297,3 @@ def _embedded_model_ids() -> dict[str, str]:
         except Exception as exc:
             log.debug("cannot identify %s at %s: %s", name, path, exc)
     return ids
-
-
-def peer_text(peer: ID | bytes) -> str:
-    from protocol.identity import peer_id_to_text
-
-    return peer_id_to_text(peer_id_of(peer))
