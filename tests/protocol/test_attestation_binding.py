@@ -105,7 +105,7 @@ def test_epoch_of() -> None:
         lambda: report_data(NODE, KEY, True, 1, [], []),
         lambda: report_data(NODE, KEY, 1, -1, [], []),
         lambda: report_data(NODE, KEY, 1, 1, "model", []),
-        lambda: report_data(NODE, KEY, 1, 1, [b"model"], []),
+        lambda: report_data(NODE, KEY, 1, 1, [b"model"], []),  # type: ignore[list-item]
         lambda: report_data(NODE, KEY, 1, 1, [], [b"short"]),
         lambda: challenge_report_data(NODE, KEY, 1, 1, [], [], b"short"),
         lambda: challenge_report_data(NODE, KEY, 1, 1, [], [], bytes(65)),
