@@ -61,6 +61,8 @@ _KEYS = frozenset(
         "sig",
     }
 )
+_SIG_PREFIX = b"\xa3sig\xc4\x40"  # fixstr "sig", bin8 of 64 bytes
+_V1_ENTRY = b"\xa1v\x01"  # fixstr "v", positive fixint 1
 _EVIDENCE_KEYS = frozenset({"kind", "data", "endorsements"})
 _KIND_RE = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
@@ -217,9 +219,13 @@ class AttestationBundle:
             "gpus": [evidence_to_wire(g) for g in self.gpus],
         }
 
+    @cached_property
+    def _payload(self) -> bytes:
+        return codec.encode(self._fields())
+
     def signed_payload(self) -> bytes:
         """The bytes the node signs (domain ``bundle``): the canonical map without ``sig``."""
-        return codec.encode(self._fields())
+        return self._payload
 
     @cached_property
     def _wire(self) -> bytes:
@@ -283,7 +289,13 @@ class AttestationBundle:
             gpus=tuple(evidence_from_wire(g, f"gpus[{i}]") for i, g in enumerate(gpus)),
             sig=sig,
         )
-        bundle.__dict__["_wire"] = data  # canonical decode guarantees re-encoding gives these bytes
+        # The decoder accepted only the canonical encoding, so re-encoding would give ``data`` back,
+        # and the signed payload is ``data`` without its ``sig`` entry: keys sort as ..., node_id,
+        # sig, v, so that entry sits just before the final ``"v": 1``. Slicing saves two encodes.
+        bundle.__dict__["_wire"] = data
+        sig_start = len(data) - len(_V1_ENTRY) - len(_SIG_PREFIX) - SIGNATURE_SIZE
+        if data[:1] == b"\x8b" and data.endswith(_V1_ENTRY) and data.startswith(_SIG_PREFIX, sig_start):
+            bundle.__dict__["_payload"] = b"\x8a" + data[1:sig_start] + _V1_ENTRY
         return bundle
 
     # -- checks ---------------------------------------------------------------------------

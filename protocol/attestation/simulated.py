@@ -95,6 +95,13 @@ class ParsedSimulatedEvidence:
     claims: SimulatedClaims
     platform_key: bytes
     signature: bytes
+    signed_claims: bytes  # canonical(claims): exactly the bytes the platform signed
+
+
+# The body's keys sort as claims, platform_key, sig, v; everything after the claims map has a fixed
+# size once the key and signature lengths are checked, so the signed claims bytes are a slice.
+_BODY_HEAD = b"\x84\xa6claims"  # fixmap of 4, fixstr "claims"
+_BODY_TAIL = len(b"\xacplatform_key\xc4\x20") + 32 + len(b"\xa3sig\xc4\x40") + 64 + len(b"\xa1v\x01")
 
 
 def parse_simulated_evidence(data: bytes) -> ParsedSimulatedEvidence:
@@ -129,7 +136,13 @@ def parse_simulated_evidence(data: bytes) -> ParsedSimulatedEvidence:
         raise SimulatedEvidenceError(f"platform_key must be {PLATFORM_KEY_SIZE} bytes")
     if not isinstance(sig, bytes) or len(sig) != 64:
         raise SimulatedEvidenceError("sig must be 64 bytes")
-    return ParsedSimulatedEvidence(SimulatedClaims(measurement, rd, debug, issued_at, testnet), key, sig)
+    claims_obj = SimulatedClaims(measurement, rd, debug, issued_at, testnet)
+    raw = data[len(MAGIC) :]
+    if raw.startswith(_BODY_HEAD) and raw.startswith(b"\xacplatform_key", len(raw) - _BODY_TAIL):
+        signed = raw[len(_BODY_HEAD) : len(raw) - _BODY_TAIL]  # canonical decode: equals encode(claims)
+    else:
+        signed = codec.encode(claims_obj.to_map())
+    return ParsedSimulatedEvidence(claims_obj, key, sig, signed)
 
 
 class SimulatedPlatform:
@@ -278,7 +291,7 @@ class SimulatedVerifier:
             verify(
                 peer_id_from_public_key(parsed.platform_key),
                 Domain.SIMULATED_EVIDENCE,
-                codec.encode(c.to_map()),
+                parsed.signed_claims,
                 parsed.signature,
             )
         except SignatureError as exc:

@@ -237,6 +237,8 @@ def test_property_round_trip(bundle: AttestationBundle) -> None:
     wire = bundle.to_wire()
     again = AttestationBundle.from_wire(wire)
     assert again == bundle and again.to_wire() == wire
+    # the payload sliced out of the wire bytes equals the one encoded from the fields
+    assert again.signed_payload() == dataclasses.replace(again).signed_payload() == bundle.signed_payload()
     again.verify_signature()
 
 

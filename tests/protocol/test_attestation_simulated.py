@@ -83,6 +83,7 @@ def test_exact_format() -> None:
     assert body == {"v": 1, "claims": claims, "platform_key": PLATFORM.public_key, "sig": body["sig"]}
     expected_sig = Identity(PLATFORM.seed).sign(Domain.SIMULATED_EVIDENCE, codec.encode(claims))
     assert body["sig"] == expected_sig
+    assert parse_simulated_evidence(evidence.data).signed_claims == codec.encode(claims)
 
 
 # -- never a real quote ---------------------------------------------------------------------------
