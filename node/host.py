@@ -37,6 +37,7 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
+from node import pnet
 from protocol.identity import Identity
 
 __all__ = [
@@ -165,6 +166,7 @@ def build_host(
     if len(psk) != 32:
         raise ValueError("the pre-shared key is 32 bytes")
     key_pair = key_pair_for(identity)
+    pnet.install()  # py-libp2p's own psk= layer is not the PSK v1 wire format (see node.pnet)
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
     addrs = [multiaddr.Multiaddr(addr) for addr in listen_addrs]
     host = new_host(
