@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -27,6 +28,7 @@ from protocol.attestation.bundle import (
     build_bundle,
 )
 from protocol.attestation.evidence import Evidence
+from protocol.attestation.evidence_files import load_evidence
 from protocol.identity import Domain, Identity, SignatureError, verify
 from tests.conftest import decoder_settings
 
@@ -181,6 +183,25 @@ def test_size_limit_on_decode_and_build() -> None:
     big = [Evidence("nvidia-gpu", b"\x01" * MAX_EVIDENCE_DATA) for _ in range(5)]  # > 256 KiB in all
     with pytest.raises(BundleError, match="too_large"):
         sample(collect_gpu_evidence=lambda n: big)
+
+
+def test_real_tdx_and_eight_gpus_fit_the_size_limit() -> None:
+    """The 256 KiB limit leaves room for a real TDX quote with collateral and 8 real H100 evidences."""
+    vectors = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors"
+    dcap = vectors / "tdx" / "dcap-qvl"
+    tdx = Evidence(
+        "tdx",
+        (dcap / "tdx_quote").read_bytes(),
+        {"collateral": (dcap / "tdx_quote_collateral.json").read_bytes()},
+    )
+    gpus = [
+        e.evidence
+        for e in load_evidence((vectors / "nvidia-gpu" / "nvtrust" / "ppcie_gpu_evidence.json").read_bytes())
+    ]
+    assert len(gpus) == 8
+    bundle = sample(collect_cpu_evidence=lambda rd: tdx, collect_gpu_evidence=lambda n: gpus)
+    assert len(bundle.to_wire()) < 128 * 1024
+    assert AttestationBundle.from_wire(bundle.to_wire()) == bundle
 
 
 def test_direct_construction_validates() -> None:
