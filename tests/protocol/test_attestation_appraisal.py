@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -545,3 +546,29 @@ def test_real_kind_refusal_comes_from_its_verifier(node: Identity, platform: Sim
     verdict = appraise(BundleAppraiser(policy), bundle, node)
     assert verdict.reasons == (Reason.MALFORMED,)
     assert verdict.cpu is not None and verdict.cpu.kind == "tdx"
+
+
+def test_real_tdx_quote_reaches_the_tdx_verifier_with_our_binding(node: Identity) -> None:
+    """A genuine, UpToDate TDX quote passes every hardware check but carries someone else's report
+    data: the appraiser must hand the TDX verifier our recomputed binding, which it then refuses."""
+    dcap = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors" / "tdx" / "dcap-qvl"
+    quote = Evidence(
+        "tdx",
+        (dcap / "tdx_quote").read_bytes(),
+        {"collateral": (dcap / "tdx_quote_collateral.json").read_bytes()},
+    )
+    now = 1752919234  # pinned: the collateral is valid then
+    bundle = build_bundle(
+        node, ENC_KEY, issued_at=now - 5, epoch_seconds=EPOCH, collect_cpu_evidence=lambda rd: quote
+    )
+    section = {
+        "allow_any_measurement": True,
+        "allow_dynamic_platform": True,
+        "allow_cached_keys": True,
+        "allow_smt": True,
+    }
+    appraiser = BundleAppraiser(Policy(allowed_kinds=("tdx",), sections={"tdx": section}))
+    verdict = appraiser.appraise(bundle.to_wire(), sender_peer_id=node.peer_id, now=now)
+    assert verdict.reasons == (Reason.REPORT_DATA_MISMATCH,)
+    assert verdict.label == "Intel TDX" and verdict.tcb_status == "UpToDate"
+    assert verdict.cpu is not None and verdict.cpu.report_data != bundle.expected_report_data()
