@@ -96,8 +96,9 @@ class CacheInfo:
 @dataclass
 class _Entry:
     bundle: AttestationBundle
-    outcome: BundleVerdict | None = None  # evidence-stage verdict (accepted or refused)
-    computed_at: int = 0
+    # (evidence-stage verdict, accepted or refused; the ``now`` it was computed at). One attribute,
+    # replaced whole, so concurrent appraisals never pair a verdict with another's time.
+    outcome: tuple[BundleVerdict, int] | None = None
 
 
 def default_verifiers() -> dict[str, EvidenceVerifier]:
@@ -197,13 +198,14 @@ class BundleAppraiser:
             if refusal.reasons == (Reason.EXPIRED,) and entry.bundle.expires_at <= now:
                 self._evict(key)  # expired for good (as long as clocks move forward)
             return refusal
-        outcome, computed_at = entry.outcome, entry.computed_at
+        cached = entry.outcome
         if (
-            outcome is None
-            or not computed_at - self.policy.max_clock_skew <= now <= computed_at + self._cache_ttl
+            cached is not None
+            and cached[1] - self.policy.max_clock_skew <= now <= cached[1] + self._cache_ttl
         ):
-            outcome = self._appraise_evidence(entry.bundle, key, now)
-            entry.outcome, entry.computed_at = outcome, now
+            return cached[0]
+        outcome = self._appraise_evidence(entry.bundle, key, now)
+        entry.outcome = (outcome, now)
         return outcome
 
     def appraise_challenge(
