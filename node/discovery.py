@@ -26,7 +26,7 @@ import multiaddr
 import trio
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.discovery.mdns.mdns import MDNSDiscovery, create_mdns_discovery
-from libp2p.kad_dht.kad_dht import DHTMode, KadDHT, _encode_key
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.tools.anyio_service import background_trio_service
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     # trio-stubs (pulled in by libp2p) shadow trio's own annotations and lack trio.TaskStatus.
     from trio_typing import TaskStatus
 
-__all__ = ["MODEL_KEY_PREFIX", "Discovery", "model_key"]
+__all__ = ["MODEL_KEY_PREFIX", "Discovery", "model_dht_key", "model_key"]
 
 log = logging.getLogger("veilnet.discovery")
 
@@ -56,6 +56,20 @@ def model_key(model_id: str) -> str:
     if not model_id or len(model_id) > 200 or any(ch.isspace() for ch in model_id):
         raise ValueError(f"bad model id {model_id!r}")
     return MODEL_KEY_PREFIX + model_id
+
+
+def model_dht_key(model_id: str) -> bytes:
+    """The Kademlia key of ``model_id``'s provider records: the sha256 multihash of :func:`model_key`.
+
+    Kademlia keys are multihashes (a CID in js/go): py-libp2p ignores ADD_PROVIDER keys over 80
+    bytes and FIND_NODE keys that are no multihash, and the raw ``/veilnet/model/vn-model:<hex>``
+    is 88 bytes, so other nodes dropped our provider records (found by tests/interop).
+    """
+    return _text_dht_key(model_key(model_id))
+
+
+def _text_dht_key(key: str) -> bytes:
+    return b"\x12\x20" + hashlib.sha256(key.encode()).digest()
 
 
 class _ConnectionEvents(INotifee):
@@ -285,14 +299,14 @@ class Discovery:
             for key in sorted(self._provided):
                 with trio.move_on_after(_LOOKUP_TIMEOUT):
                     try:
-                        await self.dht.provide(key)
+                        await self.dht.provider_store.provide(_text_dht_key(key))
                     except Exception as exc:
                         log.debug("provide %s failed: %s", key, exc)
 
     async def find_model_providers(self, model_id: str, timeout: float = _LOOKUP_TIMEOUT) -> set[bytes]:
         """Peer ids (binary) that announced ``model_id``: hints, to be confirmed against the registry."""
         key = model_key(model_id)
-        dht_key = _encode_key(key)
+        dht_key = model_dht_key(model_id)
         found: set[bytes] = {
             info.peer_id.to_bytes() for info in self.dht.provider_store.get_providers(dht_key)
         }

@@ -24,8 +24,12 @@ import { preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
+import { CID } from 'multiformats/cid'
+import * as rawCodec from 'multiformats/codecs/raw'
+import { sha256 } from 'multiformats/hashes/sha2'
 
 let node = null
+const heldStreams = [] // streams a "raw" command was asked to keep open (slow-peer tests)
 const identified = new Map() // peer id text -> { protocols, agentVersion, at }
 const identifyWaiters = new Map() // peer id text -> [resolve]
 
@@ -53,12 +57,6 @@ function deadline (ms) {
 function swarmKey (pskHex) {
   if (!/^[0-9a-fA-F]{64}$/.test(pskHex)) throw new Error('psk must be 64 hex digits (32 bytes)')
   return new TextEncoder().encode(`/key/swarm/psk/1.0.0/\n/base16/\n${pskHex.toLowerCase()}`)
-}
-
-/** kad-dht's content routing only reads `.multihash.bytes` (and logs `.toString()`): a CID-shaped
- * wrapper lets us ask for providers under Veilnet's raw namespaced keys, which are not CIDs. */
-function rawKeyAsCid (keyBytes, label) {
-  return { multihash: { bytes: keyBytes }, bytes: keyBytes, toString: () => label }
 }
 
 function waitIdentified (peerText, ms) {
@@ -146,6 +144,7 @@ async function dial (req) {
     encryption: conn.encryption ?? null,
     multiplexer: conn.multiplexer ?? null,
     remote_addr: conn.remoteAddr.toString(),
+    direction: conn.direction, // "inbound": the node had already dialled us
     protocols: info.protocols,
     agent_version: info.agentVersion
   }
@@ -187,9 +186,10 @@ async function publish (req) {
 }
 
 /**
- * Open `protocol` to `peer`, write each chunk, then optionally half-close (our write side), and
- * report how the remote ended the stream: "reset" (yamux RST), "closed" (it half-closed too, after
- * whatever it sent), or "open" (nothing happened before wait_ms).
+ * Open `protocol` to `peer`, write each chunk, then optionally half-close (our write side) or
+ * reset, and report how the remote ended the stream within wait_ms: "reset" (yamux RST),
+ * "closed" (it half-closed too, after whatever it sent) or "open" (neither). An "open" stream is
+ * reset by us, unless keep_open asks to hold it (see release_streams).
  */
 async function raw (req) {
   const signal = deadline(req.timeout_ms ?? 10000)
@@ -210,8 +210,10 @@ async function raw (req) {
       resolve()
     })
   })
+  let remoteDone
+  const remoteEnded = new Promise((resolve) => { remoteDone = resolve })
   stream.addEventListener('message', (evt) => { received.push(evt.data.subarray()) })
-  stream.addEventListener('remoteCloseWrite', () => { remoteClosedWrite = true })
+  stream.addEventListener('remoteCloseWrite', () => { remoteClosedWrite = true; remoteDone() })
   let writeError = null
   try {
     for (const chunk of req.chunks_b64 ?? []) {
@@ -224,14 +226,21 @@ async function raw (req) {
   }
   const waitMs = req.wait_ms ?? 5000
   let timer
-  await Promise.race([finished, new Promise((resolve) => { timer = setTimeout(resolve, waitMs) })])
+  // The remote's verdict is a reset (close event) or its half-close (all its data came before it).
+  await Promise.race([finished, remoteEnded, new Promise((resolve) => { timer = setTimeout(resolve, waitMs) })])
   clearTimeout(timer)
   const total = Buffer.concat(received.map((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength)))
   let outcome
   if (stream.status === 'reset' || (closed && closeError != null && !req.reset)) outcome = 'reset'
   else if (remoteClosedWrite) outcome = 'closed'
   else outcome = 'open'
-  if (outcome === 'open') stream.abort(new Error('giving up on the stream'))
+  if (outcome === 'closed' && stream.writeStatus === 'writable') {
+    stream.close().catch(() => {}) // finish our half too
+  }
+  if (outcome === 'open') {
+    if (req.keep_open) heldStreams.push(stream)
+    else stream.abort(new Error('giving up on the stream'))
+  }
   return {
     negotiated: true,
     outcome,
@@ -241,6 +250,12 @@ async function raw (req) {
     write_error: writeError,
     received_b64: total.toString('base64')
   }
+}
+
+function releaseStreams () {
+  const count = heldStreams.length
+  for (const stream of heldStreams.splice(0)) stream.abort(new Error('released'))
+  return { released: count }
 }
 
 async function dhtClosest (req) {
@@ -254,28 +269,38 @@ async function dhtClosest (req) {
   return { peers: [...peers], errors }
 }
 
+/**
+ * Ask the DHT for the providers of a Veilnet namespaced key: the key text is hashed to a sha256
+ * multihash and looked up as a CIDv1 (raw), the form every kad-dht implementation accepts.
+ * Reports each provider with the peers whose GET_PROVIDERS answer listed it.
+ */
 async function dhtProviders (req) {
-  const keyBytes = new TextEncoder().encode(req.key_utf8)
-  const providers = new Map()
-  const responders = new Set()
+  const digest = await sha256.digest(new TextEncoder().encode(req.key_utf8))
+  const cid = CID.createV1(rawCodec.code, digest)
+  const providers = new Map() // provider id -> addrs
+  const sources = new Map() // provider id -> peers that reported it
   const errors = []
   const signal = deadline(req.timeout_ms)
   try {
-    for await (const event of node.services.dht.findProviders(rawKeyAsCid(keyBytes, req.key_utf8), { signal })) {
-      if (event.name === 'PEER_RESPONSE') responders.add(event.from.toString())
+    for await (const event of node.services.dht.findProviders(cid, { signal })) {
       if (event.name === 'QUERY_ERROR') errors.push(`${event.from}: ${event.error.message}`)
-      if (event.name === 'PROVIDER') {
-        for (const p of event.providers) providers.set(p.id.toString(), p.multiaddrs.map((m) => m.toString()))
+      if (event.name === 'PEER_RESPONSE') {
+        for (const p of event.providers) {
+          const id = p.id.toString()
+          providers.set(id, p.multiaddrs.map((m) => m.toString()))
+          const from = sources.get(id) ?? new Set()
+          from.add(event.from.toString())
+          sources.set(id, from)
+        }
       }
-      if (req.want != null && req.want.every((id) => providers.has(id))) break
     }
   } catch (err) {
-    if (providers.size === 0) throw err
     errors.push(`${err.name}: ${err.message}`)
   }
   return {
+    multihash_hex: Buffer.from(digest.bytes).toString('hex'),
     providers: Object.fromEntries(providers),
-    responders: [...responders],
+    sources: Object.fromEntries([...sources].map(([id, from]) => [id, [...from]])),
     errors
   }
 }
@@ -304,6 +329,7 @@ const COMMANDS = {
   mesh,
   publish,
   raw,
+  release_streams: releaseStreams,
   dht_closest: dhtClosest,
   dht_providers: dhtProviders,
   dht_table: dhtTable,
