@@ -307,7 +307,7 @@ def make_appraise(testnet: TestnetConfig) -> Appraise:
     """A pure, thread-safe appraisal function for peers' bundles under the testnet policy."""
     appraiser = BundleAppraiser(load_policy(testnet), default_verifiers())
 
-    def appraise(bundle_bytes: bytes, sender: bytes, now: int) -> Appraisal:
+    def appraise(bundle_bytes: bytes, sender: bytes | None, now: int) -> Appraisal:
         verdict = appraiser.appraise(bundle_bytes, sender_peer_id=sender, now=now)
         bundle = verdict.bundle
         if not verdict.ok or bundle is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from node.host import read_frame, remote_peer_id, write_frame
 from node.metrics import Metrics
 from protocol import codec
 from protocol.identity import Identity
+from protocol.sealing import EncryptionKeyPair
 
 __all__ = [
     "ATTEST_PROTOCOL_ID",
@@ -45,11 +47,19 @@ log = logging.getLogger("veilnet.attest")
 
 ATTEST_PROTOCOL_ID = "/veilnet/attest/1.0.0"
 _REQUEST_LIMITS = codec.Limits(max_size=256, max_depth=2, max_str=64, max_bin=0, max_array=0, max_map=4)
+MAX_SYNC_BUNDLES = 256
+MAX_SYNC_BYTES = 4 << 20
 _RESPONSE_LIMITS = codec.Limits(
-    max_size=MAX_BUNDLE_BYTES + 64, max_depth=2, max_bin=MAX_BUNDLE_BYTES, max_map=4
+    max_size=MAX_SYNC_BYTES + MAX_BUNDLE_BYTES + 4096,
+    max_depth=3,
+    max_bin=MAX_BUNDLE_BYTES,
+    max_array=MAX_SYNC_BUNDLES,
+    max_map=4,
 )
-_PULL_TIMEOUT = 10.0
-_PULL_PARALLEL = 4
+_PULL_TIMEOUT = 5.0
+_PULL_PARALLEL = 8
+_REPULL_FAST_INTERVAL = 2.0  # while the node is young and peers are still arriving
+_REPULL_FAST_PHASE = 60.0
 _REPULL_INTERVAL = 15.0
 
 
@@ -76,6 +86,10 @@ class EpochKey:
 
     def nacl_private_key(self) -> nacl.public.PrivateKey:
         return nacl.public.PrivateKey(self.private_key)
+
+    def key_pair(self) -> EncryptionKeyPair:
+        """The same key as :mod:`protocol.sealing` takes it."""
+        return EncryptionKeyPair(secret=self.private_key, public=self.public_key)
 
 
 class EpochKeys:
@@ -171,6 +185,7 @@ class AttestService:
         self.self_check_ok: bool | None = None  # did our own policy accept our last bundle?
         self._reannounce_now = trio.Event()
         self._pull_send, self._pull_receive = trio.open_memory_channel[ID](256)
+        self._no_bundle: set[ID] = set()
         self.announces = metrics.counter(
             "veilnet_bundle_announces_total", "Bundles this node published, by trigger", ("trigger",)
         )
@@ -222,8 +237,8 @@ class AttestService:
         if not accepted and self.self_check_ok is not False:
             log.error("THIS NODE'S OWN BUNDLE FAILS ITS OWN POLICY; peers will refuse it too (reason above)")
         self.self_check_ok = accepted
+        self.announced_at = self.clock()  # set before sending: propagation is measured from here
         await self.gossip.publish(bundle)
-        self.announced_at = self.clock()
         self.announces.inc(trigger=trigger)
         log.debug(
             "announced bundle (%s, %d bytes, epoch %d)",
@@ -258,45 +273,91 @@ class AttestService:
     # ------------------------------------------------------------------------- pull protocol
 
     async def handle_pull(self, stream: INetStream) -> None:
-        """Serve ``/veilnet/attest/1.0.0``: one request frame in, our current bundle out."""
+        """Serve ``/veilnet/attest/1.0.0``: one request frame in, one response frame out.
+
+        ``get-bundle`` answers with our current bundle; ``sync`` also lists the bundles of the
+        peers we attested (anti-entropy: a newcomer learns the network from any one member).
+        """
         request = codec.decode(await read_frame(stream, _REQUEST_LIMITS.max_size), _REQUEST_LIMITS)
         if (
             not isinstance(request, dict)
-            or request.get("v") != 1
-            or request.get("type") != "get-bundle"
-            or len(request) != 2
+            or set(request) != {"v", "type"}
+            or request["v"] != 1
+            or request["type"] not in ("get-bundle", "sync")
         ):
-            raise codec.CodecError("schema", "expected {v: 1, type: 'get-bundle'}")
+            raise codec.CodecError("schema", "expected {v: 1, type: 'get-bundle' | 'sync'}")
         response: dict[str, object] = {"v": 1, "bundle": self.bundle}
+        if request["type"] == "sync":
+            response["known"] = self._known_bundles()
         await write_frame(stream, codec.encode(response))
 
+    def _known_bundles(self) -> list[bytes]:
+        own = self.identity.peer_id
+        known: list[bytes] = []
+        budget = MAX_SYNC_BYTES - (len(self.bundle) if self.bundle else 0)
+        for entry in self.gossip.registry.attested():
+            if entry.peer_id == own or not entry.bundle:
+                continue
+            if len(known) >= MAX_SYNC_BUNDLES or len(entry.bundle) > budget:
+                break  # the rest arrives by gossip or from another peer's sync
+            known.append(entry.bundle)
+            budget -= len(entry.bundle)
+        return known
+
     def on_connected(self, peer: ID) -> None:
-        with contextlib.suppress(trio.WouldBlock):  # when full, the periodic re-pull catches up
+        with contextlib.suppress(trio.WouldBlock):  # when full, the periodic sweep catches up
             self._pull_send.send_nowait(peer)
 
     async def run_puller(self) -> None:
         limiter = trio.CapacityLimiter(_PULL_PARALLEL)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._repull_missing, nursery, limiter)
+            nursery.start_soon(self._sweep, nursery, limiter)
             async for peer in self._pull_receive:
-                nursery.start_soon(self._pull_limited, peer, limiter)
+                nursery.start_soon(self._pull_limited, peer, limiter, True)
 
-    async def _repull_missing(self, nursery: trio.Nursery, limiter: trio.CapacityLimiter) -> None:
-        """Fetch directly from connected peers that are absent from the registry or close to expiry."""
+    async def _sweep(self, nursery: trio.Nursery, limiter: trio.CapacityLimiter) -> None:
+        """Anti-entropy: fetch from connected peers missing from the registry (or close to expiry),
+        and sync with one random connected peer, often while the node is young, then calmly.
+
+        Gossip only reaches current mesh members and connect-time pulls can time out on a loaded
+        machine; this sweep is what guarantees the registry converges.
+        """
+        started = trio.current_time()
+        in_flight: set[ID] = set()
+
+        async def pull_once(peer: ID, sync: bool) -> None:
+            try:
+                await self._pull_limited(peer, limiter, sync)
+            finally:
+                in_flight.discard(peer)
+
         while True:
-            await trio.sleep(_REPULL_INTERVAL)
+            young = trio.current_time() - started < _REPULL_FAST_PHASE
+            await trio.sleep(_REPULL_FAST_INTERVAL if young else _REPULL_INTERVAL)
             now = self.clock()
-            for peer in self.host.get_connected_peers():
+            connected = [peer for peer in self.host.get_connected_peers() if peer not in self._no_bundle]
+            for peer in connected:
                 entry = self.gossip.registry.get(peer.to_bytes())
-                if entry is None or entry.expires_at - now < 2 * self.reannounce_seconds:
-                    nursery.start_soon(self._pull_limited, peer, limiter)
+                stale = entry is None or entry.expires_at - now < 2 * self.reannounce_seconds
+                if stale and peer not in in_flight:
+                    in_flight.add(peer)
+                    nursery.start_soon(pull_once, peer, False)
+            idle = [peer for peer in connected if peer not in in_flight]
+            if idle:
+                peer = random.choice(idle)
+                in_flight.add(peer)
+                nursery.start_soon(pull_once, peer, True)
 
-    async def _pull_limited(self, peer: ID, limiter: trio.CapacityLimiter) -> None:
+    async def _pull_limited(self, peer: ID, limiter: trio.CapacityLimiter, sync: bool) -> None:
         async with limiter:
-            await self.pull(peer)
+            await self.pull(peer, sync=sync)
 
-    async def pull(self, peer: ID) -> bool | None:
-        """Fetch and appraise ``peer``'s bundle. None: the peer announces none (or was unreachable)."""
+    async def pull(self, peer: ID, *, sync: bool = False) -> bool | None:
+        """Fetch and appraise ``peer``'s bundle (and with ``sync``, the bundles it knows).
+
+        Returns whether the peer's own bundle was accepted; None when it has none or was
+        unreachable.
+        """
         if peer == self.host.get_id():
             return None
         with trio.move_on_after(_PULL_TIMEOUT):
@@ -307,7 +368,8 @@ class AttestService:
                 log.debug("pull from %s: no stream: %s", peer, exc)
                 return None
             try:
-                await write_frame(stream, codec.encode({"v": 1, "type": "get-bundle"}))
+                request = {"v": 1, "type": "sync" if sync else "get-bundle"}
+                await write_frame(stream, codec.encode(request))
                 response = codec.decode(await read_frame(stream, _RESPONSE_LIMITS.max_size), _RESPONSE_LIMITS)
                 await stream.close()
             except Exception as exc:
@@ -315,17 +377,26 @@ class AttestService:
                 log.info("pull from %s failed: %s", peer, exc)
                 await _reset_quietly(stream)
                 return None
-            if not isinstance(response, dict) or response.get("v") != 1 or set(response) != {"v", "bundle"}:
-                self.pulls.inc(outcome="bad_response")
-                return None
-            bundle = response["bundle"]
-            if bundle is None:
-                self.pulls.inc(outcome="no_bundle")
-                return None
-            if not isinstance(bundle, bytes):
+            expected_keys = {"v", "bundle", "known"} if sync else {"v", "bundle"}
+            known = response.get("known", []) if isinstance(response, dict) else None
+            bundle = response.get("bundle") if isinstance(response, dict) else None
+            if (
+                not isinstance(response, dict)
+                or response.get("v") != 1
+                or set(response) != expected_keys
+                or not (bundle is None or isinstance(bundle, bytes))
+                or not isinstance(known, list)
+                or not all(isinstance(item, bytes) for item in known)
+            ):
                 self.pulls.inc(outcome="bad_response")
                 return None
             sender = remote_peer_id(stream).to_bytes()
+            for relayed in known:  # signed by their own nodes; relayed, so no origin to check
+                await self.gossip.accept(relayed, None, forwarder=sender, source="sync")
+            if bundle is None:
+                self.pulls.inc(outcome="no_bundle")
+                self._no_bundle.add(peer)  # a client-only peer: do not sweep it again
+                return None
             accepted = await self.gossip.accept(bundle, sender, forwarder=sender, source="pull")
             self.pulls.inc(outcome="accepted" if accepted else "refused")
             return accepted

@@ -227,16 +227,25 @@ class Discovery:
                 nursery.start_soon(one, peer)
 
     async def _absorb_connections(self) -> None:
-        """Put every newly connected peer into the routing table (the DHT does not do it itself)."""
-        async for peer in self._connect_events:
-            for listener in self._connect_listeners:
-                try:
-                    listener(peer)
-                except Exception:
-                    log.exception("connect listener failed")
-            await self._add_to_routing_table(peer)
-            if self._provided:
-                self._provide_now.set()
+        """Tell listeners about every new connection at once, and put the peer into the routing
+        table (the DHT does not do it itself) without letting a slow insert delay the next event."""
+        limiter = trio.CapacityLimiter(4)
+
+        async def add(peer: ID) -> None:
+            async with limiter:
+                await trio.sleep(0.5)  # identify usually has told us the peer's addresses by then
+                await self._add_to_routing_table(peer)
+
+        async with trio.open_nursery() as nursery:
+            async for peer in self._connect_events:
+                for listener in self._connect_listeners:
+                    try:
+                        listener(peer)
+                    except Exception:
+                        log.exception("connect listener failed")
+                nursery.start_soon(add, peer)
+                if self._provided:
+                    self._provide_now.set()
 
     async def _sync_routing_table(self) -> None:
         """Every connected peer belongs in the routing table (all members of a testnet run the DHT

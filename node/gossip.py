@@ -34,6 +34,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from node.metrics import Metrics
 from node.registry import Change, Registry, RegistryEntry
+from protocol.attestation.bundle import MAX_BUNDLE_SIZE
 from protocol.identity import peer_id_to_text
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ __all__ = ["ATTEST_TOPIC", "MAX_BUNDLE_BYTES", "Appraisal", "Appraise", "Attesta
 log = logging.getLogger("veilnet.gossip")
 
 ATTEST_TOPIC = "veilnet/attest/1"
-MAX_BUNDLE_BYTES = 1 << 20  # a bundle with a TDX quote, collateral and GPU reports stays well under
+MAX_BUNDLE_BYTES = MAX_BUNDLE_SIZE  # the protocol's limit on one bundle's wire size
 _APPRAISAL_THREADS = 2
 # Reasons a bundle can fail just because it is old: an honest peer's previous bundle, delayed.
 _STALENESS_REASONS = frozenset({"expired", "epoch_too_old"})
@@ -67,8 +68,9 @@ class Appraisal:
     issued_at: int | None = None
 
 
-# (bundle bytes, authenticated sender peer id, now) -> Appraisal. Pure and thread-safe.
-Appraise = Callable[[bytes, bytes, int], Appraisal]
+# (bundle bytes, authenticated origin peer id or None when relayed, now) -> Appraisal.
+# Pure and thread-safe.
+Appraise = Callable[[bytes, bytes | None, int], Appraisal]
 
 
 def gossipsub_router(score_params: ScoreParams) -> GossipSub:
@@ -184,11 +186,12 @@ class AttestationGossip:
         origin = bytes(message.from_id)
         return await self.accept(bytes(message.data), origin, forwarder=forwarder.to_bytes(), source="gossip")
 
-    async def accept(self, bundle: bytes, sender: bytes, *, forwarder: bytes, source: str) -> bool:
+    async def accept(self, bundle: bytes, sender: bytes | None, *, forwarder: bytes, source: str) -> bool:
         """Appraise ``bundle`` claimed by ``sender`` (the authenticated origin) and update the registry.
 
-        ``forwarder`` is the peer that handed it to us (penalised on refusal). Returns whether the
-        bundle was accepted.
+        ``sender`` is None for a bundle relayed by a sync (it is still signed by its node, but no
+        transport vouches for who published it). ``forwarder`` is the peer that handed it to us
+        (penalised on refusal). Returns whether the bundle was accepted.
         """
         if len(bundle) > MAX_BUNDLE_BYTES:
             appraisal = Appraisal(ok=False, reasons=("malformed",), detail=f"bundle of {len(bundle)} bytes")
@@ -199,6 +202,8 @@ class AttestationGossip:
             )
         if appraisal.ok and appraisal.entry is not None:
             entry = appraisal.entry
+            if source == "sync" and entry.peer_id == self._host.get_id().to_bytes():
+                return True  # our own bundle, relayed back: our entry comes from our self-check
             addrs = tuple(sorted(set(entry.addrs) | set(self._addrs_of(entry.peer_id))))
             entry = replace(entry, addrs=addrs, verified_at=self._clock())
             change = self.registry.upsert(entry)
@@ -206,7 +211,7 @@ class AttestationGossip:
             if change is Change.ADDED:
                 log.debug("registry: added %s via %s", entry.peer_id_text, source)
             return True
-        if source == "self":
+        if source == "self" and sender is not None:
             self.self_check_failures.inc()
             log.error(
                 "own bundle refused by own policy: %s — %s", ",".join(appraisal.reasons), appraisal.detail
@@ -216,14 +221,14 @@ class AttestationGossip:
         self._refused(appraisal, sender=sender, forwarder=forwarder, source=source)
         return False
 
-    def _safe_appraise(self, bundle: bytes, sender: bytes, now: int) -> Appraisal:
+    def _safe_appraise(self, bundle: bytes, sender: bytes | None, now: int) -> Appraisal:
         try:
             return self._appraise(bundle, sender, now)
         except Exception as exc:  # an appraiser bug must not become an accepted bundle or a crash
-            log.exception("appraiser raised on a bundle from %s", _text(sender))
+            log.exception("appraiser raised on a bundle from %s", _text(sender or b""))
             return Appraisal(ok=False, reasons=("malformed",), detail=f"appraiser error: {exc}")
 
-    def _refused(self, appraisal: Appraisal, *, sender: bytes, forwarder: bytes, source: str) -> None:
+    def _refused(self, appraisal: Appraisal, *, sender: bytes | None, forwarder: bytes, source: str) -> None:
         reasons = appraisal.reasons or ("malformed",)
         for reason in reasons:
             self.rejected.inc(reason=reason)
@@ -232,14 +237,17 @@ class AttestationGossip:
         self._penalise(forwarder)
         log.warning(
             "refused a bundle from %s via %s (%s): %s%s",
-            _text(sender),
+            _text(sender or appraisal.claimed_node or b""),
             source,
             forwarder_text,
             ",".join(reasons),
             f" — {appraisal.detail}" if appraisal.detail else "",
         )
         # The peer itself presented a bundle that fails: it loses its entry, unless the refusal is
-        # only that this bundle is older than the one we hold (a delayed copy).
+        # only that this bundle is older than the one we hold (a delayed copy). A relayed bundle
+        # (no sender) never costs its node anything: the relay may be the one lying.
+        if sender is None:
+            return
         current = self.registry.get(sender)
         if current is None:
             return

@@ -180,8 +180,8 @@ def build_host(
             dial_timeout=DIAL_TIMEOUT,
             min_connections=target_peers,
             low_watermark=target_peers,
-            high_watermark=4 * target_peers,
-            max_connections=max(300, 4 * target_peers),
+            high_watermark=target_peers,  # the auto-connector aims at the watermarks' midpoint
+            max_connections=max(300, 8 * target_peers),
         ),
         enable_mDNS=False,
         announce_addrs=[multiaddr.Multiaddr(addr) for addr in announce_addrs] or None,

@@ -131,6 +131,9 @@ class Registry:
         current = self._entries.get(entry.peer_id)
         if current is not None and current.expires_at > self._clock():
             if entry.bundle_digest and entry.bundle_digest == current.bundle_digest:
+                # The same bundle again (gossip and pull, or a duplicate): keep when it was first
+                # verified, take any newly learnt addresses.
+                entry = replace(entry, verified_at=current.verified_at)
                 self._entries[entry.peer_id] = entry
                 return self._notify(Change.REFRESHED, entry)
             if current.is_newer_than(entry):

@@ -20,6 +20,7 @@ import ctypes
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +41,7 @@ __all__ = [
     "create_testnet",
     "node_command",
     "run_testnet",
+    "snapshot_code",
     "start_node_process",
     "wait_for_info",
 ]
@@ -138,6 +140,21 @@ def create_testnet(
     return TestnetLayout(root=root, testnet_path=testnet_path, node_configs=tuple(configs))
 
 
+def snapshot_code(target: Path) -> Path:
+    """Copy this checkout's ``protocol`` and ``node`` packages (no bytecode) under ``target``.
+
+    Nodes started with ``code_root=target`` run (and measure) exactly this copy, so their
+    measurement cannot drift while the checkout is being edited, and a restarted node measures
+    what it measured before. Used by the multi-node tests and benchmarks.
+    """
+    repo = Path(__file__).resolve().parents[1]
+    for package in ("protocol", "node"):
+        shutil.copytree(
+            repo / package, target / package, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+        )
+    return target
+
+
 # ------------------------------------------------------------------------------ processes
 
 
@@ -216,6 +233,7 @@ def start_node_process(
             stdout=stderr,
             stderr=stderr,
             env=child_env,
+            cwd=config_path.parent,  # not the caller's cwd: ``python -c`` puts it first on sys.path
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )

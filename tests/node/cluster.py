@@ -10,7 +10,6 @@ fixture with teardown.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time
@@ -26,6 +25,7 @@ from node.testnet import (
     NodeProcess,
     TestnetLayout,
     create_testnet,
+    snapshot_code,
     start_node_process,
     stop_processes,
     wait_for_info,
@@ -49,16 +49,6 @@ def parse_metrics(text: str) -> dict[str, float]:
         name, _, value = line.rpartition(" ")
         out[name] = float(value)
     return out
-
-
-def snapshot_code(target: Path) -> Path:
-    """Copy this checkout's ``protocol`` and ``node`` packages (no bytecode) under ``target``."""
-    repo = Path(__file__).resolve().parents[2]
-    for package in ("protocol", "node"):
-        shutil.copytree(
-            repo / package, target / package, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
-        )
-    return target
 
 
 class Cluster:
