@@ -121,6 +121,9 @@ class JobService:
         for name in models:
             started = time.monotonic()
             runtime = await trio.to_thread.run_sync(_load_runtime, name)
+            # One throw-away call before announcing: the first forward pass pays lazy init
+            # (seconds on a busy CPU), which must not count against a user's first job.
+            await trio.to_thread.run_sync(_warm_up, runtime, limiter=self.limiter)
             self.executor.runtimes[runtime.model_id] = runtime
             self.names[runtime.name] = runtime.model_id
             if runtime.task is Task.EMBEDDINGS:
@@ -268,6 +271,13 @@ def _load_runtime(name: str) -> ModelRuntime:
     from node.runtime import load_runtime
 
     return load_runtime(name)
+
+
+def _warm_up(runtime: ModelRuntime) -> None:
+    if runtime.task.value == "embeddings":
+        runtime.embed(["warm-up"])  # type: ignore[attr-defined]
+    else:
+        runtime.generate([{"role": "user", "content": "warm-up"}], 1)  # type: ignore[attr-defined]
 
 
 def _embedded_model_ids() -> dict[str, str]:
