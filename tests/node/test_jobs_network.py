@@ -277,9 +277,8 @@ def faulty(cluster: JobCluster) -> dict[str, NodeProcess]:
     attested = [nodes["wrong-output"], nodes["crash-mid-job"], nodes["drop-reveal"]]
     observer = cluster.nodes[0]
     cluster.wait_until(lambda: all(cluster.serving(observer, n) for n in attested), "faulty nodes", 150)
-    cluster.wait_until(
-        lambda: "serving all-MiniLM" in cluster.log_text(nodes["unattested"]), "the unattested node to serve", 150
-    )
+    unattested = nodes["unattested"]
+    cluster.wait_until(lambda: "serving all-MiniLM" in cluster.log_text(unattested), "it to serve", 150)
     return nodes
 
 
