@@ -132,11 +132,12 @@ def routes(node: Node) -> list[BaseRoute]:
         r = router()
         names = {model_id: name for name, model_id in r.network.known_models().items()}
         data = []
+        tasks = node.jobs.model_tasks()
         for model_id in sorted(r.network.attested_models()):
             providers = len(node.registry.attested(model_id))
             data.append({
                 "id": names.get(model_id, model_id), "object": "model", "created": 0, "owned_by": "veilnet",
-                "veilnet": {"model_id": model_id, "attested_providers": providers},
+                "veilnet": {"model_id": model_id, "attested_providers": providers, "task": tasks.get(model_id)},
             })
         return JSONResponse({"object": "list", "data": data})
 

@@ -20,6 +20,7 @@ _GROUPS: list[tuple[str, str, str | None]] = [
     ("node.cli_node", "node_app", "node"),
     ("node.cli_node", "testnet_app", "testnet"),
     ("node.cli_node", "register_peers", None),
+    ("node.cli_infer", "register", None),
 ]
 
 

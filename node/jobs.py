@@ -138,6 +138,14 @@ class JobService:
         for name, model_id in known.items():
             self.names.setdefault(name, model_id)
 
+    def model_tasks(self) -> dict[str, str]:
+        """Model id → task, for the models this node can tell (its own, and the embedded ones)."""
+        tasks = {mid: runtime.task.value for mid, runtime in self.executor.runtimes.items()}
+        for name, model_id in self.names.items():
+            if name in _EMBEDDED_TASKS:
+                tasks.setdefault(model_id, _EMBEDDED_TASKS[name])
+        return tasks
+
     async def _embed(self, model_id: str, texts: list[str]) -> np.ndarray:
         batcher = self.batchers.get(model_id)
         if batcher is None:
@@ -271,6 +279,9 @@ def _load_runtime(name: str) -> ModelRuntime:
     from node.runtime import load_runtime
 
     return load_runtime(name)
+
+
+_EMBEDDED_TASKS = {"all-MiniLM-L6-v2": "embeddings", "veilnet-tiny-random-lm": "chat"}
 
 
 def _warm_up(runtime: ModelRuntime) -> None:

@@ -1,0 +1,128 @@
+"""``veilnet infer``: one confidential inference through your own node's API, with its report.
+
+The command talks to the local node's OpenAI-compatible API (never to executors directly): the
+node seals the input to k attested TEE executors, cross-checks their answers and returns the
+majority answer with a verification report, which this command prints.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import typer
+
+__all__ = ["format_report", "infer", "register"]
+
+DEFAULT_API = "http://127.0.0.1:8700"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("infer")(infer)
+
+
+def infer(
+    text: str = typer.Argument(..., help="The text to embed, or the user message for a chat model."),
+    model: str = typer.Option("all-MiniLM-L6-v2", "--model", "-m", help="Model name or vn-model id."),
+    replicas: int = typer.Option(3, "--replicas", "-k", min=1, max=15, help="Executors that must agree."),
+    mode: str = typer.Option("consensus", "--mode", help="consensus | spot-check"),
+    api: str = typer.Option(DEFAULT_API, "--api", help="Your node's API URL."),
+    task: str = typer.Option("auto", "--task", help="auto | embeddings | chat (auto asks the node)."),
+    max_tokens: int = typer.Option(64, "--max-tokens", min=1, max=4096, help="Chat: completion budget."),
+    challenge: bool = typer.Option(False, "--challenge", help="Demand fresh attestation first."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for the answer."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw API answer."),
+) -> None:
+    """Run one confidential inference on attested executors and print the verification report."""
+    if mode not in ("consensus", "spot-check"):
+        raise typer.BadParameter("mode must be consensus or spot-check", param_hint="--mode")
+    base = api.rstrip("/")
+    options = {"replicas": replicas, "mode": mode, "challenge": challenge}
+    try:
+        with httpx.Client(timeout=timeout) as client:
+            chosen = task if task != "auto" else _task_of(client, base, model)
+            if chosen == "chat":
+                body: dict[str, Any] = {
+                    "model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
+                    "veilnet": options,
+                }
+                response = client.post(f"{base}/v1/chat/completions", json=body)
+            elif chosen == "embeddings":
+                body = {"model": model, "input": [text], "encoding_format": "float", "veilnet": options}
+                response = client.post(f"{base}/v1/embeddings", json=body)
+            else:
+                raise typer.BadParameter("task must be auto, embeddings or chat", param_hint="--task")
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach the node API at {base}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        answer = response.json()
+    except json.JSONDecodeError:
+        typer.echo(f"error: HTTP {response.status_code}: {response.text[:500]}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2))
+        raise typer.Exit(0 if response.status_code == 200 else 1)
+    if response.status_code != 200:
+        error = answer.get("error", {})
+        typer.echo(f"error ({error.get('code')}): {error.get('message')}", err=True)
+        if answer.get("veilnet"):
+            typer.echo(format_report(answer["veilnet"]), err=True)
+        raise typer.Exit(1)
+    if chosen == "chat":
+        typer.echo(answer["choices"][0]["message"]["content"])
+    else:
+        vector = answer["data"][0]["embedding"]
+        head = ", ".join(f"{x:+.4f}" for x in vector[:6])
+        typer.echo(f"embedding ({len(vector)} dimensions): [{head}, …]")
+    typer.echo(format_report(answer["veilnet"]))
+
+
+def _task_of(client: httpx.Client, base: str, model: str) -> str:
+    """Ask the node which task ``model`` has (embeddings when it cannot tell)."""
+    response = client.get(f"{base}/v1/models")
+    response.raise_for_status()
+    for entry in response.json().get("data", []):
+        veilnet = entry.get("veilnet", {})
+        if model in (entry.get("id"), veilnet.get("model_id")):
+            return str(veilnet.get("task") or "embeddings")
+    return "embeddings"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A plain-text verification report (also used by the testnet demo)."""
+    lines = [
+        f"job {report.get('job_id')}  model {report.get('model')}  mode {report.get('mode')}"
+        f"  replicas {report.get('replicas')}  status {report.get('status')}"
+        f"{'  (escalated)' if report.get('escalated') else ''}",
+    ]
+    agreement = report.get("agreement") or {}
+    if agreement:
+        parts = [f"{agreement.get('agreeing')} of {agreement.get('of')} revealed results agree"]
+        if "min_cosine" in agreement:
+            parts.append(f"min cosine {agreement['min_cosine']:.9f}")
+        if "max_rel_l2" in agreement:
+            parts.append(f"max rel. L2 {agreement['max_rel_l2']:.2e}")
+        if agreement.get("comparator"):
+            parts.append(f"comparator {agreement['comparator']}")
+        lines.append("agreement: " + ", ".join(parts))
+    lines.append("executors:")
+    for row in report.get("executors", []):
+        timings = row.get("timings_ms") or {}
+        fault = row.get("offence") or row.get("failure") or "outvoted"
+        verdict = "agrees" if row.get("in_majority") else fault
+        lines.append(
+            f"  {row.get('peer_id')}  {row.get('role'):<8} {row.get('tee_label') or row.get('tee_kind')}"
+            f"  {verdict}  commit {_ms(timings.get('commit'))}  reveal {_ms(timings.get('reveal'))}"
+        )
+    for penalty in report.get("penalties", []):
+        banned = f" (banned until {penalty['banned_until']:.0f})" if penalty.get("banned_until") else ""
+        lines.append(f"penalised: {penalty.get('peer_id')} for {penalty.get('offence')}{banned}")
+    if report.get("total_ms") is not None:
+        lines.append(f"total {report['total_ms']:.1f} ms")
+    return "\n".join(lines)
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
