@@ -263,6 +263,7 @@ class Node:
                 "(allowed by testnet %s)",
                 self.testnet.testnet_id,
             )
+        stopping_at: float | None = None
         async with self.host.run(listen_addrs=listen):
             try:
                 async with trio.open_nursery() as nursery:
@@ -285,21 +286,37 @@ class Node:
                     task_status.started()
                     await self._stop.wait()
                     log.info("stopping")
+                    stopping_at = trio.current_time()
                     nursery.cancel_scope.cancel()
             finally:
                 self._nursery = None
                 self._remove_info()
+                services_done = trio.current_time()
                 await self._close_connections()
+                connections_done = trio.current_time()
+        if stopping_at is not None:
+            log.info(
+                "shutdown took %.2f s (services %.2f s, connections %.2f s, host %.2f s)",
+                trio.current_time() - stopping_at,
+                services_done - stopping_at,
+                connections_done - services_done,
+                trio.current_time() - connections_done,
+            )
 
     async def _close_connections(self) -> None:
         """Close every connection while the swarm still runs (avoids the B8 shutdown race)."""
+        network = self.host.get_network()
+
+        async def close(peer: ID) -> None:
+            try:
+                await network.close_peer(peer)
+            except Exception as exc:
+                log.debug("closing %s: %s", peer, exc)
+
         with trio.CancelScope(deadline=trio.current_time() + _SHUTDOWN_GRACE, shield=True):
-            network = self.host.get_network()
-            for peer in list(self.host.get_connected_peers()):
-                try:
-                    await network.close_peer(peer)
-                except Exception as exc:
-                    log.debug("closing %s: %s", peer, exc)
+            async with trio.open_nursery() as nursery:  # concurrently: each close waits on its peer
+                for peer in list(self.host.get_connected_peers()):
+                    nursery.start_soon(close, peer)
 
     async def _run_service(self, name: str, fn: Service) -> None:
         try:

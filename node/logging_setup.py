@@ -47,6 +47,11 @@ BENIGN_LIBP2P_MESSAGES: tuple[str, ...] = (
     "Error in stream handler",
     "Unexpected exception",
     "Yamux connection closed unexpectedly",  # every time a peer stops
+    "[ADDCONN_FAIL]",  # an inbound connection arriving while the node shuts down
+    "Failed to parse protobuf message",  # a DHT peer that hung up mid-message
+    "GRAFT flood detected",  # a peer re-grafting within the prune backoff; already penalised
+    "MultiselectClient handshake",  # a peer that went away mid-negotiation
+    "Error in handle_incoming",  # yamux: the peer reset the TCP connection
 )
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
