@@ -611,6 +611,8 @@ class Router:
                     if entry["peer_id"] == peer_id_to_text(primary) and entry["role"] == "primary":
                         entry["in_majority"] = True
                 self._finish_report(report, verdict_outcome, started)
+                report["agreement"]["agreeing"] += 1  # the primary agrees with its own tokens
+                report["agreement"]["of"] += 1
                 report["result_from"] = peer_id_to_text(primary)
                 return JobResult(job_id=job_id, model_id=model_id, generation=generation, report=report)
             rejecters = chat_voter.rejecters

@@ -317,7 +317,14 @@ def demo_registry(run: RunningTestnet) -> None:
 
 # Steps ``testnet up --demo`` runs in order once every node is up; later subsystems append theirs
 # (e.g. sending one job). A step raising TestnetError ends the demo with that message.
-DEMO_STEPS: list[Callable[[RunningTestnet], None]] = [demo_registry]
+def demo_job(run: RunningTestnet) -> None:
+    """Demo step: one confidential embeddings job through node 0's API, answer and report printed."""
+    from node.cli_infer import demo_job as send_demo_job
+
+    send_demo_job(run)
+
+
+DEMO_STEPS: list[Callable[[RunningTestnet], None]] = [demo_registry, demo_job]
 
 
 def run_testnet(layout: TestnetLayout, *, demo: bool = False, out: Any = None) -> int:
