@@ -50,7 +50,6 @@ pytestmark = [pytest.mark.network, pytest.mark.timeout(240)]
 BUNDLE_KEYS = {"v", "node_id", "enc_pubkey", "epoch", "issued_at", "expires_at"} | {
     "models", "addrs", "cpu", "gpus", "sig"
 }  # fmt: skip
-GET_BUNDLE = codec.encode({"v": 1, "type": "get-bundle"})
 
 
 def _counter(metrics: dict[str, float], name: str, **labels: str) -> float:
@@ -76,18 +75,26 @@ def _healthy(testnet: InteropCluster) -> None:
         assert testnet.peer_ids(node) == everyone
 
 
-def _pull_bundle(js: JsPeer, node: NodeProcess) -> AttestationBundle:
-    """Fetch ``node``'s bundle over /veilnet/attest/1.0.0 from the js side."""
+def _pull(js: JsPeer, node: NodeProcess, request_type: str = "get-bundle") -> dict[str, Any]:
+    """One /veilnet/attest/1.0.0 exchange from the js side: the decoded response map."""
+    request = codec.encode({"v": 1, "type": request_type})
     reply = js.ok(
         "raw", peer=node.info["peer_id"], protocol=ATTEST_PROTOCOL_ID,
-        chunks_b64=[b64(_frame(GET_BUNDLE))], half_close=True, wait_ms=5000,
+        chunks_b64=[b64(_frame(request))], half_close=True, wait_ms=5000,
     )  # fmt: skip
     assert reply["negotiated"] and reply["outcome"] == "closed", reply
     data = unb64(reply["received_b64"])
     (length,) = struct.unpack(">I", data[:4])
     assert len(data) == 4 + length
     response = codec.decode(data[4:])
-    assert set(response) == {"v", "bundle"} and response["v"] == 1
+    assert isinstance(response, dict) and response["v"] == 1
+    return response
+
+
+def _pull_bundle(js: JsPeer, node: NodeProcess) -> AttestationBundle:
+    """Fetch ``node``'s own bundle over /veilnet/attest/1.0.0 (``get-bundle``)."""
+    response = _pull(js, node)
+    assert set(response) == {"v", "bundle"}
     return AttestationBundle.from_wire(response["bundle"])
 
 
@@ -213,6 +220,12 @@ def test_js_peer_receives_the_nodes_bundles_and_they_decode_as_documented(
         verify(value["node_id"], Domain.BUNDLE, unsigned, value["sig"])  # raises if forged
         bundle = AttestationBundle.from_wire(data)
         assert bundle.epoch == value["epoch"] and bundle.node_id == value["node_id"]
+
+    # The same bundles by direct fetch: "sync" returns the node's own bundle and those it attested.
+    response = _pull(js_peer, testnet.nodes[0], "sync")
+    assert set(response) == {"v", "bundle", "known"}
+    synced = [AttestationBundle.from_wire(raw) for raw in [response["bundle"], *response["known"]]]
+    assert {peer_id_to_text(bundle.node_id) for bundle in synced} == node_ids
 
     delays = [m["received_at"] - announced[_digest(m)] for m in messages if _digest(m) in announced]
     assert delays, "no received bundle could be matched to its announcement"
