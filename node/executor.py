@@ -182,6 +182,10 @@ class Executor:
         self._on_job = on_job
         self._replay = ReplayWindow(max_ahead_ms=self.settings.max_deadline_ahead_ms)
         self._pending: dict[tuple[bytes, bytes], _Pending] = {}
+        # Jobs admitted and still computing → whether their client already asked for the reveal.
+        # A client that wants no cross-check (k = 1) pipelines the reveal request behind the job
+        # to save a round trip; the result is then revealed right after the commitment.
+        self._running: dict[tuple[bytes, bytes], bool] = {}
         self._active = 0
         self._last_result: JobResult | None = None
         self.requests_received = 0  # JobRequests that reached this executor, accepted or not
@@ -283,6 +287,7 @@ class Executor:
             await session.error(code, str(exc), req.job_id)
             return
         self._active += 1
+        self._running[(session.client, req.job_id)] = False
         nursery.start_soon(self._run_job, session, req, job, job_session, time.monotonic())
 
     def _check(self, req: JobRequest, now_ms: int) -> _Refusal | _Admitted:
@@ -349,6 +354,8 @@ class Executor:
             )
             self.jobs_committed += 1
             await session.send(commitment.to_wire())
+            if self._running.get((session.client, req.job_id)):
+                await self._reveal(session, req.job_id)
         except Busy as exc:
             outcome = "busy"
             self._refused("busy")
@@ -367,6 +374,7 @@ class Executor:
             log.debug("job %s: client stream gone: %s", req.job_id.hex(), exc)
         finally:
             self._active -= 1
+            self._running.pop((session.client, req.job_id), None)
             if self._on_job is not None:
                 self._on_job(req.model_id, outcome)
 
@@ -452,6 +460,10 @@ class Executor:
     # ------------------------------------------------------------------ reveal
 
     async def _reveal(self, session: _Session, job_id: bytes) -> None:
+        key = (session.client, job_id)
+        if self._running.get(key) is False and key not in self._pending:
+            self._running[key] = True  # still computing: reveal right after the commitment
+            return
         pending = self._pending.get((session.client, job_id))
         if pending is None or pending.deadline_ms <= int(self._clock() * 1000):
             self._pending.pop((session.client, job_id), None)

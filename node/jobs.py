@@ -127,7 +127,9 @@ class JobService:
             self.executor.runtimes[runtime.model_id] = runtime
             self.names[runtime.name] = runtime.model_id
             if runtime.task is Task.EMBEDDINGS:
-                batcher = EmbeddingBatcher(runtime, limiter=self.limiter)  # type: ignore[arg-type]
+                # No deliberate wait for company: under load, requests pile up while a batch
+                # computes and the next batch takes them all; an idle executor answers at once.
+                batcher = EmbeddingBatcher(runtime, limiter=self.limiter, max_wait_ms=0.0)  # type: ignore[arg-type]
                 await nursery.start(batcher.run)
                 self.batchers[runtime.model_id] = batcher
             log.info("serving %s (%s, %s) loaded in %.1fs", runtime.name, runtime.task.value,
@@ -201,22 +203,46 @@ class _NodeNetwork:
         self._service = service
         self._node = service.node
         self._appraiser: Any = None
+        self._hints_at: dict[str, float] = {}
 
     @property
     def local_peer_id(self) -> bytes:
         return self._node.identity.peer_id
 
     async def providers(self, model_id: str) -> list[ExecutorInfo]:
+        """Registry entries serving ``model_id`` (what this node appraised itself). DHT provider
+        records are only hints that would have to be confirmed against the registry anyway, so
+        they are refreshed in the background (dialling hinted peers makes their bundles arrive)
+        instead of costing every job a network lookup."""
+        self._refresh_hints_soon(model_id)
         infos = [
             ExecutorInfo(peer_id=e.peer_id, enc_pubkey=e.enc_pubkey, kind=e.kind, label=e.label,
                          models=tuple(e.models), bundle=e.bundle)
-            for e in await self._node.attested_providers(model_id)
+            for e in self._node.registry.attested(model_id)
             if e.peer_id != self.local_peer_id
         ]
         own = self._service.self_info(model_id)
         if own is not None:
             infos.append(own)
         return infos
+
+    def _refresh_hints_soon(self, model_id: str) -> None:
+        now = time.monotonic()
+        nursery = self._service._nursery
+        if nursery is None or now - self._hints_at.get(model_id, -_HINT_INTERVAL) < _HINT_INTERVAL:
+            return
+        self._hints_at[model_id] = now
+        nursery.start_soon(self._refresh_hints, model_id)
+
+    async def _refresh_hints(self, model_id: str) -> None:
+        try:
+            hinted = await self._node.discovery.find_model_providers(model_id)
+        except Exception as exc:
+            log.debug("provider hints for %s: %s", model_id, exc)
+            return
+        for peer_id in hinted:
+            if peer_id != self.local_peer_id and self._node.registry.get(peer_id) is None:
+                await self._node.dial(peer_id)  # a new connection pulls the peer's bundle
 
     def known_models(self) -> Mapping[str, str]:
         return dict(self._service.names)
@@ -281,6 +307,7 @@ def _load_runtime(name: str) -> ModelRuntime:
     return load_runtime(name)
 
 
+_HINT_INTERVAL = 30.0  # seconds between background DHT provider lookups per model
 _EMBEDDED_TASKS = {"all-MiniLM-L6-v2": "embeddings", "veilnet-tiny-random-lm": "chat"}
 
 

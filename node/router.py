@@ -359,6 +359,7 @@ class _Phase:
     infos: Mapping[bytes, ExecutorInfo]
     decode: Callable[[bytes], Any]  # result plaintext → comparator value (raises on malformed)
     challenge: bool
+    pipeline_reveal: bool = False  # k = 1 without cross-check: ask for the reveal with the job
     sessions: dict[bytes, JobSession] = field(default_factory=dict)
     timings: dict[bytes, dict[str, float]] = field(default_factory=dict)
     challenged: dict[bytes, str] = field(default_factory=dict)
@@ -534,6 +535,9 @@ class Router:
             outcome, phase = await self._run_phase(
                 job_id, model_id, task, mode, job, decode, infos, quorum=quorum, deadline=deadline,
                 challenge=challenge, escalate=self.settings.escalate and quorum > 1, exclude=(),
+                # k = 1 by the user's choice: nothing to cross-check, so no reason to hold the reveal
+                # back (never in spot-check: the primary must not learn that it goes unchecked)
+                pipeline=mode is Mode.CONSENSUS and quorum == 1,
             )
             report["executors"] = self._executor_report(outcome, phase, role="replica")
             self._finish_report(report, outcome, started)
@@ -562,6 +566,7 @@ class Router:
             outcome, phase = await self._run_phase(
                 gen_id, model_id, Task.CHAT, mode, job, decode, infos, quorum=1, deadline=deadline,
                 challenge=challenge, escalate=False, exclude=rejected,
+                pipeline=mode is Mode.CONSENSUS and verifiers == 0,
             )
             primary_rows = self._executor_report(outcome, phase, role="primary")
             for row in primary_rows:  # producing a completion is not agreement: phase 2 decides
@@ -645,7 +650,7 @@ class Router:
         self, job_id: bytes, model_id: str, task: Task, mode: Mode, job: JobInput,
         decode: Callable[[bytes], Any], infos: Mapping[bytes, ExecutorInfo], *, quorum: int, deadline: float,
         challenge: bool, escalate: bool, exclude: set[bytes] | tuple[()], voter: Any = None,
-        needed: int | None = None,
+        needed: int | None = None, pipeline: bool = False,
     ) -> tuple[Outcome, _Phase]:
         now = self._clock()
         banned = self.reputation.banned(now)
@@ -658,7 +663,7 @@ class Router:
         phase = _Phase(
             job_id=job_id, model_id=model_id, task=task, mode=mode, job=job,
             stream=isinstance(job, GenerateInput), deadline_ms=int(deadline * 1000), infos=infos,
-            decode=decode, challenge=challenge, started=now,
+            decode=decode, challenge=challenge, started=now, pipeline_reveal=pipeline,
         )
         flow_deadline = max(now + 0.05, deadline - self.settings.deadline_margin_s)
         flow = JobFlow(
@@ -743,6 +748,8 @@ class Router:
             )
             try:
                 await link.send(request.to_wire())
+                if phase.pipeline_reveal:
+                    await link.send(RevealRequest(job_id=phase.job_id).to_wire())
                 link.jobs_sent += 1
             except Exception as exc:
                 await events.send(_Failed(peer, Failure.CRASH, f"send failed: {exc}"))
@@ -840,6 +847,8 @@ class Router:
         raise _StreamFailure("the result stream ended without its final chunk")
 
     async def _request_reveal(self, phase: _Phase, peer: bytes, events: trio.MemorySendChannel[Any]) -> None:
+        if phase.pipeline_reveal:
+            return  # already asked together with the job
         link = self._links.get(peer)
         if link is None or link.broken:
             await events.send(_Failed(peer, Failure.CRASH, "job stream gone before the reveal"))

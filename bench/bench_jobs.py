@@ -1,0 +1,206 @@
+"""Confidential jobs through a node's API against the same inference in-process.
+
+Topology (real node processes on 127.0.0.1): node 0 is a client-only node (it serves no model, so
+every job crosses libp2p), nodes 1–3 serve all-MiniLM-L6-v2. Same model, same input text, measured
+in the same run.
+
+Rows:
+- k=1 job through the API, p50/p95 (one executor: seal → job stream → commit → reveal → open →
+  vote of one → JSON answer) against ``runtime.embed([text])`` in this process. Goal: p50 overhead
+  (API p50 − in-process p50) under 5 ms.
+- k=3 consensus latency p50/p95 against k=1 (interleaved, same executors available).
+- throughput at saturation, jobs/s: 48 concurrent clients sending one-text k=1 jobs to a single
+  executor (the others are stopped), against in-process batched inference (batches of 32) on the
+  same cores. Goal: at least 0.8×. One-text jobs are the worst case (every job pays HTTP, routing,
+  sealing and three libp2p messages in Python); a second row sends 16-text jobs and counts texts/s.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from bench import Result
+from node.config import NodeConfig
+from node.testnet import (
+    NodeProcess,
+    create_testnet,
+    snapshot_code,
+    start_node_process,
+    stop_processes,
+    wait_for_info,
+)
+
+MODEL = "all-MiniLM-L6-v2"
+TEXT = "Confidential inference on attested peers, measured end to end."
+LATENCY_SAMPLES = 40
+THROUGHPUT_WINDOW = 12.0
+CONCURRENCY = 48
+MULTI = 16  # texts per job in the second throughput row (a typical RAG chunk batch)
+BATCH = 32
+READY_TIMEOUT = 240.0
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class _Network:
+    def __init__(self, root: Path, code_root: Path) -> None:
+        self.root = root
+        self.code_root = code_root
+        self.nodes: list[NodeProcess] = []
+        self.http = httpx.Client(timeout=120.0)
+
+    def _overrides(self, index: int, config: NodeConfig) -> NodeConfig:
+        models = () if index == 0 else (MODEL,)
+        extra = {"deadline_s": 60, "commit_timeout_s": 30}
+        return replace(config, log_level="WARNING", models=models, extra=extra)
+
+    def start(self, executors: int) -> None:
+        layout = create_testnet(self.root, nodes=1 + executors, api_port=0, code_root=self.code_root,
+                                node_overrides=self._overrides)
+        first = start_node_process(0, layout.node_configs[0], code_root=self.code_root)
+        self.nodes.append(first)
+        wait_for_info(first)
+        for index, path in enumerate(layout.node_configs[1:], start=1):
+            self.nodes.append(start_node_process(index, path, ("--bootstrap", first.multiaddr),
+                                                 code_root=self.code_root))
+        for node in self.nodes[1:]:
+            wait_for_info(node)
+        started = time.monotonic()
+        while time.monotonic() - started < READY_TIMEOUT:
+            if self.providers() >= executors:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"{executors} executors did not announce {MODEL} in time")
+
+    def providers(self) -> int:
+        try:
+            data = self.http.get(f"{self.nodes[0].api_url}/v1/models").json()["data"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            return 0
+        return sum(entry["veilnet"]["attested_providers"] for entry in data if entry["id"] == MODEL)
+
+    def embed(self, replicas: int) -> dict[str, Any]:
+        body = {"model": MODEL, "input": [TEXT], "veilnet": {"replicas": replicas}}
+        response = self.http.post(f"{self.nodes[0].api_url}/v1/embeddings", json=body)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def timed(self, replicas: int) -> float:
+        started = time.perf_counter()
+        answer = self.embed(replicas)
+        elapsed = time.perf_counter() - started
+        assert answer["veilnet"]["status"] == "ok"
+        return elapsed
+
+    def close(self) -> None:
+        stop_processes(self.nodes)
+        self.http.close()
+
+
+def _in_process() -> tuple[Any, list[float], float]:
+    """(runtime, single-text latencies, batched texts per second), all in this process."""
+    from node.runtime import load_runtime
+
+    runtime = load_runtime(MODEL)
+    for _ in range(3):
+        runtime.embed([TEXT])  # type: ignore[attr-defined]
+    single = []
+    for _ in range(LATENCY_SAMPLES):
+        started = time.perf_counter()
+        runtime.embed([TEXT])  # type: ignore[attr-defined]
+        single.append(time.perf_counter() - started)
+    batch = [TEXT] * BATCH
+    runtime.embed(batch)  # type: ignore[attr-defined]
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < THROUGHPUT_WINDOW / 2:
+        runtime.embed(batch)  # type: ignore[attr-defined]
+        count += BATCH
+    return runtime, single, count / (time.perf_counter() - started)
+
+
+async def _saturate(url: str, texts_per_job: int = 1, concurrency: int = CONCURRENCY) -> float:
+    """Jobs per second with ``concurrency`` clients sending k=1 jobs back to back."""
+    body = {"model": MODEL, "input": [TEXT] * texts_per_job, "veilnet": {"replicas": 1}}
+    done = 0
+    failed = 0
+    deadline = trio.current_time() + THROUGHPUT_WINDOW
+
+    async with httpx.AsyncClient(timeout=120.0, limits=httpx.Limits(max_connections=concurrency)) as client:
+
+        async def worker() -> None:
+            nonlocal done, failed
+            while trio.current_time() < deadline:
+                response = await client.post(f"{url}/v1/embeddings", json=body)
+                if response.status_code == 200:
+                    done += 1
+                else:
+                    failed += 1
+
+        for _ in range(3):  # warm the path (connections, job streams)
+            await client.post(f"{url}/v1/embeddings", json=body)
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker)
+        elapsed = trio.current_time() - started
+    if failed > done:
+        raise RuntimeError(f"{failed} of {done + failed} jobs failed at saturation")
+    return done / elapsed
+
+
+def run() -> list[Result]:
+    _, single, batched_rate = _in_process()
+    in_process_p50 = statistics.median(single)
+    with tempfile.TemporaryDirectory(prefix="veilnet-bench-jobs-") as tmp:
+        root = Path(tmp)
+        network = _Network(root / "testnet", snapshot_code(root / "code"))
+        try:
+            network.start(executors=3)
+            for _ in range(5):
+                network.timed(1)
+                network.timed(3)
+            k1, k3 = [], []
+            for _ in range(LATENCY_SAMPLES):
+                k1.append(network.timed(1))
+                k3.append(network.timed(3))
+            # saturation against one executor: stop the other two so every job lands on node 1
+            stop_processes(network.nodes[2:])
+            network.nodes = network.nodes[:2]
+            started = time.monotonic()
+            while network.providers() > 1 and time.monotonic() - started < 30:
+                time.sleep(0.5)
+            rate = trio.run(_saturate, network.nodes[0].api_url)
+            multi_rate = trio.run(_saturate, network.nodes[0].api_url, MULTI, CONCURRENCY // 4)
+        finally:
+            network.close()
+    k1_p50, k3_p50 = statistics.median(k1), statistics.median(k3)
+    ms = 1000.0
+    return [
+        Result("job k=1 via API, p50", k1_p50 * ms, "ms", in_process_p50 * ms, "in-process embed, p50",
+               k1_p50 / in_process_p50, "p50 overhead < 5 ms"),
+        Result("job k=1 via API, p95", _percentile(k1, 0.95) * ms, "ms", _percentile(single, 0.95) * ms,
+               "in-process embed, p95", _percentile(k1, 0.95) / _percentile(single, 0.95)),
+        Result("job k=1 overhead (API p50 − in-process p50)", (k1_p50 - in_process_p50) * ms, "ms",
+               goal="< 5 ms"),
+        Result("job k=3 consensus via API, p50", k3_p50 * ms, "ms", k1_p50 * ms, "k=1 via API, p50",
+               k3_p50 / k1_p50),
+        Result("job k=3 consensus via API, p95", _percentile(k3, 0.95) * ms, "ms", _percentile(k1, 0.95) * ms,
+               "k=1 via API, p95", _percentile(k3, 0.95) / _percentile(k1, 0.95)),
+        Result("throughput at saturation, k=1, 1 executor, 1-text jobs", rate, "jobs/s", batched_rate,
+               f"in-process batched ({BATCH}) texts/s", rate / batched_rate, "≥ 0.8×"),
+        Result(f"throughput at saturation, k=1, 1 executor, {MULTI}-text jobs", multi_rate * MULTI,
+               "texts/s", batched_rate, f"in-process batched ({BATCH}) texts/s",
+               multi_rate * MULTI / batched_rate, "≥ 0.8×"),
+    ]
