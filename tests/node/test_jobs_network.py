@@ -144,6 +144,10 @@ def test_embeddings_through_the_api_equal_in_process_and_name_three_executors(cl
     for _ in range(4):
         cluster.embed(TEXTS[:1])
     assert cluster.gauge(cluster.nodes[0], "veilnet_router_streams_opened") <= 4
+    # fresh attestation on demand: every chosen executor answers a challenge before the job
+    challenged = cluster.embed(TEXTS[:1], challenge=True)["veilnet"]
+    assert challenged["status"] == "ok" and challenged["challenge"] is True
+    assert all(e["challenge"] == "challenge answered with fresh evidence" for e in challenged["executors"])
 
 
 def test_the_official_openai_client_works(cluster, models):
