@@ -137,7 +137,9 @@ def routes(node: Node) -> list[BaseRoute]:
             providers = len(node.registry.attested(model_id))
             data.append({
                 "id": names.get(model_id, model_id), "object": "model", "created": 0, "owned_by": "veilnet",
-                "veilnet": {"model_id": model_id, "attested_providers": providers, "task": tasks.get(model_id)},
+                "veilnet": {
+                    "model_id": model_id, "attested_providers": providers, "task": tasks.get(model_id)
+                },
             })
         return JSONResponse({"object": "list", "data": data})
 

@@ -140,9 +140,8 @@ def demo_job(run: Any) -> None:
     send one confidential embeddings request through its API and print answer and report."""
     import time
 
-    from node.testnet import TestnetError
-
     from node.config import load_node_config
+    from node.testnet import TestnetError
 
     if DEMO_MODEL not in load_node_config(run.layout.node_configs[0]).models:
         print(f"(the nodes serve no {DEMO_MODEL}: no demo job)", flush=True)
