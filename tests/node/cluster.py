@@ -10,8 +10,11 @@ fixture with teardown.
 from __future__ import annotations
 
 import json
+import os
+import select
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -31,7 +34,7 @@ from node.testnet import (
     wait_for_info,
 )
 
-__all__ = ["Cluster", "ClusterTimeout", "parse_metrics"]
+__all__ = ["Cluster", "ClusterTimeout", "parse_metrics", "read_until", "start_cli"]
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -49,6 +52,44 @@ def parse_metrics(text: str) -> dict[str, float]:
         name, _, value = line.rpartition(" ")
         out[name] = float(value)
     return out
+
+
+def start_cli(*args: str, code_root: Path, cwd: Path) -> subprocess.Popen[str]:
+    """Run ``veilnet ARGS`` as an operator would, with the packages under ``code_root``."""
+    env = dict(os.environ, PYTHONPATH=str(code_root))
+    return subprocess.Popen(
+        [sys.executable, "-c", "from node.cli import main; main()", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    """Read the process's output until it contains ``marker`` (bounded); returns what was read.
+
+    Reads the raw file descriptor: a text wrapper's readline buffers ahead, after which select()
+    no longer sees the data that is already waiting.
+    """
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            seen += chunk
+            if marker.encode() in seen:
+                return seen.decode(errors="replace")
+    process.kill()
+    raise AssertionError(f"{marker!r} not printed within {timeout} s:\n{seen.decode(errors='replace')}")
 
 
 class Cluster:

@@ -6,23 +6,28 @@ attested nodes. The order matters only in that the restart test runs last.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import time
+from pathlib import Path
 
 import multiaddr
 import pytest
 import trio
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
+from typer.testing import CliRunner
 
 from node.attest_service import ATTEST_PROTOCOL_ID
+from node.cli import app
 from node.config import TestEvidenceFault, load_testnet_config
 from node.host import build_host, dial, read_frame, write_frame
 from protocol import codec
 from protocol.attestation.bundle import AttestationBundle
 from protocol.identity import Identity
-from tests.node.cluster import Cluster
+from tests.node.cluster import Cluster, start_cli
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(240)]
 
@@ -190,6 +195,35 @@ async def test_a_different_pre_shared_key_cannot_connect(cluster5: Cluster) -> N
     assert outsider.get_id().to_base58() not in cluster5.peer_ids(target)
 
 
+def test_testnet_join_and_peers(cluster5: Cluster, tmp_path: Path) -> None:
+    assert cluster5.layout is not None and cluster5.code_root is not None
+    data_dir = tmp_path / "joiner"
+    joiner = start_cli(
+        "testnet", "join", cluster5.nodes[3].multiaddr,
+        "--testnet-config", str(cluster5.layout.testnet_path),
+        "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0",
+        "--evidence", "simulated",
+        code_root=cluster5.code_root,
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        info_path = data_dir / "node-info.json"
+        cluster5.wait_until(info_path.exists, "the joining node to come up", timeout=60)
+        joined = json.loads(info_path.read_text())
+        everyone = {node.info["peer_id"] for node in cluster5.honest} | {joined["peer_id"]}
+        cluster5.wait_registries_complete(expected=everyone, timeout=60)
+
+        result = CliRunner().invoke(app, ["peers", "--api", joined["api_url"], "--json"])
+        assert result.exit_code == 0, result.output
+        assert {peer["peer_id"] for peer in json.loads(result.output)["peers"]} == everyone
+        table = CliRunner().invoke(app, ["peers", "--api", joined["api_url"]])
+        assert table.exit_code == 0 and "SIMULATED" in table.output and "(6)" in table.output
+    finally:
+        joiner.send_signal(signal.SIGTERM)
+        joiner.communicate(timeout=20)
+    assert joiner.returncode == 0
+
+
 def test_sigterm_exits_cleanly_and_a_restarted_node_keeps_its_id(cluster5: Cluster) -> None:
     node = cluster5.nodes[4]
     peer_id = node.info["peer_id"]
@@ -200,7 +234,8 @@ def test_sigterm_exits_cleanly_and_a_restarted_node_keeps_its_id(cluster5: Clust
     assert time.monotonic() - started < 5.0
     log = cluster5.log_text(node)[log_offset:]
     assert "received SIGTERM" in log
-    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+    bad = [line for line in log.splitlines() if "Traceback" in line or " ERROR " in line]
+    assert not bad, "\n".join(bad)
     assert (node.data_dir / "stderr.log").read_text() == ""
 
     fresh = cluster5.restart_node(node)
