@@ -43,9 +43,9 @@ __all__ = ["MODEL_KEY_PREFIX", "Discovery", "model_dht_key", "model_key"]
 log = logging.getLogger("veilnet.discovery")
 
 MODEL_KEY_PREFIX = "/veilnet/model/"
-_KEEPER_FAST_INTERVAL = 1.0  # while below target shortly after start
-_KEEPER_INTERVAL = 10.0
-_FAST_PHASE_SECONDS = 30.0
+_KEEPER_FAST_INTERVAL = 1.0  # while lookups keep finding new peers
+_KEEPER_INTERVAL = 10.0  # at target: only check that we still are
+_KEEPER_MAX_INTERVAL = 60.0
 _REPROVIDE_INTERVAL = 120.0
 _LOOKUP_TIMEOUT = 10.0
 _MAX_PARALLEL_DIALS = 8
@@ -124,7 +124,6 @@ class Discovery:
         host.get_network().register_notifee(_ConnectionEvents(self._connect_events_send))
         self._mdns: MDNSDiscovery | None = None
         self._connect_listeners: list[Callable[[ID], None]] = []
-        self._started = trio.current_time() if _in_trio() else 0.0
         self.dials = metrics.counter("veilnet_dials_total", "Outbound dials, by outcome", ("outcome",))
         metrics.gauge(
             "veilnet_connected_peers", "Peers with an open connection", lambda: len(self.connected())
@@ -138,7 +137,6 @@ class Discovery:
     # ---------------------------------------------------------------------------- lifecycle
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._started = trio.current_time()
         async with background_trio_service(self.dht):
             try:
                 self._start_mdns()
@@ -177,18 +175,33 @@ class Discovery:
         return connected
 
     async def _keep_connected(self) -> None:
+        """Bootstrap, join, then top up connections while below target.
+
+        A lookup that teaches us no new peer means we already know every peer we can reach (a
+        network smaller than ``target_peers``); the interval then doubles (1 s up to 60 s), so a
+        small network is not flooded with lookups, and drops back to 1 s when a peer appears.
+        """
         await self.bootstrap_once()
         await self._join_lookup()
+        interval = _KEEPER_FAST_INTERVAL
         while True:
-            fast = trio.current_time() - self._started < _FAST_PHASE_SECONDS
-            await trio.sleep(_KEEPER_FAST_INTERVAL if fast else _KEEPER_INTERVAL)
+            await trio.sleep(interval)
             await self._sync_routing_table()
-            connected = self.connected()
-            if not connected and self.bootstrap:
+            if not self.connected() and self.bootstrap:
                 await self.bootstrap_once()
-            if len(self.connected()) < self.target_peers:
-                # Ask the network for more peers, then dial what we learnt.
-                await self._join_lookup()
+            if len(self.connected()) >= self.target_peers:
+                interval = _KEEPER_INTERVAL
+                continue
+            known_before = self._known_peers()
+            await self._join_lookup()
+            if self._known_peers() - known_before:
+                interval = _KEEPER_FAST_INTERVAL
+            else:
+                interval = min(interval * 2, _KEEPER_MAX_INTERVAL)
+
+    def _known_peers(self) -> set[ID]:
+        peerstore = self.host.get_peerstore()
+        return set(self.dht.routing_table.get_peer_ids()) | set(peerstore.peers_with_addrs())
 
     async def _join_lookup(self) -> None:
         """The Kademlia join: look up our own id so our neighbourhood learns us and we learn it."""
@@ -349,11 +362,3 @@ class Discovery:
 
 def parse_bootstrap(addrs: Sequence[str]) -> list[PeerInfo]:
     return [info_from_p2p_addr(multiaddr.Multiaddr(addr)) for addr in addrs]
-
-
-def _in_trio() -> bool:
-    try:
-        trio.current_time()
-        return True
-    except RuntimeError:
-        return False
