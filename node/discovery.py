@@ -116,7 +116,8 @@ class Discovery:
         self.bootstrap = tuple(bootstrap)
         self.target_peers = target_peers
         self.mdns_enabled = mdns
-        self._fingerprint = hashlib.sha256(b"veilnet/mdns/v1" + network_fingerprint).hexdigest()[:16]
+        # DNS-SD service names are at most 15 bytes: "p2p-" + 10 hex digits.
+        self._fingerprint = hashlib.sha256(b"veilnet/mdns/v1" + network_fingerprint).hexdigest()[:10]
         self.dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=True)
         self._provided: set[str] = set()
         self._provide_now = trio.Event()

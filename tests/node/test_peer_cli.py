@@ -8,11 +8,12 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from node.cli import app
-from node.testnet import snapshot_code
+from node.testnet import create_testnet, snapshot_code, start_node_process, stop_processes, wait_for_info
 from tests.node.cluster import read_until, start_cli
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(180)]
@@ -58,3 +59,31 @@ def test_peers_reports_an_unreachable_api() -> None:
     result = CliRunner().invoke(app, ["peers", "--api", "http://127.0.0.1:9"])
     assert result.exit_code == 1
     assert "cannot read" in result.output
+
+
+def test_mdns_finds_a_peer_without_any_bootstrap_address(tmp_path: Path) -> None:
+    """Two nodes of one testnet, neither given an address, meet over mDNS (on when asked)."""
+    code_root = snapshot_code(tmp_path / "code")
+    layout = create_testnet(tmp_path / "tn", nodes=2, api_port=0, code_root=code_root)
+    nodes = [
+        start_node_process(i, path, ("--mdns",), code_root=code_root)
+        for i, path in enumerate(layout.node_configs)
+    ]
+    try:
+        for node in nodes:
+            wait_for_info(node)
+        expected = {node.info["peer_id"] for node in nodes}
+        deadline = time.monotonic() + 60
+        seen: list[set[str]] = []
+        while time.monotonic() < deadline:
+            seen = [
+                {peer["peer_id"] for peer in httpx.get(f"{node.api_url}/veilnet/v1/peers").json()["peers"]}
+                for node in nodes
+            ]
+            if all(found == expected for found in seen):
+                break
+            time.sleep(0.5)
+        assert all(found == expected for found in seen), seen
+    finally:
+        codes = stop_processes(nodes)
+    assert set(codes.values()) == {0}
