@@ -15,7 +15,7 @@ import trio
 from libp2p.peer.id import ID
 
 from node import attest_kit
-from node.attest_service import EpochKeys
+from node.attest_service import AttestService, EpochKeys
 from node.config import (
     ConfigError,
     EvidenceMode,
@@ -31,6 +31,7 @@ from node.logging_setup import configure_logging
 from node.metrics import Metrics
 from node.registry import Change, Registry, RegistryEntry
 from node.testnet import create_testnet
+from protocol.attestation.bundle import AttestationBundle
 from protocol.identity import Identity
 
 # ------------------------------------------------------------------------------------ helpers
@@ -407,3 +408,35 @@ async def test_wrap_handler_resets_the_stream_on_any_error_and_closes_it_on_succ
         await wrap_handler("/x/1", handler, timeout=0.05, on_error=on_error)(stream)  # type: ignore[arg-type]
         assert stream.reset_called is expect_reset and stream.closed is not expect_reset
     assert errors == ["ValueError", "TooSlowError"]
+
+
+def test_each_epoch_gets_a_fresh_job_key_and_bundles_expire_with_the_next_epoch(tmp_path: Path) -> None:
+    testnet = make_testnet()
+    identity = Identity.generate()
+    host = build_host(identity, testnet.psk, ["/ip4/127.0.0.1/tcp/0"])
+    gossip = AttestationGossip(
+        host, attest_kit.make_appraise(testnet), Registry(), Metrics(), addrs_of=lambda p: ()
+    )
+    service = AttestService(
+        host=host,
+        identity=identity,
+        builder=attest_kit.SimulatedBundleBuilder(testnet),
+        gossip=gossip,
+        metrics=Metrics(),
+        epoch_seconds=600,
+        reannounce_seconds=60,
+        bundle_lifetime_seconds=900,
+    )
+    service.set_models(["m2", "m1", "m1"])
+    epoch_start = 1_800_000_000 // 600 * 600
+    first = AttestationBundle.from_wire(service.build(epoch_start + 590))
+    assert first.models == ("m1", "m2")
+    assert first.expires_at == (first.epoch + 2) * 600, "capped by the epoch window, not the 900 s lifetime"
+    key = service.epoch_keys.current
+    assert key is not None and first.enc_pubkey == key.public_key
+    second = AttestationBundle.from_wire(service.build(epoch_start + 600))
+    assert second.epoch == first.epoch + 1 and second.enc_pubkey != first.enc_pubkey
+    assert service.epoch_keys.previous is key, "the previous epoch's key still opens late jobs"
+    assert service.epoch_keys.for_public_key(first.enc_pubkey) is key
+    now = epoch_start + 601
+    assert attest_kit.make_appraise(testnet)(service.build(now), identity.peer_id, now).ok
