@@ -186,6 +186,7 @@ class Discovery:
         await self._join_lookup()
         interval = _KEEPER_FAST_INTERVAL
         while True:
+            self._unwire_auto_connector_refresh()
             await trio.sleep(interval)
             await self._sync_routing_table()
             if not self.connected() and self.bootstrap:
@@ -199,6 +200,18 @@ class Discovery:
                 interval = _KEEPER_FAST_INTERVAL
             else:
                 interval = min(interval * 2, _KEEPER_MAX_INTERVAL)
+
+    def _unwire_auto_connector_refresh(self) -> None:
+        """Stop py-libp2p's auto-connector from forcing DHT random walks.
+
+        KadDHT wires the auto-connector to force a routing-table refresh (three random walks)
+        whenever it has fewer candidates than its target; in a network smaller than the target
+        that is every 30 s, forever (~1 lookup/s per node, a few % CPU at idle). This loop does
+        the same job with backoff, and the DHT's own periodic refresh (every 120 s) stays on.
+        """
+        auto_connector = getattr(self.host.get_network(), "auto_connector", None)
+        if auto_connector is not None and getattr(auto_connector, "_discovery_callback", None) is not None:
+            auto_connector.set_discovery_callback(None)
 
     def _known_peers(self) -> set[ID]:
         peerstore = self.host.get_peerstore()
