@@ -27,8 +27,9 @@ returns, before ``run()``; all of it must be used from the trio thread.
     ``provide_model(model_id)``, ``connected()``, ``dht``.
 ``node.epoch_keys``
     :class:`node.attest_service.EpochKeys`: ``current`` and ``previous`` :class:`EpochKey`
-    (epoch, private_key, public_key — X25519, 32 bytes each), ``for_public_key(pub)``,
-    ``for_epoch(epoch)``. Keys rotate every ``testnet.epoch_seconds``; a restart makes new ones.
+    (epoch, private_key, public_key — X25519, 32 bytes each; ``key_pair()`` gives the
+    :class:`protocol.sealing.EncryptionKeyPair`), ``for_public_key(pub)``, ``for_epoch(epoch)``.
+    Keys rotate every ``testnet.epoch_seconds``; a restart makes new ones.
 ``node.add_stream_handler(protocol_id, handler, timeout=None)``
     registers ``async handler(stream)`` wrapped by :func:`node.host.wrap_handler` (anything it
     raises resets that stream only, and is counted in ``veilnet_stream_errors_total``).
@@ -38,14 +39,16 @@ returns, before ``run()``; all of it must be used from the trio thread.
     or raises, the node logs it; a raising service stops the node (fail loudly).
 ``node.serve_models(model_ids)``
     an executor declares the models it serves: the next bundle lists them (re-announced at
-    once if running) and the DHT provides ``/veilnet/model/<id>``. Declaring models needs
-    attestation (real TEE evidence, or simulated evidence the testnet allows).
+    once if running) and the DHT provides it (key: sha256 multihash of ``/veilnet/model/<id>``).
+    Declaring models needs attestation (real TEE evidence, or simulated evidence the testnet
+    allows). ``node.jobs`` (node/jobs.py) installs the executor and router on these hooks.
 ``node.add_routes(routes)``
     extra Starlette routes for the HTTP API (call before ``run``). The API also includes
     ``node.api_openai.routes(node)`` automatically when that module exists.
 ``node.metrics``
     :class:`node.metrics.Metrics`: ``counter(name, help, label_names)``, ``gauge(name, help, fn)``.
-``node.started`` (trio.Event), ``node.api_url``, ``node.stop()``.
+``node.started`` (trio.Event), ``node.api_url``, ``node.stop()``, ``node.info()`` (the
+    ``/veilnet/v1/node`` view).
 """
 
 from __future__ import annotations
