@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from protocol.selection import Candidate, select_peers
@@ -20,7 +21,7 @@ REPLICAS = (1, 3, 5, 7)
 NETWORK_SIZE = 200
 
 
-def _select(job_id: bytes, peers: list[bytes], k: int) -> list[bytes]:
+def _select(job_id: bytes, peers: Sequence[bytes], k: int) -> list[bytes]:
     return select_peers(job_id, [Candidate(peer) for peer in peers], k)
 
 
