@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["CodecError", "Limits", "DEFAULT_LIMITS", "encode", "decode"]
+__all__ = ["DEFAULT_LIMITS", "CodecError", "Limits", "decode", "encode"]
 
 
 class CodecError(ValueError):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from functools import cached_property
 from enum import StrEnum
+from functools import cached_property
 
 import base58
 import nacl.exceptions
@@ -20,9 +20,9 @@ __all__ = [
     "Identity",
     "SignatureError",
     "peer_id_from_public_key",
-    "public_key_from_peer_id",
-    "peer_id_to_text",
     "peer_id_from_text",
+    "peer_id_to_text",
+    "public_key_from_peer_id",
     "verify",
 ]
 
