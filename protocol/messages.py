@@ -13,6 +13,7 @@ a ``sig`` made with that peer's Ed25519 key over ``encode(map without "sig")`` i
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import re
@@ -214,7 +215,7 @@ def _timestamp_ms(name: str, value: Any) -> int:
 # The message base: map conversion, version/tag handling, optional-field rule.
 
 
-class _Message:
+class _Message(abc.ABC):
     """Shared wire logic. Subclasses are frozen dataclasses with a ``TAG`` and a ``_check()``.
 
     Optional fields default to ``None`` and are *omitted* from the map when ``None`` (nil never
@@ -226,8 +227,9 @@ class _Message:
     def __post_init__(self) -> None:
         self._check()
 
+    @abc.abstractmethod
     def _check(self) -> None:
-        raise NotImplementedError
+        """Validate and normalise fields; raise MessageError."""
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # normalisation inside a frozen dataclass
