@@ -35,10 +35,10 @@ import trio
 from libp2p.peer.id import ID
 
 from bench import Result
-from node.attest_kit import make_appraise
-from node.attest_service import ATTEST_PROTOCOL_ID
+from node.attest.builders import make_appraise
+from node.attest.service import ATTEST_PROTOCOL_ID
 from node.config import NodeConfig, load_testnet_config
-from node.host import build_host, dial, read_frame, write_frame
+from node.net.host import build_host, dial, read_frame, write_frame
 from node.testnet import (
     NodeProcess,
     create_testnet,

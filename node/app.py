@@ -15,23 +15,23 @@ returns, before ``run()``; all of it must be used from the trio thread.
     ``await node.host.new_stream(ID(peer_id_bytes), [protocol_id])``; dial with
     ``await node.dial(peer_id_bytes)`` (bounded, uses registry/peerstore addresses).
 ``node.registry``
-    :class:`node.registry.Registry` of attested peers: ``attested(model_id: str | None) ->
+    :class:`node.net.registry.Registry` of attested peers: ``attested(model_id: str | None) ->
     list[RegistryEntry]``, ``get(peer_id: bytes | str) -> RegistryEntry | None``,
     ``by_enc_pubkey(pub)``, ``add_listener(fn(change, entry))``, ``await wait_changed()``.
     Entry fields: peer_id (bytes), peer_id_text, addrs, kind, label, measurement, models, epoch,
     issued_at, expires_at, enc_pubkey, verified_at, tcb_status, advisories, gpu_kinds,
     bundle_digest, bundle (raw verified bytes), simulated.
 ``node.discovery``
-    :class:`node.discovery.Discovery`: ``await find_model_providers(model_id) -> set[bytes]``
+    :class:`node.net.discovery.Discovery`: ``await find_model_providers(model_id) -> set[bytes]``
     (hints; intersect with the registry, or use ``await node.attested_providers(model_id)``),
     ``provide_model(model_id)``, ``connected()``, ``dht``.
 ``node.epoch_keys``
-    :class:`node.attest_service.EpochKeys`: ``current`` and ``previous`` :class:`EpochKey`
+    :class:`node.attest.service.EpochKeys`: ``current`` and ``previous`` :class:`EpochKey`
     (epoch, private_key, public_key — X25519, 32 bytes each; ``key_pair()`` gives the
     :class:`protocol.sealing.EncryptionKeyPair`), ``for_public_key(pub)``, ``for_epoch(epoch)``.
     Keys rotate every ``testnet.epoch_seconds``; a restart makes new ones.
 ``node.add_stream_handler(protocol_id, handler, timeout=None)``
-    registers ``async handler(stream)`` wrapped by :func:`node.host.wrap_handler` (anything it
+    registers ``async handler(stream)`` wrapped by :func:`node.net.host.wrap_handler` (anything it
     raises resets that stream only, and is counted in ``veilnet_stream_errors_total``).
 ``node.add_service(fn, name)``
     runs ``async fn()`` in the node's nursery once the host, gossip and discovery are up
@@ -41,10 +41,10 @@ returns, before ``run()``; all of it must be used from the trio thread.
     an executor declares the models it serves: the next bundle lists them (re-announced at
     once if running) and the DHT provides it (key: sha256 multihash of ``/veilnet/model/<id>``).
     Declaring models needs attestation (real TEE evidence, or simulated evidence the testnet
-    allows). ``node.jobs`` (node/jobs.py) installs the executor and router on these hooks.
+    allows). ``node.jobs.service`` (node/jobs/service.py) installs the executor and router on these hooks.
 ``node.add_routes(routes)``
     extra Starlette routes for the HTTP API (call before ``run``). The API also includes
-    ``node.api_openai.routes(node)`` automatically when that module exists.
+    ``node.api.openai_routes.routes(node)`` automatically when that module exists.
 ``node.metrics``
     :class:`node.metrics.Metrics`: ``counter(name, help, label_names)``, ``gauge(name, help, fn)``.
 ``node.started`` (trio.Event), ``node.api_url``, ``node.stop()``, ``node.info()`` (the
@@ -66,14 +66,14 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from starlette.routing import BaseRoute
 
-from node import attest_kit
-from node.attest_service import ATTEST_PROTOCOL_ID, AttestService, BundleBuilder, EpochKeys, epoch_of
+from node.attest import builders as attest_kit
+from node.attest.service import ATTEST_PROTOCOL_ID, AttestService, BundleBuilder, EpochKeys, epoch_of
 from node.config import NodeConfig, TestnetConfig
-from node.discovery import Discovery
-from node.gossip import Appraise, AttestationGossip
-from node.host import StreamHandler, build_host, dial, load_or_create_identity, wrap_handler
 from node.metrics import Metrics
-from node.registry import Registry, RegistryEntry
+from node.net.discovery import Discovery
+from node.net.gossip import Appraise, AttestationGossip
+from node.net.host import StreamHandler, build_host, dial, load_or_create_identity, wrap_handler
+from node.net.registry import Registry, RegistryEntry
 
 if TYPE_CHECKING:
     # trio-stubs (pulled in by libp2p) shadow trio's own annotations and lack trio.TaskStatus.
@@ -99,7 +99,7 @@ class Node:
         builder: BundleBuilder | Literal["from-config"] | None = "from-config",
         appraise: Appraise | None = None,
     ) -> None:
-        """``builder``/``appraise`` default to the ones the configs describe (node.attest_kit);
+        """``builder``/``appraise`` default to the ones the configs describe (node.attest.builders);
         passing them is for embedding the node with another attestation backend."""
         self.config = config
         self.testnet = testnet
@@ -151,8 +151,8 @@ class Node:
         )
         self.add_stream_handler(ATTEST_PROTOCOL_ID, self.attest.handle_pull, timeout=10.0)
         # Jobs: loads config.models (names or directories) once running and serves their content
-        # ids; every node also gets a router for its own user's requests (node.jobs.router).
-        from node import jobs
+        # ids; every node also gets a router for its own user's requests (node.jobs.service.router).
+        from node.jobs import service as jobs
 
         self.jobs = jobs.install(self)
 
@@ -277,7 +277,7 @@ class Node:
                     nursery.start_soon(self.attest.run_puller)
                     nursery.start_soon(self.attest.run_announcer)
                     if self.config.api is not None:
-                        from node.api import serve_api
+                        from node.api.server import serve_api
 
                         self.api_url = await nursery.start(serve_api, self, self.config.api)
                     for name, fn in self._services:

@@ -89,7 +89,7 @@ def create_testnet(
     ``extra_measurements``). ``code_root`` is where the nodes' ``protocol`` and ``node`` packages
     live when they do not run from this checkout (see :func:`start_node_process`).
     """
-    from node import attest_kit
+    from node.attest import builders as attest_kit
 
     if nodes < 1:
         raise TestnetError("a testnet needs at least one node")
@@ -163,7 +163,7 @@ def node_command(config_path: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-c",
-        "from node.cli import main; main()",
+        "from node.cli.main import main; main()",
         "node",
         "start",
         "--config",
@@ -307,7 +307,7 @@ def _wait_registry_complete(run: RunningTestnet, timeout: float = DEMO_TIMEOUT) 
 
 def demo_registry(run: RunningTestnet) -> None:
     """Demo step: wait until node 0 has attested every node, then print its registry."""
-    from node.cli_node import print_peer_table
+    from node.cli.node import print_peer_table
 
     started = time.monotonic()
     peers = _wait_registry_complete(run)
@@ -319,7 +319,7 @@ def demo_registry(run: RunningTestnet) -> None:
 # (e.g. sending one job). A step raising TestnetError ends the demo with that message.
 def demo_job(run: RunningTestnet) -> None:
     """Demo step: one confidential embeddings job through node 0's API, answer and report printed."""
-    from node.cli_infer import demo_job as send_demo_job
+    from node.cli.infer import demo_job as send_demo_job
 
     send_demo_job(run)
 
@@ -386,7 +386,7 @@ def run_testnet(layout: TestnetLayout, *, demo: bool = False, out: Any = None) -
 
 def measurement_mismatches(run: RunningTestnet) -> list[NodeProcess]:
     """Nodes whose own measurement is not in the testnet policy (their peers will refuse them)."""
-    from node import attest_kit
+    from node.attest import builders as attest_kit
 
     policy = attest_kit.load_policy(load_testnet_config(run.layout.testnet_path))
     allowed = set(policy.section("simulated").get("measurements", []))

@@ -29,7 +29,7 @@ import nacl.exceptions
 import nacl.utils
 
 from protocol.codec import encode
-from protocol.messages import JOB_ID_LEN, MAX_MODEL_ID, MAX_SEALED, PROTOCOL_VERSION
+from protocol.jobs.messages import JOB_ID_LEN, MAX_MODEL_ID, MAX_SEALED, PROTOCOL_VERSION
 
 __all__ = [
     "ENVELOPE_OVERHEAD",

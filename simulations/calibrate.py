@@ -1,4 +1,4 @@
-"""Reproduce the comparator bounds in protocol/consensus.py (docs/CALIBRATION.md).
+"""Reproduce the comparator bounds in protocol/jobs/consensus.py (docs/CALIBRATION.md).
 
     python -m simulations.calibrate [--texts 480] [--prompts 40] [--json out.json]
 
@@ -32,7 +32,7 @@ from node.runtime.embeddings import EmbeddingRuntime
 from node.runtime.generation import ChatRuntime
 from node.runtime.loader import minilm_dir
 from node.runtime.tiny_lm import write_random_lm
-from protocol.consensus import EmbeddingBounds, compare_embeddings
+from protocol.jobs.consensus import EmbeddingBounds, compare_embeddings
 
 HEADROOM = 1.5
 

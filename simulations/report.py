@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from protocol.selection import Candidate, select_peers
+from protocol.jobs.selection import Candidate, select_peers
 from simulations.scale_model import (
     monte_carlo,
     p_all_bad,

@@ -363,7 +363,7 @@ def measure_package_sources(roots: list[Path]) -> bytes:
     """The measurement of the ``*.py`` files of the given package directories.
 
     Paths are ``<package dir name>/<path inside it>``, so ``[protocol/, node/]`` measures
-    ``protocol/codec.py``, ``node/cli.py`` … wherever the packages are installed.
+    ``protocol/codec.py``, ``node/cli/main.py`` … wherever the packages are installed.
     ``__pycache__`` is skipped (bytecode is derived, and differs per interpreter).
     """
     files: list[tuple[str, bytes]] = []

@@ -22,17 +22,17 @@ from typing import Any
 
 import pytest
 
-from node.attest_kit import SimulatedBundleBuilder
-from node.attest_service import ATTEST_PROTOCOL_ID, epoch_of
+from node.attest.builders import SimulatedBundleBuilder
+from node.attest.service import ATTEST_PROTOCOL_ID, epoch_of
 from node.config import load_testnet_config
-from node.discovery import model_key
-from node.executor import CHALLENGE_PROTOCOL_ID, JOB_PROTOCOL_ID
-from node.gossip import ATTEST_TOPIC
+from node.jobs.executor import CHALLENGE_PROTOCOL_ID, JOB_PROTOCOL_ID
+from node.net.discovery import model_key
+from node.net.gossip import ATTEST_TOPIC
 from node.testnet import NodeProcess
 from protocol import codec
 from protocol.attestation.bundle import AttestationBundle
 from protocol.identity import Domain, Identity, peer_id_from_text, peer_id_to_text, verify
-from protocol.messages import ErrorMessage, FrameDecoder, decode_message, encode_frame
+from protocol.jobs.messages import ErrorMessage, FrameDecoder, decode_message, encode_frame
 from protocol.models import model_id_for_dir
 from tests.interop.conftest import (
     FIGURES,
@@ -269,7 +269,7 @@ def test_hostile_js_gossip_is_refused_by_every_node(
     epoch = epoch_of(now, testnet_config.epoch_seconds)
     self_signed = forger.build_bundle(attacker, os.urandom(32), epoch, now, now + 120, [], hostile.addrs)
 
-    # gossipsub's score gate (node.gossip) ignores a peer after three invalid messages: send three.
+    # gossipsub's score gate (node.net.gossip) ignores a peer after three invalid messages: send three.
     attacks = [
         ("garbage", os.urandom(700), "malformed"),
         ("own bundle, forged evidence", self_signed, "untrusted_platform"),

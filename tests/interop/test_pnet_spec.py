@@ -1,4 +1,4 @@
-"""The private-network layer (node.pnet) is PSK v1: XSalsa20 with 24-byte nonces, as go and js speak it.
+"""The private-network layer (node.net.pnet) is PSK v1: XSalsa20 with 24-byte nonces, as go and js speak it.
 
 py-libp2p 0.8.1's own ``psk=`` layer uses Salsa20 with 8-byte nonces, so a js-libp2p peer with
 the right key could not connect (test_js_interop shows the real connection). Here: the cipher
@@ -19,7 +19,7 @@ from libp2p.abc import ConnectionType, IRawConnection
 from libp2p.network.connection.exceptions import RawConnError
 from multiaddr import Multiaddr
 
-from node import pnet
+from node.net import pnet
 
 
 def test_hsalsa20_matches_the_nacl_reference_vector() -> None:

@@ -58,7 +58,7 @@ def start_cli(*args: str, code_root: Path, cwd: Path) -> subprocess.Popen[str]:
     """Run ``veilnet ARGS`` as an operator would, with the packages under ``code_root``."""
     env = dict(os.environ, PYTHONPATH=str(code_root))
     return subprocess.Popen(
-        [sys.executable, "-c", "from node.cli import main; main()", *args],
+        [sys.executable, "-c", "from node.cli.main import main; main()", *args],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,

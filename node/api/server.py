@@ -1,0 +1,111 @@
+"""The node's local HTTP API: Starlette served by hypercorn on trio, inside the node's nursery.
+
+It listens on 127.0.0.1 unless configured otherwise: it is the operator's (and the local user's)
+window onto their own node, not a network service. Routes:
+
+* ``GET /healthz`` — 200 once the node is up.
+* ``GET /veilnet/v1/node`` — this node: id, addresses, TEE kind/label, measurement, epoch, models.
+* ``GET /veilnet/v1/peers`` — the attested registry (``?model=<id>`` filters by model).
+* ``GET /metrics`` — Prometheus text.
+
+Other subsystems add routes: ``node/api/openai_routes.py`` (if present) exposes
+``routes(node) -> list[BaseRoute]``, and anything may call ``Node.add_routes`` before start.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import TYPE_CHECKING, Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from node.config import parse_api_address
+
+if TYPE_CHECKING:
+    from node.app import Node
+
+if TYPE_CHECKING:
+    # trio-stubs (pulled in by libp2p) shadow trio's own annotations and lack trio.TaskStatus.
+    from trio_typing import TaskStatus
+
+__all__ = ["OPENAI_ROUTES_MODULE", "build_app", "serve_api"]
+
+log = logging.getLogger("veilnet.api")
+
+OPENAI_ROUTES_MODULE = "node.api.openai_routes"
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _extra_routes(node: Node) -> list[BaseRoute]:
+    routes: list[BaseRoute] = list(node.extra_routes)
+    try:
+        module = importlib.import_module(OPENAI_ROUTES_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != OPENAI_ROUTES_MODULE:
+            raise
+        return routes
+    routes.extend(module.routes(node))
+    return routes
+
+
+def build_app(node: Node) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": True, "peer_id": node.identity.peer_id_text})
+
+    async def node_info(request: Request) -> Response:
+        return JSONResponse(node.info())
+
+    async def peers(request: Request) -> Response:
+        model = request.query_params.get("model")
+        entries = node.registry.attested(model)
+        return JSONResponse({"count": len(entries), "peers": [entry.to_json() for entry in entries]})
+
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(node.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+    async def modules(request: Request) -> Response:
+        """Which heavy modules this process has imported (lets tests check that torch stays out)."""
+        heavy = ("torch", "transformers", "sentence_transformers", "safetensors")
+        return JSONResponse({name: name in sys.modules for name in heavy})
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        Route("/veilnet/v1/node", node_info),
+        Route("/veilnet/v1/peers", peers),
+        Route("/veilnet/v1/debug/modules", modules),
+        Route("/metrics", metrics),
+    ]
+    routes.extend(_extra_routes(node))
+    return Starlette(routes=routes)
+
+
+async def serve_api(
+    node: Node, address: str, *, task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until cancelled; reports the bound ``http://host:port`` URL (port 0 picks a free one)."""
+    host, port = parse_api_address(address)
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 1.0
+    config.shutdown_timeout = 1.0
+    config.keep_alive_timeout = 5.0
+    app = build_app(node)
+
+    async def run(task_status: TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve(app, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        binds: Any = await nursery.start(run)
+        url = str(binds[0]) if binds else f"http://{host}:{port}"
+        log.info("HTTP API on %s", url)
+        task_status.started(url)

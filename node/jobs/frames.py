@@ -1,0 +1,162 @@
+"""Framed message I/O over one long-lived stream, shared by the executor and the router.
+
+A job session is one libp2p stream per (client, executor) pair that carries many jobs, each
+message tagged with its job id: opening a yamux stream costs several milliseconds on py-libp2p,
+more than the whole per-job overhead budget, so streams (and the connection under them) are
+reused across jobs. Frames are ``protocol.jobs.messages`` length-prefixed frames; the decoder bounds
+buffering to one maximum frame. Writes from concurrent job tasks are serialised by a lock so
+frames never interleave.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Protocol
+
+import trio
+from libp2p.abc import INetStream
+from libp2p.network.stream.exceptions import StreamEOF
+
+from protocol.jobs.messages import MAX_FRAME, FrameDecoder, MessageError, encode_frame
+
+__all__ = ["EndOfStream", "FrameIO", "FrameTrace", "Libp2pFrames", "MemoryFrames", "memory_frame_pair"]
+
+_READ_SIZE = 1 << 16
+
+
+class FrameTrace:
+    """Test-only: append every job-stream frame (inside Noise, as the peers exchange it) to a file.
+
+    Enabled by ``[extra] trace_job_frames = "<path>"``; the confidentiality test greps these
+    traces for a canary to show that job contents never travel in clear, not even inside the
+    encrypted libp2p connection.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def record(self, direction: str, peer_id: bytes, frame: bytes) -> None:
+        with open(self.path, "ab") as handle:
+            line = f"{direction} {peer_id.hex()} {frame.hex()}\n"
+            handle.write(line.encode())
+
+
+TRACE: FrameTrace | None = None
+
+
+class EndOfStream(Exception):
+    """The other side closed the stream cleanly (at a frame boundary)."""
+
+
+class FrameIO(Protocol):
+    """One bidirectional framed stream. ``read`` raises EndOfStream, MessageError (bad framing:
+    the stream is out of sync and must be dropped) or an I/O exception."""
+
+    peer_id: bytes
+
+    async def read(self) -> bytes: ...
+
+    async def write(self, payload: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def reset(self) -> None: ...
+
+
+class Libp2pFrames:
+    """FrameIO over a py-libp2p stream (which raises StreamEOF at the end instead of returning b"")."""
+
+    def __init__(self, stream: INetStream, peer_id: bytes, max_frame: int = MAX_FRAME) -> None:
+        self.stream = stream
+        self.peer_id = peer_id
+        self._decoder = FrameDecoder(max_frame)
+        self._frames: deque[bytes] = deque()
+        self._write_lock = trio.Lock()
+        self._eof = False
+
+    async def read(self) -> bytes:
+        while not self._frames:
+            if self._eof:
+                raise EndOfStream()
+            try:
+                data = await self.stream.read(_READ_SIZE)
+            except StreamEOF:
+                data = b""
+            if not data:
+                self._eof = True
+                self._decoder.close()  # raises MessageError("truncated_frame") mid-frame
+                raise EndOfStream()
+            self._frames.extend(self._decoder.feed(data))
+        frame = self._frames.popleft()
+        if TRACE is not None:
+            TRACE.record("in", self.peer_id, frame)
+        return frame
+
+    async def write(self, payload: bytes) -> None:
+        frame = encode_frame(payload)
+        if TRACE is not None:
+            TRACE.record("out", self.peer_id, payload)
+        async with self._write_lock:
+            await self.stream.write(frame)
+
+    async def close(self) -> None:
+        try:
+            await self.stream.close()
+        except Exception:
+            await self.reset()
+
+    async def reset(self) -> None:
+        try:
+            await self.stream.reset()
+        except Exception:
+            return
+
+
+class MemoryFrames:
+    """In-process FrameIO (tests and benchmarks of the executor without a network)."""
+
+    def __init__(
+        self,
+        peer_id: bytes,
+        send: trio.MemorySendChannel[bytes],
+        receive: trio.MemoryReceiveChannel[bytes],
+        max_frame: int = MAX_FRAME,
+    ) -> None:
+        self.peer_id = peer_id
+        self._send = send
+        self._receive = receive
+        self.max_frame = max_frame
+
+    async def read(self) -> bytes:
+        try:
+            payload = await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise EndOfStream() from None
+        if len(payload) > self.max_frame:
+            raise MessageError("frame_too_large", f"{len(payload)} bytes exceeds {self.max_frame}")
+        return payload
+
+    async def write(self, payload: bytes) -> None:
+        if not payload:
+            raise MessageError("empty_frame", "frames carry at least one byte")
+        try:
+            await self._send.send(payload)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise EndOfStream() from None
+
+    async def close(self) -> None:
+        await self._send.aclose()
+
+    async def reset(self) -> None:
+        await self._send.aclose()
+        await self._receive.aclose()
+
+
+def memory_frame_pair(client_peer: bytes, executor_peer: bytes) -> tuple[MemoryFrames, MemoryFrames]:
+    """(client end, executor end); each end's ``peer_id`` is the peer on the OTHER side."""
+    to_executor_send, to_executor_receive = trio.open_memory_channel[bytes](math.inf)
+    to_client_send, to_client_receive = trio.open_memory_channel[bytes](math.inf)
+    client_end = MemoryFrames(executor_peer, to_executor_send, to_client_receive)
+    executor_end = MemoryFrames(client_peer, to_client_send, to_executor_receive)
+    return client_end, executor_end

@@ -1,0 +1,300 @@
+"""Attestation gossip on ``veilnet/attest/1``: every bundle is appraised *before* it is forwarded.
+
+The gossipsub topic validator runs the protocol's bundle appraiser (signature by the publishing
+peer, expiry, epoch, evidence, policy, report-data binding). A rejected message is never
+delivered or forwarded; it is counted by reason and by the peer that sent it, and gossipsub's
+peer score charges that peer (invalid-message penalty plus our own application score), so a peer
+that keeps sending bad bundles is first no longer gossiped to and then ignored.
+
+py-libp2p's defaults silently drop announce traffic (a 10 msg/s per-peer rate limit, 32-slot
+queues, a 120 s heartbeat); the parameters below are chosen so a whole network's re-announce
+wave is delivered. Gossip is still treated as lossy: bundles are re-announced on a timer and
+fetched directly from each newly connected peer (``/veilnet/attest/1.0.0``, see
+:mod:`node.attest.service`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import trio
+from libp2p.abc import IHost
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.score import ScoreParams, TopicScoreParams
+from libp2p.tools.anyio_service import background_trio_service
+
+from node.metrics import Metrics
+from node.net.registry import Change, Registry, RegistryEntry
+from protocol.attestation.bundle import MAX_BUNDLE_SIZE
+from protocol.identity import peer_id_to_text
+
+if TYPE_CHECKING:
+    # trio-stubs (pulled in by libp2p) shadow trio's own annotations and lack trio.TaskStatus.
+    from trio_typing import TaskStatus
+
+__all__ = ["ATTEST_TOPIC", "MAX_BUNDLE_BYTES", "Appraisal", "Appraise", "AttestationGossip"]
+
+log = logging.getLogger("veilnet.gossip")
+
+ATTEST_TOPIC = "veilnet/attest/1"
+MAX_BUNDLE_BYTES = MAX_BUNDLE_SIZE  # the protocol's limit on one bundle's wire size
+_APPRAISAL_THREADS = 2
+# Reasons a bundle can fail just because it is old: an honest peer's previous bundle, delayed.
+_STALENESS_REASONS = frozenset({"expired", "epoch_too_old"})
+
+
+@dataclass(frozen=True)
+class Appraisal:
+    """What appraising one bundle concluded, in the node's terms.
+
+    ``entry`` is set when ``ok``; ``claimed_node``/``issued_at`` are whatever could be parsed from a
+    refused bundle (used to decide whether the refusal should cost the peer its registry entry).
+    """
+
+    ok: bool
+    reasons: tuple[str, ...] = ()
+    detail: str = ""
+    entry: RegistryEntry | None = None
+    claimed_node: bytes | None = None
+    issued_at: int | None = None
+
+
+# (bundle bytes, authenticated origin peer id or None when relayed, now) -> Appraisal.
+# Pure and thread-safe.
+Appraise = Callable[[bytes, bytes | None, int], Appraisal]
+
+
+def gossipsub_router(score_params: ScoreParams) -> GossipSub:
+    return GossipSub(
+        protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11],
+        degree=6,
+        degree_low=4,
+        degree_high=12,
+        heartbeat_initial_delay=0.1,
+        heartbeat_interval=1,  # default 120 s: a new mesh would take minutes to form
+        time_to_live=60,
+        gossip_window=3,
+        gossip_history=10,  # IWANT can fetch a missed announce for 10 heartbeats
+        prune_back_off=10,  # a restarted peer may re-graft soon
+        unsubscribe_back_off=5,
+        score_params=score_params,
+        spam_protection_enabled=True,
+        max_messages_per_topic_per_second=1000.0,  # default 10/s per forwarder drops re-announce waves
+        max_pending_messages_per_peer=256,
+        pending_messages_ttl=30.0,
+    )
+
+
+class AttestationGossip:
+    """Owns the pubsub stack for the attestation topic and feeds the registry.
+
+    ``appraise`` is the pure appraisal function; ``addrs_of`` maps a peer id to the multiaddrs we
+    know for it (registry entries carry them so the job router can dial).
+    """
+
+    def __init__(
+        self,
+        host: IHost,
+        appraise: Appraise,
+        registry: Registry,
+        metrics: Metrics,
+        addrs_of: Callable[[bytes], tuple[str, ...]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._host = host
+        self._appraise = appraise
+        self.registry = registry
+        self._addrs_of = addrs_of
+        self._clock = clock
+        self._limiter = trio.CapacityLimiter(_APPRAISAL_THREADS)
+        self._penalties: dict[ID, float] = {}
+        self._penalty_decay_at = time.monotonic()
+        self.ready = trio.Event()
+
+        self.accepted = metrics.counter(
+            "veilnet_bundles_accepted_total",
+            "Bundles that passed appraisal, by source (gossip, pull)",
+            ("source",),
+        )
+        self.rejected = metrics.counter(
+            "veilnet_bundles_rejected_total", "Bundles refused, by reason", ("reason",)
+        )
+        self.rejected_by_peer = metrics.counter(
+            "veilnet_bundles_rejected_by_peer_total", "Bundles refused, by the peer that sent them", ("peer",)
+        )
+        self.messages_in = metrics.counter(
+            "veilnet_gossip_messages_in_total", "Gossip messages received on the attestation topic"
+        )
+        self.messages_out = metrics.counter(
+            "veilnet_gossip_messages_out_total", "Gossip messages this node published"
+        )
+        self.self_check_failures = metrics.counter(
+            "veilnet_self_check_failures_total", "Times this node's own bundle failed its own policy"
+        )
+        self.removed = metrics.counter(
+            "veilnet_registry_removals_total", "Registry entries dropped, by cause", ("cause",)
+        )
+
+        score_params = ScoreParams(
+            # Each invalid message costs 10, decaying by 3 % per heartbeat (half-life ~23 s).
+            p4_invalid_messages=TopicScoreParams(weight=10.0, cap=100.0, decay=0.97),
+            p6_appl_slack_weight=1.0,
+            p6_appl_slack_decay=1.0,
+            app_specific_score_fn=self._app_score,
+            gossip_threshold=-30.0,  # after 3 invalid bundles: no more IHAVE to/from the peer
+            publish_threshold=-50.0,  # after 5: its messages are dropped unread
+            graylist_threshold=-80.0,
+            accept_px_threshold=0.0,
+        )
+        self.router = gossipsub_router(score_params)
+        self.pubsub = Pubsub(host, self.router, max_inbound_rpc_size=MAX_BUNDLE_BYTES + (64 << 10))
+        self.pubsub.set_topic_validator(ATTEST_TOPIC, self._validate, is_async_validator=True)
+
+    # ---------------------------------------------------------------------------- lifecycle
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with background_trio_service(self.pubsub), background_trio_service(self.router):
+            await self.pubsub.wait_until_ready()
+            subscription = await self.pubsub.subscribe(ATTEST_TOPIC)
+            self.ready.set()
+            task_status.started()
+            # Registry updates happen in the validator; delivered messages are only drained and
+            # counted here so the bounded subscription channel never fills.
+            while True:
+                await subscription.get()
+
+    async def publish(self, bundle: bytes) -> None:
+        await self.ready.wait()
+        await self.pubsub.publish(ATTEST_TOPIC, bundle)
+        self.messages_out.inc()
+
+    # --------------------------------------------------------------------------- validation
+
+    async def _validate(self, forwarder: ID, message: rpc_pb2.Message) -> bool:
+        if forwarder == self._host.get_id():
+            return True  # our own announcement; the node appraises it before publishing
+        self.messages_in.inc()
+        origin = bytes(message.from_id)
+        return await self.accept(bytes(message.data), origin, forwarder=forwarder.to_bytes(), source="gossip")
+
+    async def accept(self, bundle: bytes, sender: bytes | None, *, forwarder: bytes, source: str) -> bool:
+        """Appraise ``bundle`` claimed by ``sender`` (the authenticated origin) and update the registry.
+
+        ``sender`` is None for a bundle relayed by a sync (it is still signed by its node, but no
+        transport vouches for who published it). ``forwarder`` is the peer that handed it to us
+        (penalised on refusal). Returns whether the bundle was accepted.
+        """
+        if len(bundle) > MAX_BUNDLE_BYTES:
+            appraisal = Appraisal(ok=False, reasons=("malformed",), detail=f"bundle of {len(bundle)} bytes")
+        else:
+            now = int(self._clock())
+            appraisal = await trio.to_thread.run_sync(
+                self._safe_appraise, bundle, sender, now, limiter=self._limiter
+            )
+        if appraisal.ok and appraisal.entry is not None:
+            entry = appraisal.entry
+            if source == "sync" and entry.peer_id == self._host.get_id().to_bytes():
+                return True  # our own bundle, relayed back: our entry comes from our self-check
+            addrs = tuple(sorted(set(entry.addrs) | set(self._addrs_of(entry.peer_id))))
+            entry = replace(entry, addrs=addrs, verified_at=self._clock())
+            change = self.registry.upsert(entry)
+            self.accepted.inc(source=source)
+            if change is Change.ADDED:
+                log.debug("registry: added %s via %s", entry.peer_id_text, source)
+            return True
+        if source == "self" and sender is not None:
+            self.self_check_failures.inc()
+            log.error(
+                "own bundle refused by own policy: %s — %s", ",".join(appraisal.reasons), appraisal.detail
+            )
+            self.registry.remove(sender, "own bundle refused")
+            return False
+        self._refused(appraisal, sender=sender, forwarder=forwarder, source=source)
+        return False
+
+    def _safe_appraise(self, bundle: bytes, sender: bytes | None, now: int) -> Appraisal:
+        try:
+            return self._appraise(bundle, sender, now)
+        except Exception as exc:  # an appraiser bug must not become an accepted bundle or a crash
+            log.exception("appraiser raised on a bundle from %s", _text(sender or b""))
+            return Appraisal(ok=False, reasons=("malformed",), detail=f"appraiser error: {exc}")
+
+    def _refused(self, appraisal: Appraisal, *, sender: bytes | None, forwarder: bytes, source: str) -> None:
+        reasons = appraisal.reasons or ("malformed",)
+        for reason in reasons:
+            self.rejected.inc(reason=reason)
+        forwarder_text = _text(forwarder)
+        self.rejected_by_peer.inc(peer=forwarder_text)
+        self._penalise(forwarder)
+        log.warning(
+            "refused a bundle from %s via %s (%s): %s%s",
+            _text(sender or appraisal.claimed_node or b""),
+            source,
+            forwarder_text,
+            ",".join(reasons),
+            f" — {appraisal.detail}" if appraisal.detail else "",
+        )
+        # The peer itself presented a bundle that fails: it loses its entry, unless the refusal is
+        # only that this bundle is older than the one we hold (a delayed copy). A relayed bundle
+        # (no sender) never costs its node anything: the relay may be the one lying.
+        if sender is None:
+            return
+        current = self.registry.get(sender)
+        if current is None:
+            return
+        stale = set(reasons) <= _STALENESS_REASONS or (
+            appraisal.issued_at is not None and appraisal.issued_at < current.issued_at
+        )
+        claimed = appraisal.claimed_node
+        if not stale and (claimed is None or claimed == sender):
+            self.registry.remove(sender, f"new bundle refused: {','.join(reasons)}")
+            self.removed.inc(cause="refused")
+
+    # ------------------------------------------------------------------------------ penalties
+
+    def _penalise(self, peer: bytes) -> None:
+        peer_id = ID(peer)
+        self._decay_penalties()
+        self._penalties[peer_id] = self._penalties.get(peer_id, 0.0) + 10.0
+
+    def _decay_penalties(self) -> None:
+        now = time.monotonic()
+        elapsed = now - self._penalty_decay_at
+        if elapsed < 1.0:
+            return
+        factor = math.pow(0.97, elapsed)
+        self._penalty_decay_at = now
+        for peer_id in list(self._penalties):
+            value = self._penalties[peer_id] * factor
+            if value < 0.5:
+                del self._penalties[peer_id]
+            else:
+                self._penalties[peer_id] = value
+
+    def _app_score(self, peer_id: ID) -> float:
+        self._decay_penalties()
+        return -self._penalties.get(peer_id, 0.0)
+
+    def penalty(self, peer: bytes) -> float:
+        self._decay_penalties()
+        return self._penalties.get(ID(peer), 0.0)
+
+
+def bundle_digest(bundle: bytes) -> str:
+    return hashlib.sha256(bundle).hexdigest()
+
+
+def _text(peer: bytes) -> str:
+    try:
+        return peer_id_to_text(peer)
+    except Exception:
+        return peer.hex()

@@ -1,0 +1,325 @@
+"""Confidential jobs across real node processes on 127.0.0.1 (one cluster for the whole module).
+
+Four honest executors serve all-MiniLM-L6-v2 and the tiny chat model; node 0's API is the user's.
+Later tests add misbehaving nodes to the same testnet: a wrong-output executor, one that crashes
+mid-job, one that withholds its reveal, and one that provides the model in the DHT without valid
+attestation. Each test leaves the network usable for the next.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import trio
+
+from node.config import NodeConfig, TestEvidenceFault, load_node_config, load_testnet_config
+from node.testnet import NodeProcess, wait_for_info
+from tests.node.cluster import Cluster
+from tests.node.jobs.harness import TEXTS, models
+
+pytestmark = [pytest.mark.network, pytest.mark.timeout(300)]
+__all__ = ["models"]
+
+MODELS = ("all-MiniLM-L6-v2", "veilnet-tiny-random-lm")
+EMBED = "all-MiniLM-L6-v2"
+# Generous timeouts: up to eight node processes share two cores here (a warm embedding takes
+# ~30 ms alone, seconds when every process computes at once).
+ROUTER_EXTRA = {"commit_timeout_s": 15, "reveal_timeout_s": 3, "deadline_s": 60}
+CANARY = "CANARY-7f3a9c1e-do-not-leak"
+
+
+class JobCluster(Cluster):
+    """Executors with models; every node traces its job-stream frames for the canary test."""
+
+    def _overrides(self, index: int, config: NodeConfig) -> NodeConfig:
+        config = super()._overrides(index, config)
+        extra = {**ROUTER_EXTRA, "trace_job_frames": str(config.data_dir / "frames.trace")}
+        return replace(config, models=MODELS, extra=extra)
+
+    def add_job_node(self, *, extra: dict[str, Any], fault: TestEvidenceFault | None = None) -> NodeProcess:
+        """Start one more executor of this testnet with ``[extra]`` settings (e.g. a fault mode)."""
+        assert self.layout is not None
+        index = len(self.nodes)
+        template = load_node_config(self.layout.node_configs[0])
+        node_dir = self.root / f"node-{index}"
+        config = replace(
+            template, data_dir=node_dir, listen=("/ip4/127.0.0.1/tcp/0",), api="127.0.0.1:0",
+            log_file=node_dir / "node.log", label=f"node-{index}", test_evidence_fault=fault,
+            extra={**ROUTER_EXTRA, "trace_job_frames": str(node_dir / "frames.trace"), **extra},
+        )
+        path = node_dir / "node.toml"
+        config.save(path)
+        return self._spawn(index, path, ("--bootstrap", self.nodes[0].multiaddr))
+
+    # ------------------------------------------------------------------ helpers
+
+    def serving(self, observer: NodeProcess, peer: NodeProcess) -> bool:
+        """``observer`` has ``peer`` attested with both models."""
+        wanted = peer.info["peer_id"]
+        return any(p["peer_id"] == wanted and len(p["models"]) == len(MODELS) for p in self.peers(observer))
+
+    def post(self, node: NodeProcess, path: str, body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(f"{node.api_url}{path}", json=body, timeout=90.0)
+
+    def embed(self, texts: list[str], node: NodeProcess | None = None, **veilnet: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": EMBED, "input": texts}
+        if veilnet:
+            body["veilnet"] = veilnet
+        response = self.post(node or self.nodes[0], "/v1/embeddings", body)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def gauge(self, node: NodeProcess, name: str) -> float:
+        return self.metrics(node).get(name, 0.0)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[JobCluster]:
+    # Not tmp_path_factory: pytest deletes all but the newest three base temp dirs, and a
+    # concurrent pytest run (CI shards, other developers) would delete this cluster's live files.
+    root = Path(tempfile.mkdtemp(prefix="veilnet-jobs-"))
+    # One torch thread per node process: eight processes with two threads each on two cores
+    # would mostly measure oversubscription. (Children inherit the environment.)
+    previous_threads = os.environ.get("VEILNET_TORCH_THREADS")
+    os.environ["VEILNET_TORCH_THREADS"] = "1"
+    c = JobCluster(root, 4, reannounce_seconds=4)
+    try:
+        c.start()
+        c.wait_until(lambda: all(c.serving(c.nodes[0], n) for n in c.nodes[1:]), "4 executors serving", 120)
+        yield c
+    finally:
+        c.close()
+        shutil.rmtree(root, ignore_errors=True)
+        if previous_threads is None:
+            os.environ.pop("VEILNET_TORCH_THREADS", None)
+        else:
+            os.environ["VEILNET_TORCH_THREADS"] = previous_threads
+
+
+def _vectors(answer: dict[str, Any]) -> np.ndarray:
+    rows = []
+    for item in answer["data"]:
+        embedding = item["embedding"]
+        if isinstance(embedding, str):
+            rows.append(np.frombuffer(base64.b64decode(embedding), dtype="<f4"))
+        else:
+            rows.append(np.asarray(embedding, dtype=np.float32))
+    return np.stack(rows)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+# ---------------------------------------------------------------------------- honest network
+
+
+def test_embeddings_through_the_api_equal_in_process_and_name_three_executors(cluster, models):
+    _, _, reference = models
+    answer = cluster.embed(TEXTS)
+    assert (_cosines(_vectors(answer), reference) >= 0.99999).all()
+    report = answer["veilnet"]
+    assert report["status"] == "ok" and report["mode"] == "consensus"
+    executors = report["executors"]
+    assert len(executors) == 3 and all(e["in_majority"] for e in executors)
+    assert all(e["tee_kind"] == "simulated" and "SIMULATED" in e["tee_label"] for e in executors)
+    attested = {p["peer_id"] for p in cluster.peers(cluster.nodes[0])}
+    assert {e["peer_id"] for e in executors} <= attested
+    assert report["agreement"]["agreeing"] == 3 and report["agreement"]["min_cosine"] >= 0.99999
+    # the report is kept for GET /veilnet/v1/jobs/{id}
+    again = cluster.get(cluster.nodes[0], f"/veilnet/v1/jobs/{report['job_id']}")
+    assert again["job_id"] == report["job_id"] and again["executors"] == executors
+    # streams are reused: a burst of jobs opens no stream beyond one per executor
+    for _ in range(4):
+        cluster.embed(TEXTS[:1])
+    assert cluster.gauge(cluster.nodes[0], "veilnet_router_streams_opened") <= 4
+    # fresh attestation on demand: every chosen executor answers a challenge before the job
+    challenged = cluster.embed(TEXTS[:1], challenge=True)["veilnet"]
+    assert challenged["status"] == "ok" and challenged["challenge"] is True
+    assert all(e["challenge"] == "challenge answered with fresh evidence" for e in challenged["executors"])
+
+
+def test_the_official_openai_client_works(cluster, models):
+    import openai
+
+    _, chat, reference = models
+    base_url = f"{cluster.nodes[1].api_url}/v1"
+    client = openai.OpenAI(base_url=base_url, api_key="unused", timeout=60, max_retries=0)
+    listed = {m.id for m in client.models.list().data}
+    assert set(MODELS) <= listed
+    embedded = client.embeddings.create(model=EMBED, input=TEXTS)  # base64 on the wire by default
+    vectors = np.array([d.embedding for d in embedded.data], dtype=np.float32)
+    assert (_cosines(vectors, reference) >= 0.99999).all()
+    assert embedded.model_extra is not None and embedded.model_extra["veilnet"]["status"] == "ok"
+
+    messages = [{"role": "user", "content": "Tell me about enclaves."}]
+    direct = chat.generate(messages, 10)  # type: ignore[attr-defined]
+    completion = client.chat.completions.create(model=MODELS[1], messages=messages, max_tokens=10)  # type: ignore[arg-type]
+    assert completion.choices[0].message.content == direct.text
+    report = completion.model_extra["veilnet"]  # type: ignore[index]
+    assert sorted(e["role"] for e in report["executors"]) == ["primary", "verifier", "verifier"]
+    assert report["agreement"]["comparator"] == "chat-teacher-forced"
+
+    stream = client.chat.completions.create(model=MODELS[1], messages=messages, max_tokens=10, stream=True)  # type: ignore[arg-type]
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == direct.text
+
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.embeddings.create(model="no-such-model", input="x")
+    assert missing.value.code == "unknown_model"
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model=EMBED, input=[])
+
+
+def test_canary_never_leaves_the_client_and_the_chosen_executors_in_clear(cluster):
+    answer = cluster.embed([f"my secret is {CANARY}"], node=cluster.nodes[2], replicas=2)
+    chosen = {e["peer_id"] for e in answer["veilnet"]["executors"]}
+    assert answer["veilnet"]["status"] == "ok" and len(chosen) == 2
+    canary_hex = CANARY.encode().hex()
+    for node in cluster.nodes:
+        assert CANARY not in cluster.log_text(node), f"canary in node {node.index}'s log"
+        trace = node.data_dir / "frames.trace"
+        frames = trace.read_text() if trace.exists() else ""
+        assert canary_hex not in frames, f"canary in clear in node {node.index}'s job-stream frames"
+    client_trace = (cluster.nodes[2].data_dir / "frames.trace")
+    remote = chosen - {cluster.nodes[2].info["peer_id"]}
+    if remote:  # the sealed job did travel to the chosen executors, just never in clear
+        assert client_trace.exists() and client_trace.stat().st_size > 0
+
+
+async def test_malformed_oversized_replayed_expired_requests_get_typed_errors(cluster):
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.id import ID
+
+    from node.jobs.executor import JOB_PROTOCOL_ID
+    from node.jobs.frames import Libp2pFrames
+    from node.net.host import build_host, dial
+    from protocol.identity import Identity
+    from protocol.jobs.messages import ErrorCode, ErrorMessage, JobRequest, Mode, Task, decode_message
+    from protocol.jobs.payloads import EmbeddingsInput
+    from protocol.sealing import seal_job
+
+    target = cluster.nodes[3]
+    testnet = load_testnet_config(cluster.layout.testnet_path)  # type: ignore[union-attr]
+    entry = next(p for p in cluster.peers(cluster.nodes[0]) if p["peer_id"] == target.info["peer_id"])
+    model_id = next(m for m in entry["models"] if m == cluster.embed(["x"])["veilnet"]["model_id"])
+    host = build_host(Identity.generate(), testnet.psk, ["/ip4/127.0.0.1/tcp/0"])
+    import multiaddr
+
+    async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        assert await dial(host, target.multiaddr)
+        peer = ID.from_base58(target.info["peer_id"])
+
+        async def session() -> Libp2pFrames:
+            stream = await host.new_stream(peer, [TProtocol(JOB_PROTOCOL_ID)])
+            return Libp2pFrames(stream, peer.to_bytes())
+
+        async def expect(io: Libp2pFrames, code: ErrorCode) -> None:
+            with trio.fail_after(20):
+                message = decode_message(await io.read())
+            assert isinstance(message, ErrorMessage) and message.code is code, message
+
+        key = bytes.fromhex(entry["enc_pubkey"])
+
+        def request(deadline_ms: int) -> JobRequest:
+            job_id = os.urandom(16)
+            sealed = seal_job(EmbeddingsInput(("hello",)).to_bytes(), recipient_pubkey=key, job_id=job_id,
+                              model_id=model_id, deadline_ms=deadline_ms)
+            return JobRequest(job_id=job_id, model_id=model_id, task=Task.EMBEDDINGS, deadline_ms=deadline_ms,
+                              client_pubkey=sealed.client_keys.public, executor_enc_pubkey=key,
+                              sealed_input=sealed.envelope, mode=Mode.CONSENSUS, stream=False)
+
+        io = await session()
+        await io.write(b"\xc1garbage")
+        await expect(io, ErrorCode.BAD_REQUEST)
+        await io.write(request(int((time.time() - 5) * 1000)).to_wire())
+        await expect(io, ErrorCode.EXPIRED)
+        good = request(int((time.time() + 30) * 1000))
+        await io.write(good.to_wire())
+        with trio.fail_after(30):
+            first = decode_message(await io.read())
+        assert type(first).__name__ == "Commitment"
+        await io.write(good.to_wire())
+        await expect(io, ErrorCode.REPLAY)
+        # an oversized frame: the executor answers too_large and closes only this stream
+        oversized = await session()
+        await oversized.stream.write((5 << 20).to_bytes(4, "big") + b"\x00" * 1024)
+        await expect(oversized, ErrorCode.TOO_LARGE)
+        await io.close()
+    # the executor is still serving everyone
+    answer = cluster.embed(TEXTS[:1], replicas=4)
+    agreeing = {e["peer_id"] for e in answer["veilnet"]["executors"] if e["in_majority"]}
+    assert target.info["peer_id"] in agreeing
+
+
+# ---------------------------------------------------------------------------- misbehaving peers
+
+
+@pytest.fixture(scope="module")
+def faulty(cluster: JobCluster) -> dict[str, NodeProcess]:
+    """Start the misbehaving nodes in one wave (each loads the models) and wait until node 0 sees
+    the attested ones; the non-attested one must provide the model in the DHT instead."""
+    nodes = {
+        "wrong-output": cluster.add_job_node(extra={"fault": "wrong-output"}),
+        "crash-mid-job": cluster.add_job_node(extra={"fault": "crash-mid-job"}),
+        "drop-reveal": cluster.add_job_node(extra={"fault": "drop-reveal"}),
+        "unattested": cluster.add_job_node(extra={}, fault=TestEvidenceFault.MEASUREMENT_OUTSIDE_POLICY),
+    }
+    for node in nodes.values():
+        wait_for_info(node, 60)
+    attested = [nodes["wrong-output"], nodes["crash-mid-job"], nodes["drop-reveal"]]
+    observer = cluster.nodes[0]
+    cluster.wait_until(lambda: all(cluster.serving(observer, n) for n in attested), "faulty nodes", 150)
+    unattested = nodes["unattested"]
+    cluster.wait_until(lambda: "serving all-MiniLM" in cluster.log_text(unattested), "it to serve", 150)
+    return nodes
+
+
+def test_misbehaving_executors_are_outvoted_replaced_and_banned(cluster, faulty, models):
+    _, _, reference = models
+    ids = {name: node.info["peer_id"] for name, node in faulty.items()}
+    seen: dict[str, list[str]] = {name: [] for name in ids}
+    details: list[str] = []
+    deadline_s = ROUTER_EXTRA["deadline_s"]
+    for _ in range(40):
+        started = time.monotonic()
+        answer = cluster.embed(TEXTS)
+        assert time.monotonic() - started < deadline_s  # a result before the deadline, never silence
+        assert (_cosines(_vectors(answer), reference) >= 0.99999).all()  # always the honest answer
+        report = answer["veilnet"]
+        assert report["status"] == "ok"
+        for row in report["executors"]:
+            for name, peer in ids.items():
+                if row["peer_id"] == peer:
+                    seen[name].append(row["offence"] or "none")
+                    details.append(f"{name}: {row['failure']} {row['detail']}")
+                    assert not row["in_majority"]
+        if seen["wrong-output"].count("wrong_output") >= 2 and "crash" in seen["crash-mid-job"] and (
+            "no_reveal" in seen["drop-reveal"]
+        ):
+            break
+    # A first contact may also fail to open a stream ("crash") while connections settle; what
+    # matters is that each fault was seen and penalised for what it is.
+    assert seen["wrong-output"].count("wrong_output") >= 2, (seen, details)
+    assert set(seen["wrong-output"]) <= {"wrong_output", "crash"}, (seen, details)
+    assert set(seen["crash-mid-job"]) == {"crash"}, (seen, details)
+    assert "no_reveal" in seen["drop-reveal"], (seen, details)
+    # two wrong outputs ban the offender: it is never chosen again while banned
+    later = [cluster.embed(TEXTS[:1]) for _ in range(6)]
+    assert all(ids["wrong-output"] not in {e["peer_id"] for e in a["veilnet"]["executors"]} for a in later)
+    reputation_file = cluster.nodes[0].data_dir / "reputation.msgpack"  # persisted every 5 s
+    cluster.wait_until(reputation_file.exists, "the reputation file", 15)
+    # the unattested provider never received a job request, however many jobs ran
+    assert cluster.gauge(faulty["unattested"], "veilnet_executor_job_requests") == 0
+    assert ids["unattested"] not in {p["peer_id"] for p in cluster.peers(cluster.nodes[0])}

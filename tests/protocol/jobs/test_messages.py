@@ -1,0 +1,559 @@
+"""Wire messages: round trips, validation on decode, versions, signatures, framing."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol.codec import encode
+from protocol.identity import Domain, Identity
+from protocol.jobs.messages import (
+    MAX_ERROR_MESSAGE,
+    MAX_FRAME,
+    MAX_TIMESTAMP_MS,
+    MIN_TIMESTAMP_MS,
+    ChallengeRequest,
+    ChallengeResponse,
+    Commitment,
+    ErrorCode,
+    ErrorMessage,
+    FrameDecoder,
+    JobRequest,
+    Message,
+    MessageError,
+    Mode,
+    Reveal,
+    RevealRequest,
+    StreamChunk,
+    Task,
+    commitment_hash,
+    decode_message,
+    encode_frame,
+    result_digest,
+    result_hasher,
+)
+from tests.conftest import decoder_settings
+from tests.protocol.test_codec import mutate, mutations
+
+ALICE = Identity(b"\x01" * 32)
+BOB = Identity(b"\x02" * 32)
+JOB_ID = bytes(range(16))
+SALT = b"\x5a" * 32
+DIGEST = result_digest(b"the result")
+
+# --- strategies -----------------------------------------------------------------------------------
+
+job_ids = st.binary(min_size=16, max_size=16)
+keys32 = st.binary(min_size=32, max_size=32)
+timestamps = st.integers(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS)
+timings = st.integers(0, 7 * 24 * 3600 * 1000)
+model_ids = st.from_regex(r"\A(vn-model:[0-9a-f]{1,64}|[A-Za-z0-9][A-Za-z0-9:._/+-]{0,100})\Z")
+identities = st.sampled_from([ALICE, BOB])
+
+job_requests = st.builds(
+    JobRequest,
+    job_id=job_ids,
+    model_id=model_ids,
+    task=st.sampled_from(Task),
+    deadline_ms=timestamps,
+    client_pubkey=keys32,
+    executor_enc_pubkey=keys32,
+    sealed_input=st.binary(max_size=200),
+    mode=st.sampled_from(Mode),
+    stream=st.booleans(),
+)
+commitments = st.builds(
+    Commitment.create,
+    identities,
+    job_id=job_ids,
+    salt=keys32,
+    result_digest=keys32,
+    queue_ms=timings,
+    compute_ms=timings,
+)
+reveals = st.builds(
+    Reveal.create,
+    identities,
+    job_id=job_ids,
+    salt=keys32,
+    result_digest=keys32,
+    sealed_result=st.binary(max_size=200),
+)
+errors = st.builds(
+    ErrorMessage,
+    code=st.sampled_from(ErrorCode),
+    message=st.text(max_size=MAX_ERROR_MESSAGE),
+    job_id=st.none() | job_ids,
+)
+challenge_requests = st.builds(ChallengeRequest, nonce=keys32, job_id=st.none() | job_ids)
+challenge_responses = st.builds(
+    ChallengeResponse.create,
+    identities,
+    nonce=keys32,
+    kind=st.sampled_from(["simulated", "tdx", "sev-snp", "nvidia-gpu"]),
+    evidence=st.binary(max_size=200),
+)
+messages: st.SearchStrategy[Message] = st.one_of(
+    job_requests,
+    commitments,
+    st.builds(RevealRequest, job_id=job_ids),
+    reveals,
+    st.builds(StreamChunk, job_id=job_ids, data=st.binary(max_size=100)),
+    errors,
+    challenge_requests,
+    challenge_responses,
+)
+
+
+def a_job_request(**changes: Any) -> JobRequest:
+    fields: dict[str, Any] = {
+        "job_id": JOB_ID,
+        "model_id": "vn-model:" + "ab" * 32,
+        "task": Task.EMBEDDINGS,
+        "deadline_ms": 1_800_000_000_000,
+        "client_pubkey": b"\x11" * 32,
+        "executor_enc_pubkey": b"\x22" * 32,
+        "sealed_input": b"sealed",
+        "mode": Mode.CONSENSUS,
+        "stream": False,
+    }
+    fields.update(changes)
+    return JobRequest(**fields)
+
+
+def a_commitment() -> Commitment:
+    return Commitment.create(ALICE, job_id=JOB_ID, salt=SALT, result_digest=DIGEST, queue_ms=3, compute_ms=40)
+
+
+def raw_map(message: Message) -> dict[str, Any]:
+    return message.to_map()
+
+
+def error_of(data: bytes) -> MessageError:
+    with pytest.raises(MessageError) as info:
+        decode_message(data)
+    return info.value
+
+
+# --- round trips ----------------------------------------------------------------------------------
+
+
+@given(messages)
+def test_round_trip(message: Message) -> None:
+    data = message.to_wire()
+    assert decode_message(data) == message
+    assert type(message).from_wire(data) == message
+    assert decode_message(data).to_wire() == data
+
+
+@given(st.one_of(commitments, reveals, challenge_responses))
+def test_signed_messages_verify_after_round_trip(message: Commitment | Reveal | ChallengeResponse) -> None:
+    back = decode_message(message.to_wire())
+    assert isinstance(back, (Commitment, Reveal, ChallengeResponse))
+    back.verify()
+    back.verify(message.peer_id)
+
+
+def test_wire_map_has_version_and_tag_and_omits_absent_optionals() -> None:
+    m = msgpack.unpackb(ErrorMessage(code=ErrorCode.BUSY, message="try later").to_wire())
+    assert m == {"v": 1, "t": "error", "code": "busy", "message": "try later"}
+    m = msgpack.unpackb(a_job_request().to_wire())
+    assert m["v"] == 1 and m["t"] == "job_request" and m["task"] == "embeddings" and m["mode"] == "consensus"
+
+
+def test_enums_are_normalised_from_plain_strings() -> None:
+    request = a_job_request(task="chat", mode="spot-check")
+    assert request.task is Task.CHAT and request.mode is Mode.SPOT_CHECK
+    assert ErrorMessage(code="replay", message="").code is ErrorCode.REPLAY  # type: ignore[arg-type]
+
+
+def test_all_error_codes_are_known() -> None:
+    assert {c.value for c in ErrorCode} == {
+        "busy", "expired", "bad_request", "replay", "unknown_model", "wrong_key", "decrypt_failed",
+        "internal", "not_executor", "too_large", "rate_limited",
+    }  # fmt: skip
+
+
+# --- header: version and type ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [0, 2, 255, -1, "1", True, b"\x01"])
+def test_unknown_versions_are_refused_clearly(version: Any) -> None:
+    m = raw_map(a_job_request())
+    m["v"] = version
+    err = error_of(encode(m))
+    assert err.reason == "unsupported_version"
+    assert "this node speaks 1" in str(err)
+
+
+def test_missing_version_or_type() -> None:
+    for key in ("v", "t"):
+        m = raw_map(a_job_request())
+        del m[key]
+        err = error_of(encode(m))
+        assert (err.reason, err.detail) == ("missing_field", key)
+
+
+@pytest.mark.parametrize("tag", ["bundle", "", "JOB_REQUEST", 7, b"job_request"])
+def test_unknown_types_are_refused(tag: Any) -> None:
+    m = raw_map(a_job_request())
+    m["t"] = tag
+    assert error_of(encode(m)).reason == "unknown_type"
+
+
+def test_from_wire_of_the_wrong_class() -> None:
+    with pytest.raises(MessageError) as info:
+        Commitment.from_wire(a_job_request().to_wire())
+    assert info.value.reason == "unexpected_type"
+
+
+def test_codec_errors_become_message_errors() -> None:
+    for data in (b"", b"\xc1", encode({"v": 1}) + b"\x00", encode({"b": 1})[:-1]):
+        err = error_of(data)
+        assert err.reason == "malformed"
+        assert isinstance(err, ValueError)
+    assert error_of(encode([1, 2])).reason == "malformed"  # arrays are outside message limits
+    assert error_of(encode(5)).reason == "not_a_map"
+    assert error_of(encode({"v": 1, "t": "error", "x": {"deep": 1}})).reason == "malformed"
+
+
+# --- fields ---------------------------------------------------------------------------------------
+
+
+def test_unknown_missing_and_nil_fields() -> None:
+    m = raw_map(a_job_request())
+    m["extra"] = 1
+    assert error_of(encode(m)).reason == "unknown_field"
+    for name in ("job_id", "model_id", "task", "deadline_ms", "client_pubkey", "stream"):
+        m = raw_map(a_job_request())
+        del m[name]
+        err = error_of(encode(m))
+        assert (err.reason, err.detail) == ("missing_field", name)
+    m = raw_map(ErrorMessage(code=ErrorCode.BUSY, message=""))
+    m["job_id"] = None
+    assert error_of(encode(m)).reason == "bad_field"
+
+
+BAD_JOB_FIELDS: list[tuple[str, Any]] = [
+    ("job_id", b"\x00" * 15),
+    ("job_id", b"\x00" * 17),
+    ("job_id", "0" * 16),
+    ("model_id", ""),
+    ("model_id", "x" * 129),
+    ("model_id", "has space"),
+    ("model_id", "-leading-dash"),
+    ("model_id", "ünïcode"),
+    ("model_id", b"vn-model:ab"),
+    ("task", "translate"),
+    ("task", 1),
+    ("deadline_ms", MIN_TIMESTAMP_MS - 1),
+    ("deadline_ms", MAX_TIMESTAMP_MS + 1),
+    ("deadline_ms", -1),
+    ("deadline_ms", True),
+    ("deadline_ms", "1800000000000"),
+    ("client_pubkey", b"\x00" * 31),
+    ("executor_enc_pubkey", b"\x00" * 33),
+    ("sealed_input", "text"),
+    ("mode", "majority"),
+    ("stream", 1),
+    ("stream", b"\x01"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_JOB_FIELDS)
+def test_job_request_fields_are_validated_on_decode_and_construction(name: str, value: Any) -> None:
+    m = raw_map(a_job_request())
+    m[name] = value
+    err = error_of(encode(m))
+    assert err.reason == "bad_field" and err.detail.startswith(name)
+    with pytest.raises(MessageError):
+        a_job_request(**{name: value})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("peer_id", b"\x00" * 38),
+        ("peer_id", ALICE.peer_id[:-1]),
+        ("commitment", b"\x00" * 31),
+        ("queue_ms", -1),
+        ("compute_ms", 7 * 24 * 3600 * 1000 + 1),
+        ("sig", b"\x00" * 63),
+    ],
+)
+def test_commitment_fields_are_validated(name: str, value: Any) -> None:
+    m = raw_map(a_commitment())
+    m[name] = value
+    assert error_of(encode(m)).reason == "bad_field"
+
+
+def test_other_field_limits() -> None:
+    with pytest.raises(MessageError):
+        ErrorMessage(code=ErrorCode.INTERNAL, message="x" * (MAX_ERROR_MESSAGE + 1))
+    with pytest.raises(MessageError):
+        ErrorMessage(code="teapot", message="")  # type: ignore[arg-type]
+    with pytest.raises(MessageError):
+        ChallengeRequest(nonce=b"\x00" * 16)
+    with pytest.raises(MessageError):
+        ChallengeResponse.create(ALICE, nonce=b"\x00" * 32, kind="Not A Kind", evidence=b"")
+    with pytest.raises(MessageError):
+        StreamChunk(job_id=JOB_ID, data=b"\x00" * ((1 << 20) + 18))
+    with pytest.raises(MessageError):
+        Reveal.create(ALICE, job_id=JOB_ID, salt=b"short", result_digest=DIGEST, sealed_result=b"")
+
+
+def test_error_message_at_its_limit_in_multibyte_characters_fits_the_codec() -> None:
+    message = ErrorMessage(code=ErrorCode.INTERNAL, message="😀" * MAX_ERROR_MESSAGE)
+    assert decode_message(message.to_wire()) == message
+
+
+def test_check_deadline() -> None:
+    request = a_job_request(deadline_ms=1_800_000_010_000)
+    request.check_deadline(now_ms=1_800_000_000_000, max_ahead_ms=60_000)
+    for now, reason in (
+        (1_800_000_010_000, "expired"),
+        (1_800_000_020_000, "expired"),
+        (1_799_000_000_000, "deadline_too_far"),
+    ):
+        with pytest.raises(MessageError) as info:
+            request.check_deadline(now_ms=now, max_ahead_ms=60_000)
+        assert info.value.reason == reason
+
+
+# --- signatures -----------------------------------------------------------------------------------
+
+
+def signed_examples() -> list[Commitment | Reveal | ChallengeResponse]:
+    return [
+        a_commitment(),
+        Reveal.create(ALICE, job_id=JOB_ID, salt=SALT, result_digest=DIGEST, sealed_result=b"sealed"),
+        ChallengeResponse.create(ALICE, nonce=b"\x07" * 32, kind="simulated", evidence=b"evidence"),
+    ]
+
+
+@pytest.mark.parametrize("message", signed_examples(), ids=lambda m: m.TAG)
+def test_every_field_is_covered_by_the_signature(message: Commitment | Reveal | ChallengeResponse) -> None:
+    message.verify(ALICE.peer_id)
+    for f in dataclasses.fields(message):
+        if f.name in ("sig", "peer_id"):
+            continue
+        value = getattr(message, f.name)
+        changed: Any
+        if isinstance(value, bytes):
+            changed = bytes([value[0] ^ 1]) + value[1:] if value else b"\x00"
+        elif isinstance(value, int):
+            changed = value + 1
+        else:
+            changed = "x" + value
+        tampered = dataclasses.replace(message, **{f.name: changed})
+        with pytest.raises(MessageError) as info:
+            tampered.verify()
+        assert info.value.reason == "bad_signature", f.name
+
+
+@pytest.mark.parametrize("message", signed_examples(), ids=lambda m: m.TAG)
+def test_signature_by_someone_else(message: Commitment | Reveal | ChallengeResponse) -> None:
+    with pytest.raises(MessageError) as info:
+        message.verify(BOB.peer_id)
+    assert info.value.reason == "wrong_signer"
+    claimed = dataclasses.replace(message, peer_id=BOB.peer_id)  # Alice's signature, Bob's name
+    with pytest.raises(MessageError) as info:
+        claimed.verify()
+    assert info.value.reason == "bad_signature"
+    for i in (0, 31, 63):
+        sig = bytearray(message.sig)
+        sig[i] ^= 0x40
+        with pytest.raises(MessageError):
+            dataclasses.replace(message, sig=bytes(sig)).verify()
+
+
+def test_signatures_use_the_message_domain() -> None:
+    c = a_commitment()
+    assert ALICE.sign(Domain.COMMITMENT, c.signed_body()) == c.sig
+    assert b"sig" not in msgpack.unpackb(c.signed_body())
+    # a reveal signature can't be passed off as a commitment's even over identical bytes
+    forged = dataclasses.replace(c, sig=ALICE.sign(Domain.REVEAL, c.signed_body()))
+    with pytest.raises(MessageError):
+        forged.verify()
+
+
+# --- commit / reveal ------------------------------------------------------------------------------
+
+
+def test_commitment_hash_layout() -> None:
+    expected = hashlib.sha256(b"veilnet/commit/v1" + JOB_ID + ALICE.peer_id + SALT + DIGEST).digest()
+    assert commitment_hash(JOB_ID, ALICE.peer_id, SALT, DIGEST) == expected
+    assert a_commitment().commitment == expected
+    with pytest.raises(MessageError):
+        commitment_hash(JOB_ID, ALICE.peer_id, SALT[:-1], DIGEST)
+
+
+def test_result_digest_layout_and_incremental_hasher() -> None:
+    assert result_digest(b"abc") == hashlib.sha256(b"veilnet/result/v1\x00abc").digest()
+    h = result_hasher()
+    h.update(b"a")
+    h.update(b"bc")
+    assert h.digest() == result_digest(b"abc")
+
+
+def test_reveal_opens_its_commitment_and_nothing_else() -> None:
+    c = a_commitment()
+    reveal = Reveal.create(ALICE, job_id=JOB_ID, salt=SALT, result_digest=DIGEST, sealed_result=b"r")
+    reveal.check_against(c)
+    wrong = [
+        Reveal.create(ALICE, job_id=JOB_ID, salt=b"\x00" * 32, result_digest=DIGEST, sealed_result=b"r"),
+        Reveal.create(
+            ALICE, job_id=JOB_ID, salt=SALT, result_digest=result_digest(b"other"), sealed_result=b"r"
+        ),
+        Reveal.create(ALICE, job_id=b"\x09" * 16, salt=SALT, result_digest=DIGEST, sealed_result=b"r"),
+        Reveal.create(BOB, job_id=JOB_ID, salt=SALT, result_digest=DIGEST, sealed_result=b"r"),
+    ]
+    for r in wrong:
+        with pytest.raises(MessageError) as info:
+            r.check_against(c)
+        assert info.value.reason == "commitment_mismatch"
+
+
+# --- hostile bytes --------------------------------------------------------------------------------
+
+
+def check_message_decoder(data: bytes) -> None:
+    try:
+        message = decode_message(data)
+    except MessageError:
+        return
+    assert message.to_wire() == data
+
+
+@decoder_settings()
+@given(st.binary(max_size=300))
+def test_message_decoder_on_arbitrary_bytes(data: bytes) -> None:
+    check_message_decoder(data)
+
+
+def message_corpus() -> list[bytes]:
+    """Valid encodings of every message type (optional fields present and absent)."""
+    examples: list[Message] = [
+        a_job_request(),
+        a_job_request(task=Task.CHAT, mode=Mode.SPOT_CHECK, stream=True, sealed_input=b"x" * 300),
+        a_commitment(),
+        RevealRequest(job_id=JOB_ID),
+        Reveal.create(ALICE, job_id=JOB_ID, salt=SALT, result_digest=DIGEST, sealed_result=b"s" * 70),
+        StreamChunk(job_id=JOB_ID, data=b"chunk"),
+        ErrorMessage(code=ErrorCode.BUSY, message="busy, try another executor"),
+        ErrorMessage(code=ErrorCode.REPLAY, message="", job_id=JOB_ID),
+        ChallengeRequest(nonce=b"\x03" * 32),
+        ChallengeRequest(nonce=b"\x03" * 32, job_id=JOB_ID),
+        ChallengeResponse.create(BOB, nonce=b"\x03" * 32, kind="tdx", evidence=b"q" * 100),
+    ]
+    return [m.to_wire() for m in examples]
+
+
+@decoder_settings()
+@given(st.sampled_from(message_corpus()), mutations)
+def test_message_decoder_on_mutated_messages(data: bytes, program: bytes) -> None:
+    check_message_decoder(mutate(data, program))
+
+
+@given(messages, mutations)
+def test_message_decoder_on_mutated_generated_messages(message: Message, program: bytes) -> None:
+    check_message_decoder(mutate(message.to_wire(), program))
+
+
+FIELD_NAMES = ["v", "t", "job_id", "nonce", "code", "message", "stream", "kind", "data", "x"]
+FIELD_VALUES: list[Any] = [
+    None, True, False, -1, 0, 1, 2, 1_800_000_000_000, b"", bytes(16), bytes(32), ALICE.peer_id, "",
+    "error", "challenge_request", "stream_chunk", "job_request", "busy", "tdx", "x" * 70,
+]  # fmt: skip
+
+
+@decoder_settings()
+@given(st.binary(max_size=2 * len(FIELD_NAMES)))
+def test_message_decoder_on_structured_garbage(program: bytes) -> None:
+    """Well-formed maps of plausible keys and values: exercises the schema checks, not the codec."""
+    fields = {
+        FIELD_NAMES[program[i] % len(FIELD_NAMES)]: FIELD_VALUES[program[i + 1] % len(FIELD_VALUES)]
+        for i in range(0, len(program) - 1, 2)
+    }
+    check_message_decoder(encode(fields))
+
+
+# --- framing --------------------------------------------------------------------------------------
+
+
+@given(
+    st.lists(st.binary(min_size=1, max_size=300), max_size=8),
+    st.lists(st.integers(1, 64), min_size=1, max_size=20),
+)
+def test_frames_survive_any_split(payloads: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(encode_frame(p) for p in payloads)
+    decoder = FrameDecoder()
+    out: list[bytes] = []
+    pos, i = 0, 0
+    while pos < len(stream):
+        step = cuts[i % len(cuts)]
+        out += decoder.feed(stream[pos : pos + step])
+        pos, i = pos + step, i + 1
+    assert out == payloads
+    assert decoder.at_boundary
+    decoder.close()
+
+
+def test_frame_layout() -> None:
+    assert encode_frame(b"abc") == b"\x00\x00\x00\x03abc"
+
+
+def test_oversize_frame_is_refused_from_its_header_alone() -> None:
+    decoder = FrameDecoder(max_frame=10)
+    assert decoder.feed(b"\x00\x00\x00\x0a" + b"x" * 10) == [b"x" * 10]
+    with pytest.raises(MessageError) as info:
+        decoder.feed(b"\x00\x00\x00\x0b")
+    assert info.value.reason == "frame_too_large"
+    assert decoder.buffered == 0
+    with pytest.raises(MessageError):  # stays failed: the stream is out of sync
+        decoder.feed(b"\x00\x00\x00\x01x")
+    with pytest.raises(MessageError):
+        FrameDecoder().feed((MAX_FRAME + 1).to_bytes(4, "big"))
+    with pytest.raises(MessageError):
+        encode_frame(b"x" * 11, max_frame=10)
+
+
+def test_empty_frame_is_refused() -> None:
+    with pytest.raises(MessageError) as info:
+        FrameDecoder().feed(b"\x00\x00\x00\x00")
+    assert info.value.reason == "empty_frame"
+    with pytest.raises(MessageError):
+        encode_frame(b"")
+
+
+@pytest.mark.parametrize("tail", [b"\x00", b"\x00\x00\x00", b"\x00\x00\x00\x05", b"\x00\x00\x00\x05abcd"])
+def test_truncated_frame_is_detected_at_close(tail: bytes) -> None:
+    decoder = FrameDecoder()
+    assert decoder.feed(encode_frame(b"ok") + tail) == [b"ok"]
+    assert not decoder.at_boundary
+    with pytest.raises(MessageError) as info:
+        decoder.close()
+    assert info.value.reason == "truncated_frame"
+
+
+@decoder_settings()
+@given(st.binary(max_size=96), st.binary(max_size=6))
+def test_frame_decoder_on_arbitrary_bytes(data: bytes, cuts: bytes) -> None:
+    decoder = FrameDecoder(max_frame=64)
+    chunks, pos = [], 0
+    for cut in cuts:
+        chunks.append(data[pos : pos + cut % 32])
+        pos += cut % 32
+    chunks.append(data[pos:])
+    try:
+        frames = [f for c in chunks for f in decoder.feed(c)]
+        decoder.close()
+    except MessageError:
+        return
+    assert b"".join(encode_frame(f, 64) for f in frames) == data
