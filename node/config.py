@@ -19,6 +19,8 @@ from typing import Any
 
 import multiaddr
 
+from node.net.limits import LimitSettings
+
 __all__ = [
     "ConfigError",
     "EvidenceMode",
@@ -65,6 +67,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        return repr(value)
     if isinstance(value, str):
         if "\n" in value:
             if "'''" in value:
@@ -271,6 +275,9 @@ class NodeConfig:
     log_file: Path | None = None
     label: str = ""
     test_evidence_fault: TestEvidenceFault | None = None
+    # [limits] table: resource limits, peer scoring and liveness (node.net.limits.LimitSettings
+    # documents every key and its default; docs/protocol/network.md explains them).
+    limits: LimitSettings = field(default_factory=LimitSettings)
     extra: Mapping[str, Any] = field(default_factory=dict)  # [extra] table: for later subsystems
 
     def __post_init__(self) -> None:
@@ -325,6 +332,8 @@ class NodeConfig:
             "label": self.label,
             "test_evidence_fault": self.test_evidence_fault.value if self.test_evidence_fault else None,
         }
+        if self.limits.to_mapping():
+            data["limits"] = self.limits.to_mapping()
         if self.extra:
             data["extra"] = dict(self.extra)
         return dump_toml(data, header="Veilnet node config.")
@@ -359,6 +368,12 @@ class NodeConfig:
             "label": _take(data, "label", str, where, ""),
             "extra": _take(data, "extra", dict, where, {}),
         }
+        try:
+            kwargs["limits"] = LimitSettings.from_mapping(
+                _take(data, "limits", dict, where, {}), f"{where} [limits]"
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if data:
             raise ConfigError(f"{where}: unknown keys {sorted(data)}")
         if data_dir is None:
