@@ -33,6 +33,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from node.metrics import Metrics
 from node.net.host import DIAL_TIMEOUT, dial
+from node.net.peerstore import known_addrs
 
 if TYPE_CHECKING:
     # trio-stubs (pulled in by libp2p) shadow trio's own annotations and lack trio.TaskStatus.
@@ -235,8 +236,10 @@ class Discovery:
         connected = set(self.connected())
         peerstore = self.host.get_peerstore()
         known = set(self.dht.routing_table.get_peer_ids()) | set(peerstore.peers_with_addrs())
+        # A departed peer's addresses expire (120 s TTL) while it stays in the routing table:
+        # known_addrs() answers [] for it instead of raising (issue 9).
         candidates = [
-            peer for peer in known if peer != me and peer not in connected and peerstore.addrs(peer)
+            peer for peer in known if peer != me and peer not in connected and known_addrs(self.host, peer)
         ]
         random.shuffle(candidates)
         chosen = candidates[:how_many]
@@ -246,7 +249,8 @@ class Discovery:
 
         async def one(peer: ID) -> None:
             async with limiter:
-                ok = await dial(self.host, PeerInfo(peer, peerstore.addrs(peer)), timeout=DIAL_TIMEOUT)
+                addrs = known_addrs(self.host, peer)  # may have expired while we waited
+                ok = bool(addrs) and await dial(self.host, PeerInfo(peer, addrs), timeout=DIAL_TIMEOUT)
                 self.dials.inc(outcome="ok" if ok else "failed")
 
         async with trio.open_nursery() as nursery:

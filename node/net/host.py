@@ -38,6 +38,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from node.net import pnet
+from node.net.peerstore import SafePeerStore
 from protocol.identity import Identity
 
 __all__ = [
@@ -171,6 +172,7 @@ def build_host(
     addrs = [multiaddr.Multiaddr(addr) for addr in listen_addrs]
     host = new_host(
         key_pair=key_pair,
+        peerstore_opt=SafePeerStore(),  # addrs() of a departed peer is [], not an exception
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_preference="YAMUX",
         listen_addrs=addrs,
