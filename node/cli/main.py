@@ -21,6 +21,7 @@ _GROUPS: list[tuple[str, str, str | None]] = [
     ("node.cli.node", "testnet_app", "testnet"),
     ("node.cli.node", "register_peers", None),
     ("node.cli.infer", "register", None),
+    ("node.cli.adversary", "adversary_app", "adversary"),
 ]
 
 
