@@ -29,7 +29,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from node.jobs.router import JobResult, RouterError, RouterErrorCode
+from node.jobs.errors import RouterError, RouterErrorCode
+from node.jobs.router import JobResult
 from protocol.jobs.messages import Mode
 
 if TYPE_CHECKING:

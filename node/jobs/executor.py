@@ -20,6 +20,11 @@ the reveal (or the deadline passes); the ``Reveal`` carries the salt and the res
 client's ephemeral key — for streamed chat jobs a secretstream opening followed by ``StreamChunk``
 frames (text deltas, then the full result as the final chunk). Any error is a typed
 ``ErrorMessage`` on the same stream; one bad job or peer never ends the executor.
+
+Why one module over 500 lines: it is one job's life on the serving side (admission → run →
+commit → reveal) read top to bottom, and the pieces share the pending-result table and the
+admission counters; the challenge responder is twenty lines beside it. Frame I/O
+(``node.jobs.frames``) and fault injection (``node.jobs.faults``) already live apart.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ from node.jobs import frames as job_streams
 from node.jobs.executor import CHALLENGE_PROTOCOL_ID, JOB_PROTOCOL_ID, Executor, ExecutorSettings
 from node.jobs.faults import FaultConfig
 from node.jobs.frames import FrameIO, Libp2pFrames, memory_frame_pair
-from node.jobs.router import ExecutorInfo, Router, RouterSettings
+from node.jobs.network_view import ExecutorInfo
+from node.jobs.router import Router, RouterSettings
 from protocol import codec
 from protocol.attestation.bundle import AttestationBundle, evidence_from_wire, evidence_to_wire
 from protocol.jobs.messages import (

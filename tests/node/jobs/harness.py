@@ -17,7 +17,8 @@ import trio
 from node.jobs.executor import Executor, ExecutorSettings
 from node.jobs.faults import Fault, FaultConfig
 from node.jobs.frames import FrameIO, memory_frame_pair
-from node.jobs.router import ExecutorInfo, Router, RouterSettings
+from node.jobs.network_view import ExecutorInfo
+from node.jobs.router import Router, RouterSettings
 from protocol.identity import Identity
 from protocol.sealing import EncryptionKeyPair
 

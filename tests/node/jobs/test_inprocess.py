@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import trio
 
+from node.jobs.errors import RouterError, RouterErrorCode
 from node.jobs.executor import ExecutorSettings
 from node.jobs.faults import Fault
-from node.jobs.router import RouterError, RouterErrorCode
 from protocol.jobs.messages import Mode
 from protocol.jobs.reputation import Offence
 from tests.node.jobs.harness import TEXTS, MemoryNetwork, add_member, make_router, models, names_for
@@ -66,7 +66,7 @@ async def test_wrong_output_is_outvoted_flagged_and_banned(models, tmp_path):
             add_member(net, _runtimes(models))
         liar = add_member(net, _runtimes(models), fault=Fault.WRONG_OUTPUT)
         router = make_router(net)
-        router._data_dir = tmp_path  # persist the reputation book for the check below
+        router.standing.data_dir = tmp_path  # persist the reputation book for the check below
         await nursery.start(router.run)
         offences = 0
         for _ in range(40):
@@ -93,7 +93,7 @@ async def test_wrong_output_is_outvoted_flagged_and_banned(models, tmp_path):
         for _ in range(5):
             result = await router.embeddings("all-MiniLM-L6-v2", TEXTS)
             assert liar.identity.peer_id_text not in {e["peer_id"] for e in result.report["executors"]}
-        router._reputation_dirty = True
+        router.standing.mark_changed()
         router.save_reputation()
         nursery.cancel_scope.cancel()
     from protocol.jobs.reputation import ReputationBook

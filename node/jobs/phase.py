@@ -1,0 +1,125 @@
+"""The values a job carries through the router: the submission, each phase's spec and I/O context.
+
+A job is one or more *phases*; each phase is one ``protocol.jobs.jobflow.JobFlow`` run (embeddings
+have one; chat has generate, then score). ``Submission`` is what the user asked for, resolved
+and fixed once; ``PhaseSpec`` is what one phase is asked to do (frozen, so a phase cannot change
+what it was asked mid-run); ``Phase`` is the phase's mutable I/O context while it runs (the
+sealing sessions, per-executor timings and challenge results the report reads afterwards).
+``Committed``, ``Revealed`` and ``Failed`` are what one executor's attempt reports to the phase's
+driver, which turns them into ``JobFlow`` events. They live apart from the router so the chat
+flow and the reports can use them without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.jobs.network_view import ExecutorInfo
+from protocol.jobs.jobflow import Failure, Voter
+from protocol.jobs.messages import Commitment, Mode, Task
+from protocol.jobs.payloads import GenerateInput, JobInput
+from protocol.sealing import JobSession
+
+__all__ = ["Committed", "Decoder", "Failed", "Phase", "PhaseSpec", "Revealed", "Submission"]
+
+Decoder = Callable[[bytes], Any]  # result plaintext → comparator value (raises on malformed)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One user request after validation: the job, its executors' pool and its fixed choices."""
+
+    job_id: bytes
+    model: str  # as the user named it
+    model_id: str
+    task: Task
+    mode: Mode
+    job: JobInput
+    decode: Decoder
+    infos: Mapping[bytes, ExecutorInfo]
+    k: int  # replicas asked for
+    verify: bool  # False only for a spot-check job that drew "unchecked"
+    deadline: float  # absolute, on the router's clock
+    challenge: bool
+    started: float
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """What one JobFlow run is asked to do."""
+
+    job_id: bytes
+    model_id: str
+    task: Task
+    mode: Mode
+    job: JobInput
+    decode: Decoder
+    infos: Mapping[bytes, ExecutorInfo]
+    quorum: int
+    deadline: float
+    challenge: bool
+    escalate: bool
+    exclude: frozenset[bytes] = frozenset()
+    voter: Voter | None = None  # None: the task's default voter
+    needed: int | None = None
+    pipeline: bool = False  # k = 1 without cross-check: ask for the reveal with the job
+
+
+@dataclass
+class Phase:
+    """One JobFlow's I/O context: what to send and how to read results."""
+
+    job_id: bytes
+    model_id: str
+    task: Task
+    mode: Mode
+    job: JobInput
+    stream: bool
+    deadline_ms: int
+    infos: Mapping[bytes, ExecutorInfo]
+    decode: Decoder
+    challenge: bool
+    pipeline_reveal: bool = False  # k = 1 without cross-check: ask for the reveal with the job
+    sessions: dict[bytes, JobSession] = field(default_factory=dict)
+    timings: dict[bytes, dict[str, float]] = field(default_factory=dict)
+    challenged: dict[bytes, str] = field(default_factory=dict)
+    started: float = 0.0
+
+    @classmethod
+    def start(cls, spec: PhaseSpec, now: float) -> Phase:
+        return cls(
+            job_id=spec.job_id, model_id=spec.model_id, task=spec.task, mode=spec.mode, job=spec.job,
+            stream=isinstance(spec.job, GenerateInput), deadline_ms=int(spec.deadline * 1000),
+            infos=spec.infos, decode=spec.decode, challenge=spec.challenge, started=now,
+            pipeline_reveal=spec.pipeline,
+        )
+
+
+@dataclass(frozen=True)
+class Committed:
+    """An executor's verified commitment (``statement``: the signed frame, kept as evidence)."""
+
+    peer: bytes
+    commitment: Commitment
+    statement: bytes
+
+
+@dataclass(frozen=True)
+class Revealed:
+    """An executor's opened reveal: the digest computed here, the value decoded for the vote."""
+
+    peer: bytes
+    salt: bytes
+    digest: bytes
+    value: Any
+
+
+@dataclass(frozen=True)
+class Failed:
+    """An executor's attempt ended without a result; ``failure`` is what JobFlow acts on."""
+
+    peer: bytes
+    failure: Failure
+    detail: str

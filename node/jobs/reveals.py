@@ -1,0 +1,82 @@
+"""Opening one executor's reveal: from signed message to a value the vote may count.
+
+Order of checks, each failing with the ``Failure`` that ``JobFlow`` penalises or retries on:
+
+1. the reveal is signed by the peer we asked and opens that peer's commitment → ``BAD_REVEAL``;
+2. the sealed result opens with this job's session key; a streamed result (chat) is a
+   secretstream of UTF-8 text deltas ending with the full result, and the deltas must spell its
+   text exactly → ``BAD_REVEAL``;
+3. the digest the vote compares is computed here over the plaintext, never taken from the
+   executor;
+4. the plaintext decodes as this phase's result → ``MALFORMED``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from node.jobs.phase import Failed, Phase, Revealed
+from protocol.jobs import consensus
+from protocol.jobs.jobflow import Failure
+from protocol.jobs.messages import Commitment, MessageError, Reveal, StreamChunk, result_digest
+from protocol.jobs.payloads import GenerateResult, PayloadError, decode_result
+from protocol.sealing import JobSession, SealingError, StreamOpener, open_result
+
+__all__ = ["ResultStreamError", "open_reveal", "read_result_stream"]
+
+
+class ResultStreamError(Exception):
+    """A streamed result that does not hold together (order, encoding, or text vs. final result)."""
+
+
+async def open_reveal(
+    phase: Phase, peer: bytes, reveal: Reveal, commitment: Commitment, session: JobSession,
+    receive: trio.MemoryReceiveChannel[Any],
+) -> Revealed | Failed:
+    """Check and open ``reveal``; stream chunks, if any, are read from ``receive``."""
+    try:
+        reveal.verify(expected_peer_id=peer)
+        reveal.check_against(commitment)
+    except MessageError as exc:
+        return Failed(peer, Failure.BAD_REVEAL, f"reveal: {exc}")
+    try:
+        if phase.stream:
+            plaintext = await read_result_stream(session, reveal.sealed_result, receive)
+        else:
+            plaintext = open_result(session, reveal.sealed_result)
+    except (SealingError, ResultStreamError) as exc:
+        return Failed(peer, Failure.BAD_REVEAL, f"sealed result: {exc}")
+    digest = result_digest(plaintext)  # computed here, never taken from the executor
+    try:
+        value = phase.decode(plaintext)
+    except (PayloadError, consensus.ConsensusError, ValueError) as exc:
+        return Failed(peer, Failure.MALFORMED, f"result: {exc}")
+    return Revealed(peer, reveal.salt, digest, value)
+
+
+async def read_result_stream(
+    session: JobSession, opening: bytes, receive: trio.MemoryReceiveChannel[Any]
+) -> bytes:
+    """Text deltas, then the full result as the FINAL chunk; the deltas must spell its text."""
+    opener = StreamOpener.start(session, opening)
+    deltas: list[str] = []
+    async for message, _frame in receive:
+        if not isinstance(message, StreamChunk):
+            raise ResultStreamError(f"unexpected {getattr(message, 'TAG', 'end')} inside a result stream")
+        plaintext = opener.pull(message.data)
+        if not opener.finished:
+            try:
+                deltas.append(plaintext.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ResultStreamError("a text chunk is not UTF-8") from None
+            continue
+        try:
+            result = decode_result(plaintext)
+        except PayloadError as exc:
+            raise ResultStreamError(f"final chunk: {exc}") from None
+        if not isinstance(result, GenerateResult) or "".join(deltas) != result.text:
+            raise ResultStreamError("streamed text differs from the final result")
+        return plaintext
+    raise ResultStreamError("the result stream ended without its final chunk")
