@@ -557,3 +557,115 @@ def test_frame_decoder_on_arbitrary_bytes(data: bytes, cuts: bytes) -> None:
     except MessageError:
         return
     assert b"".join(encode_frame(f, 64) for f in frames) == data
+
+
+# ---------------------------------------------------------------------------------------------
+# Wire vectors: every message type encoded from fixed inputs, compared with bytes captured from
+# the implementation before the signed-message pattern was folded into one base. Ed25519
+# signatures are deterministic, so signed messages are fixed too. A change here is a wire change.
+
+_VECTOR_IDENTITY = Identity(bytes(range(32)))
+_VECTOR_JOB_ID = bytes(range(16))
+
+
+def _vector_messages() -> dict[str, Message]:
+    ident, job_id = _VECTOR_IDENTITY, _VECTOR_JOB_ID
+    return {
+        "job_request": JobRequest(
+            job_id=job_id, model_id="all-MiniLM-L6-v2:sha256.ab", task=Task.EMBEDDINGS,
+            deadline_ms=1_800_000_000_000, client_pubkey=b"\x01" * 32, executor_enc_pubkey=b"\x02" * 32,
+            sealed_input=b"sealed-input", mode=Mode.SPOT_CHECK, stream=False,
+        ),
+        "commitment": Commitment.create(
+            ident, job_id=job_id, salt=b"\x03" * 32, result_digest=result_digest(b"result"), queue_ms=7,
+            compute_ms=1234,
+        ),
+        "reveal_request": RevealRequest(job_id=job_id),
+        "reveal": Reveal.create(
+            ident, job_id=job_id, salt=b"\x03" * 32, result_digest=result_digest(b"result"),
+            sealed_result=b"sealed-result",
+        ),
+        "stream_chunk": StreamChunk(job_id=job_id, data=b"chunk"),
+        "error": ErrorMessage(code=ErrorCode.BUSY, message="queue full", job_id=job_id),
+        "error_no_job": ErrorMessage(code=ErrorCode.BAD_REQUEST, message="bad"),
+        "challenge_request": ChallengeRequest(nonce=b"\x04" * 32, job_id=job_id),
+        "challenge_request_no_job": ChallengeRequest(nonce=b"\x04" * 32),
+        "challenge_response": ChallengeResponse.create(
+            ident, nonce=b"\x04" * 32, kind="simulated", evidence=b"evidence"
+        ),
+    }
+
+
+_WIRE_VECTORS = {
+    "job_request": (
+        "8bad636c69656e745f7075626b6579c42001010101010101010101010101010101010101010101010101010101010101"
+        "01ab646561646c696e655f6d73cf000001a3185c5000b36578656375746f725f656e635f7075626b6579c42002020202"
+        "02020202020202020202020202020202020202020202020202020202a66a6f625f6964c410000102030405060708090a"
+        "0b0c0d0e0fa46d6f6465aa73706f742d636865636ba86d6f64656c5f6964ba616c6c2d4d696e694c4d2d4c362d76323a"
+        "7368613235362e6162ac7365616c65645f696e707574c40c7365616c65642d696e707574a673747265616dc2a174ab6a"
+        "6f625f72657175657374a47461736baa656d62656464696e6773a17601"
+    ),
+    "commitment": (
+        "88aa636f6d6d69746d656e74c420255441340e619757673b2a185e8f6ea6754a88f17673e9f0a6af71722b6f037daa63"
+        "6f6d707574655f6d73cd04d2a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa7706565725f6964c42600"
+        "240801122003a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8a871756575655f6d7307a3"
+        "736967c440c0b78137d21578afcbd7c26103892a28a3d0a3cc51ba983afcab168b188faab4c47583b3d307f2bc025953"
+        "9a6be2156101d5bc0d737458bef3daf7b84622220ea174aa636f6d6d69746d656e74a17601"
+    ),
+    "reveal_request": (
+        "83a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa174ae72657665616c5f72657175657374a17601"
+    ),
+    "reveal": (
+        "88a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa7706565725f6964c42600240801122003a107bff3ce"
+        "10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8ad726573756c745f646967657374c4204ff1c02ec07c"
+        "0d37be1ada62dcdf7478df05a3e5368ec84f63eecb4385b03c5ba473616c74c420030303030303030303030303030303"
+        "0303030303030303030303030303030303ad7365616c65645f726573756c74c40d7365616c65642d726573756c74a373"
+        "6967c4406cc9d0b23da1a7e8342e6d6bdc928773a43bc1ebbd7084ff56d6d0c4b9b343f06bf260fb156a4f2610fab2ad"
+        "c530d23122a2d69fb61bd2eee1b855e563d38b01a174a672657665616ca17601"
+    ),
+    "stream_chunk": (
+        "84a464617461c4056368756e6ba66a6f625f6964c410000102030405060708090a0b0c0d0e0fa174ac73747265616d5f"
+        "6368756e6ba17601"
+    ),
+    "error": (
+        "85a4636f6465a462757379a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa76d657373616765aa717565"
+        "75652066756c6ca174a56572726f72a17601"
+    ),
+    "error_no_job": "84a4636f6465ab6261645f72657175657374a76d657373616765a3626164a174a56572726f72a17601",
+    "challenge_request": (
+        "84a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa56e6f6e6365c4200404040404040404040404040404"
+        "040404040404040404040404040404040404a174b16368616c6c656e67655f72657175657374a17601"
+    ),
+    "challenge_request_no_job": (
+        "83a56e6f6e6365c4200404040404040404040404040404040404040404040404040404040404040404a174b16368616c"
+        "6c656e67655f72657175657374a17601"
+    ),
+    "challenge_response": (
+        "87a865766964656e6365c40865766964656e6365a46b696e64a973696d756c61746564a56e6f6e6365c4200404040404"
+        "040404040404040404040404040404040404040404040404040404a7706565725f6964c42600240801122003a107bff3"
+        "ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8a3736967c440fb5240839fe0a9111c565e6833241e"
+        "b8a9977b700a1a7f8e742ce3ed795a1308a45b6220656c358d3f9c3aea34866ebd8a1ab1a846917b1670e3c63de64091"
+        "06a174b26368616c6c656e67655f726573706f6e7365a17601"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_WIRE_VECTORS))
+def test_wire_encoding_is_byte_identical_to_the_captured_vectors(name: str) -> None:
+    message = _vector_messages()[name]
+    expected = bytes.fromhex(_WIRE_VECTORS[name])
+    assert message.to_wire() == expected
+    assert decode_message(expected) == message
+    if isinstance(message, (Commitment, Reveal, ChallengeResponse)):
+        message.verify(expected_peer_id=_VECTOR_IDENTITY.peer_id)
+
+
+def test_framing_and_commitment_hash_vectors() -> None:
+    assert encode_frame(_vector_messages()["reveal_request"].to_wire()).hex() == (
+        "0000002e83a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa174ae72657665616c5f72657175657374a17601"
+    )
+    digest = result_digest(b"result")
+    salt = b"\x03" * 32
+    assert commitment_hash(_VECTOR_JOB_ID, _VECTOR_IDENTITY.peer_id, salt, digest).hex() == (
+        "255441340e619757673b2a185e8f6ea6754a88f17673e9f0a6af71722b6f037d"
+    )
