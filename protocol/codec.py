@@ -14,16 +14,13 @@ from typing import Any
 
 import msgpack
 
+from protocol.errors import ProtocolError
+
 __all__ = ["DEFAULT_LIMITS", "CodecError", "Limits", "decode", "encode"]
 
 
-class CodecError(ValueError):
+class CodecError(ProtocolError):
     """The only error the codec raises. ``reason`` is a short machine-readable code."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import nacl.exceptions
 import nacl.utils
 
 from protocol.codec import encode
+from protocol.errors import ProtocolError
 from protocol.jobs.messages import JOB_ID_LEN, MAX_MODEL_ID, MAX_SEALED, PROTOCOL_VERSION
 
 __all__ = [
@@ -72,13 +73,8 @@ _JOB_LABEL = b"veilnet/seal/v1/job\x00"
 _RESULT_LABEL = b"veilnet/seal/v1/result\x00"
 
 
-class SealingError(ValueError):
+class SealingError(ProtocolError):
     """Sealing or opening failed. ``reason`` is a short machine-readable code."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 def _check_len(name: str, value: Any, length: int) -> bytes:

@@ -19,6 +19,7 @@ from typing import Any
 from protocol import codec
 from protocol.attestation import binding
 from protocol.attestation.evidence import Evidence
+from protocol.errors import ProtocolError
 from protocol.identity import PEER_ID_LEN, Domain, Identity, SignatureError, public_key_from_peer_id, verify
 
 __all__ = [
@@ -79,13 +80,8 @@ _LIMITS = codec.Limits(
 )
 
 
-class BundleError(ValueError):
+class BundleError(ProtocolError):
     """A bundle's bytes or fields are not acceptable. ``reason`` is a short machine-readable code."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 def _time(value: Any, name: str) -> int:

@@ -27,6 +27,8 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from protocol.errors import ProtocolError
+
 __all__ = [
     "CALIBRATED_EMBEDDING_BOUNDS",
     "CALIBRATED_TOKEN_BOUNDS",
@@ -60,17 +62,12 @@ RANK_DTYPE = np.dtype("<u4")
 GAP_DTYPE = np.dtype("<f4")
 
 
-class ConsensusError(ValueError):
+class ConsensusError(ProtocolError):
     """A revealed result is malformed (wrong length, shape over the limits, NaN/inf values).
 
     A malformed result is a protocol violation by its sender, not a disagreement: the router
     treats it as a failed attempt. ``reason`` is a short machine-readable code.
     """
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 # -- wire encoding ------------------------------------------------------------------------------

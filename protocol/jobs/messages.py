@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, Self, TypeVar
 
 from protocol.codec import CodecError, Limits, decode, encode
+from protocol.errors import ProtocolError
 from protocol.identity import Domain, Identity, SignatureError, public_key_from_peer_id, verify
 
 __all__ = [
@@ -109,13 +110,8 @@ _MODEL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._/+-]*")
 _KIND_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
-class MessageError(ValueError):
+class MessageError(ProtocolError):
     """The only error of this module; ``reason`` is a short machine-readable code."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 class Task(StrEnum):

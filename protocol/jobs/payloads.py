@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from protocol.codec import CodecError, Limits, decode, encode
+from protocol.errors import ProtocolError
 
 __all__ = [
     "MAX_CHAT_MESSAGES",
@@ -58,13 +59,8 @@ _LIMITS = Limits(
 )
 
 
-class PayloadError(ValueError):
+class PayloadError(ProtocolError):
     """A payload did not decode or violates its schema; ``reason`` is machine-readable."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 class Op(StrEnum):

@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import heapq
 
+from protocol.errors import ProtocolError
+
 __all__ = ["ReplayError", "ReplayWindow"]
 
 
-class ReplayError(ValueError):
+class ReplayError(ProtocolError):
     """A job was refused: ``reason`` is "replay", "expired", "too_far" or "full"."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 class ReplayWindow:
