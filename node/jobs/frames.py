@@ -18,7 +18,8 @@ import trio
 from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamEOF
 
-from protocol.jobs.messages import MAX_FRAME, FrameDecoder, MessageError, encode_frame
+from protocol.jobs.framing import MAX_FRAME, FrameDecoder, encode_frame
+from protocol.jobs.messages import MessageError
 
 __all__ = ["EndOfStream", "FrameIO", "FrameTrace", "Libp2pFrames", "MemoryFrames", "memory_frame_pair"]
 

@@ -1,4 +1,4 @@
-"""Typed, versioned wire messages of the job and challenge protocols, plus stream framing.
+"""Typed, versioned wire messages of the job and challenge protocols (framing: ``framing``).
 
 Every message is a canonical msgpack map (see ``protocol.codec``) with ``"v"`` (protocol version)
 and ``"t"`` (type tag). Messages are frozen dataclasses that validate themselves on construction,
@@ -17,7 +17,6 @@ import abc
 import dataclasses
 import hashlib
 import re
-import struct
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Self, TypeVar
@@ -28,7 +27,6 @@ from protocol.identity import Domain, Identity, SignatureError, public_key_from_
 
 __all__ = [
     "COMMIT_TAG",
-    "FRAME_HEADER_LEN",
     "HASH_LEN",
     "JOB_ID_LEN",
     "KEY_LEN",
@@ -53,7 +51,6 @@ __all__ = [
     "Commitment",
     "ErrorCode",
     "ErrorMessage",
-    "FrameDecoder",
     "JobRequest",
     "Message",
     "MessageError",
@@ -64,7 +61,6 @@ __all__ = [
     "Task",
     "commitment_hash",
     "decode_message",
-    "encode_frame",
     "result_digest",
     "result_hasher",
 ]
@@ -85,8 +81,7 @@ MAX_SEALED = 4 << 20  # a sealed job input or result envelope
 MAX_EVIDENCE = 1 << 20  # an opaque attestation evidence blob in a challenge response
 MAX_STREAM_CHUNK = (1 << 20) + 17  # one secretstream chunk: 1 MiB plaintext + secretstream overhead
 MAX_MESSAGE_SIZE = MAX_SEALED + (64 << 10)  # room for every other field of the largest message
-MAX_FRAME = MAX_MESSAGE_SIZE
-FRAME_HEADER_LEN = 4
+MAX_FRAME = MAX_MESSAGE_SIZE  # a frame carries exactly one message (protocol.jobs.framing)
 
 # Absolute sanity bounds for unix-millisecond timestamps: 2020-01-01 .. 2100-01-01. Relative
 # checks ("is this deadline still ahead of me?") need a clock and live in JobRequest.check_deadline.
@@ -588,78 +583,3 @@ def commitment_hash(job_id: bytes, peer_id: bytes, salt: bytes, result_digest: b
     _bytes("salt", salt, exact=SALT_LEN)
     _bytes("result_digest", result_digest, exact=HASH_LEN)
     return hashlib.sha256(COMMIT_TAG + job_id + peer_id + salt + result_digest).digest()
-
-
-# ---------------------------------------------------------------------------------------------
-# Stream framing: 4-byte big-endian length, then that many bytes.
-
-_LEN = struct.Struct(">I")
-
-
-def encode_frame(payload: bytes, max_frame: int = MAX_FRAME) -> bytes:
-    """Prefix ``payload`` with its length. Empty and oversize frames are refused."""
-    if not payload:
-        raise MessageError("empty_frame", "frames carry at least one byte")
-    if len(payload) > max_frame:
-        raise MessageError("frame_too_large", f"{len(payload)} bytes exceeds {max_frame}")
-    return _LEN.pack(len(payload)) + payload
-
-
-class FrameDecoder:
-    """Incremental, sans-IO frame splitter: ``feed`` bytes as they arrive, get whole frames back.
-
-    The length is checked as soon as the 4-byte header is in, so a hostile peer cannot make us
-    buffer more than ``max_frame + 4`` bytes. After any error the decoder stays failed (the stream
-    is out of sync and must be closed). Call ``close()`` at end of stream to detect truncation.
-    """
-
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        if max_frame < 1:
-            raise ValueError("max_frame must be positive")
-        self.max_frame = max_frame
-        self._buf = bytearray()
-        self._need: int | None = None  # body length of the frame being read, once known
-        self._failed: MessageError | None = None
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
-    @property
-    def at_boundary(self) -> bool:
-        """True when no partial frame is pending (a clean place for the stream to end)."""
-        return not self._buf and self._need is None and self._failed is None
-
-    def feed(self, data: bytes) -> list[bytes]:
-        if self._failed is not None:
-            raise self._failed
-        self._buf += data
-        frames: list[bytes] = []
-        while True:
-            if self._need is None:
-                if len(self._buf) < FRAME_HEADER_LEN:
-                    return frames
-                (length,) = _LEN.unpack_from(self._buf)
-                if length == 0:
-                    self._fail(MessageError("empty_frame", "zero-length frame"))
-                if length > self.max_frame:
-                    self._fail(MessageError("frame_too_large", f"{length} bytes exceeds {self.max_frame}"))
-                del self._buf[:FRAME_HEADER_LEN]
-                self._need = length
-            if len(self._buf) < self._need:
-                return frames
-            frames.append(bytes(self._buf[: self._need]))
-            del self._buf[: self._need]
-            self._need = None
-
-    def close(self) -> None:
-        """Raise MessageError("truncated_frame") if the stream ended inside a frame."""
-        if self._failed is not None:
-            raise self._failed
-        if self._buf or self._need is not None:
-            self._fail(MessageError("truncated_frame", f"{len(self._buf)} bytes of an unfinished frame"))
-
-    def _fail(self, error: MessageError) -> None:
-        self._failed = error
-        self._buf.clear()
-        raise error

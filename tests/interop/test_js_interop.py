@@ -32,7 +32,8 @@ from node.testnet import NodeProcess
 from protocol import codec
 from protocol.attestation.bundle import AttestationBundle
 from protocol.identity import Domain, Identity, peer_id_from_text, peer_id_to_text, verify
-from protocol.jobs.messages import ErrorMessage, FrameDecoder, decode_message, encode_frame
+from protocol.jobs.framing import FrameDecoder, encode_frame
+from protocol.jobs.messages import ErrorMessage, decode_message
 from protocol.models import model_id_for_dir
 from tests.interop.conftest import (
     FIGURES,
