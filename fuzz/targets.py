@@ -53,7 +53,8 @@ def job_messages(data: bytes) -> None:
 @target("job-frames")
 def job_frames(data: bytes) -> None:
     """The stream splitter, fed in the chunk sizes the first byte chooses (as a peer's writes land)."""
-    from protocol.jobs.messages import FrameDecoder, MessageError
+    from protocol.jobs.framing import FrameDecoder
+    from protocol.jobs.messages import MessageError
 
     if not data:
         return
