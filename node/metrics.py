@@ -99,6 +99,14 @@ class Metrics:
         self._metrics[name] = gauge
         return gauge
 
+    def include(self, other: Metrics) -> None:
+        """Serve ``other``'s metrics too (the same objects: later changes show). For a part built
+        before the node's registry was at hand, e.g. the host's guard."""
+        if other is self:
+            return
+        for name, metric in other._metrics.items():
+            self._metrics.setdefault(name, metric)
+
     def render(self) -> str:
         lines: list[str] = []
         for metric in self._metrics.values():

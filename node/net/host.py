@@ -9,7 +9,10 @@ Why each choice (see shared notes on py-libp2p 0.8.1):
 * ``max_connections_per_peer=1``: with the default (3) every dial waits out a 250 ms
   "happy eyeballs" delay after it has already succeeded; with 1 it returns at once (~10 ms).
 * An exception escaping a raw stream handler kills the connection or the whole swarm, so every
-  handler goes through :func:`wrap_handler`.
+  inbound stream, py-libp2p's own protocols included, passes one isolation point
+  (:mod:`node.net.boundary`), and the host is built with its guard (:mod:`node.net.guard`:
+  resource limits, peer scores and bans, connection admission that returns inbound slots).
+  :func:`wrap_handler` adds a deadline and polite close/reset for the node's own handlers.
 """
 
 from __future__ import annotations
@@ -37,7 +40,11 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
+from node.metrics import Metrics
+from node.net import guard as net_guard
 from node.net import pnet
+from node.net.boundary import report_stream_failure
+from node.net.limits import LimitSettings
 from node.net.peerstore import SafePeerStore
 from protocol.identity import Identity
 
@@ -156,13 +163,18 @@ def build_host(
     listen_addrs: Sequence[str],
     announce_addrs: Sequence[str] = (),
     target_peers: int = 12,
+    *,
+    limits: LimitSettings | None = None,
+    metrics: Metrics | None = None,
 ) -> IHost:
     """A host that speaks only TCP + Noise + yamux inside the private network keyed by ``psk``.
 
     ``announce_addrs`` (e.g. a public address behind NAT) replace what the host advertises;
     otherwise wildcard listen addresses are expanded to the interface addresses. py-libp2p's
     auto-connector aims at the midpoint of the watermarks (default 200 connections); ours aim at
-    ``target_peers`` so a large network is not dialled wholesale.
+    ``target_peers`` so a large network is not dialled wholesale. ``limits`` (the node config's
+    ``[limits]``) and ``metrics`` (the node's registry) go to the host's guard; without them the
+    guard uses the defaults and a registry of its own (``guard_of(host).metrics``).
     """
     if len(psk) != 32:
         raise ValueError("the pre-shared key is 32 bytes")
@@ -191,6 +203,7 @@ def build_host(
     )
     if host.get_id().to_bytes() != identity.peer_id:
         raise IdentityFileError("libp2p host peer id differs from the node identity")
+    net_guard.install(host, limits, metrics)
     return host
 
 
@@ -265,6 +278,7 @@ def wrap_handler(
                 log.debug("%s: closing the stream from %s failed: %s", protocol_id, peer_text, exc)
             return
         log.info("%s: stream from %s reset: %s", protocol_id, peer_text, _describe(failure))
+        report_stream_failure(failure)  # the boundary charges the peer (node.net.boundary)
         if on_error is not None:
             try:
                 on_error(protocol_id, peer_text, failure)
