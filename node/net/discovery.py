@@ -26,12 +26,15 @@ import multiaddr
 import trio
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.discovery.mdns.mdns import MDNSDiscovery, create_mdns_discovery
+from libp2p.kad_dht.kad_dht import PROTOCOL_ID as KAD_PROTOCOL_ID
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.tools.anyio_service import background_trio_service
 
 from node.metrics import Metrics
+from node.net import guard as net_guard
+from node.net.dht_limits import VeilnetRecordValidator, rate_limited_handler
 from node.net.host import DIAL_TIMEOUT, dial
 from node.net.peerstore import known_addrs
 
@@ -119,7 +122,22 @@ class Discovery:
         self.mdns_enabled = mdns
         # DNS-SD service names are at most 15 bytes: "p2p-" + 10 hex digits.
         self._fingerprint = hashlib.sha256(b"veilnet/mdns/v1" + network_fingerprint).hexdigest()[:10]
-        self.dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=True)
+        guard = net_guard.guard_of(host) or net_guard.install(host, metrics=metrics)
+        metrics.include(guard.metrics)
+        # Values only under /veilnet/, size- and count-capped per peer; every inbound DHT message
+        # metered per peer (node.net.dht_limits). strict_validation must be passed here too: the
+        # KadDHT constructor copies its own flag onto the validator.
+        self.dht = KadDHT(
+            host,
+            DHTMode.SERVER,
+            enable_random_walk=True,
+            validator=VeilnetRecordValidator(guard.resources, guard.scores),
+            validator_changed=True,
+            strict_validation=True,
+        )
+        host.set_stream_handler(
+            KAD_PROTOCOL_ID, rate_limited_handler(self.dht.handle_stream, guard.resources, guard.scores)
+        )
         self._provided: set[str] = set()
         self._provide_now = trio.Event()
         self._connect_events_send, self._connect_events = trio.open_memory_channel[ID](256)

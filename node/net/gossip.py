@@ -2,9 +2,21 @@
 
 The gossipsub topic validator runs the protocol's bundle appraiser (signature by the publishing
 peer, expiry, epoch, evidence, policy, report-data binding). A rejected message is never
-delivered or forwarded; it is counted by reason and by the peer that sent it, and gossipsub's
-peer score charges that peer (invalid-message penalty plus our own application score), so a peer
-that keeps sending bad bundles is first no longer gossiped to and then ignored.
+delivered or forwarded; it is counted by reason and by the peer that sent it, and charged to that
+peer's score (:mod:`node.net.scoring`, one score per peer across every protocol; gossipsub's own
+invalid-message penalty adds to it). A stale bundle (expired, an older epoch) is an *ignore*, not
+a reject: it is dropped without charging anyone, since an honest relay forwards delayed copies.
+A peer whose score falls below the graylist threshold is disconnected and banned; its messages
+still queued are dropped before appraisal, so a 1,000-message batch costs a few appraisals.
+
+Hostile input inside py-libp2p's Pubsub service tasks (issue 9: a message whose ``from`` is a
+sha256 multihash and whose ``key`` is no protobuf PublicKey made the signature check raise and
+stop the node) is contained by :meth:`AttestationGossip._guard_push`: whatever handling one
+message raises is counted, charged to the forwarding peer and dropped.
+
+Peer exchange (PRUNE with PX) is accepted only from peers with a positive score: attested peers
+in the registry get a bonus, strangers start at zero (gossipsub's ``accept_px_threshold`` is
+compared with ``>=``, so the threshold is set just above zero).
 
 py-libp2p's defaults silently drop announce traffic (a 10 msg/s per-peer rate limit, 32-slot
 queues, a 120 s heartbeat); the parameters below are chosen so a whole network's re-announce
@@ -17,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -33,7 +44,10 @@ from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.tools.anyio_service import background_trio_service
 
 from node.metrics import Metrics
+from node.net import guard as net_guard
+from node.net.liveness import Liveness
 from node.net.registry import Change, Registry, RegistryEntry
+from node.net.scoring import Offence
 from protocol.attestation.bundle import MAX_BUNDLE_SIZE
 from protocol.identity import peer_id_to_text
 
@@ -50,6 +64,10 @@ MAX_BUNDLE_BYTES = MAX_BUNDLE_SIZE  # the protocol's limit on one bundle's wire 
 _APPRAISAL_THREADS = 2
 # Reasons a bundle can fail just because it is old: an honest peer's previous bundle, delayed.
 _STALENESS_REASONS = frozenset({"expired", "epoch_too_old"})
+# Score bonus of a peer this node has verified (registry entry): makes its score positive, which
+# peer exchange requires. Penalties of a few offences outweigh it.
+ATTESTED_BONUS = 10.0
+_PX_THRESHOLD = 1e-6  # gossipsub accepts PX when score >= threshold; ours wants score > 0
 
 
 @dataclass(frozen=True)
@@ -116,8 +134,11 @@ class AttestationGossip:
         self._addrs_of = addrs_of
         self._clock = clock
         self._limiter = trio.CapacityLimiter(_APPRAISAL_THREADS)
-        self._penalties: dict[ID, float] = {}
-        self._penalty_decay_at = time.monotonic()
+        guard = net_guard.guard_of(host) or net_guard.install(host, metrics=metrics)
+        metrics.include(guard.metrics)
+        self.scores = guard.scores
+        self.scores.set_bonus(self._bonus)
+        self.liveness = Liveness(host, registry, guard.settings, metrics)
         self.ready = trio.Event()
 
         self.accepted = metrics.counter(
@@ -143,6 +164,11 @@ class AttestationGossip:
         self.removed = metrics.counter(
             "veilnet_registry_removals_total", "Registry entries dropped, by cause", ("cause",)
         )
+        self.dropped = metrics.counter(
+            "veilnet_gossip_messages_dropped_total",
+            "Gossip messages dropped before appraisal or after their handling failed, by reason",
+            ("reason",),
+        )
 
         score_params = ScoreParams(
             # Each invalid message costs 10, decaying by 3 % per heartbeat (half-life ~23 s).
@@ -153,11 +179,13 @@ class AttestationGossip:
             gossip_threshold=-30.0,  # after 3 invalid bundles: no more IHAVE to/from the peer
             publish_threshold=-50.0,  # after 5: its messages are dropped unread
             graylist_threshold=-80.0,
-            accept_px_threshold=0.0,
+            accept_px_threshold=_PX_THRESHOLD,  # PX only from peers with a positive score
         )
         self.router = gossipsub_router(score_params)
         self.pubsub = Pubsub(host, self.router, max_inbound_rpc_size=MAX_BUNDLE_BYTES + (64 << 10))
         self.pubsub.set_topic_validator(ATTEST_TOPIC, self._validate, is_async_validator=True)
+        self._push_msg = self.pubsub.push_msg
+        self.pubsub.push_msg = self._guard_push  # type: ignore[method-assign,assignment]
 
     # ---------------------------------------------------------------------------- lifecycle
 
@@ -165,12 +193,16 @@ class AttestationGossip:
         async with background_trio_service(self.pubsub), background_trio_service(self.router):
             await self.pubsub.wait_until_ready()
             subscription = await self.pubsub.subscribe(ATTEST_TOPIC)
-            self.ready.set()
-            task_status.started()
-            # Registry updates happen in the validator; delivered messages are only drained and
-            # counted here so the bounded subscription channel never fills.
-            while True:
-                await subscription.get()
+            async with trio.open_nursery() as nursery:
+                # Liveness keeps the registry honest about peers that stopped answering; it runs
+                # here until the kernel composes net services itself.
+                nursery.start_soon(self.liveness.run)
+                self.ready.set()
+                task_status.started()
+                # Registry updates happen in the validator; delivered messages are only drained and
+                # counted here so the bounded subscription channel never fills.
+                while True:
+                    await subscription.get()
 
     async def publish(self, bundle: bytes) -> None:
         await self.ready.wait()
@@ -179,9 +211,29 @@ class AttestationGossip:
 
     # --------------------------------------------------------------------------- validation
 
+    async def _guard_push(self, forwarder: ID, message: rpc_pb2.Message) -> None:
+        """Pubsub's per-message entry (run as a Pubsub service task): nothing one message does may
+        raise out of it, and a banned forwarder's messages are dropped unread."""
+        if forwarder == self._host.get_id():
+            await self._push_msg(forwarder, message)  # our own publish: errors are ours to see
+            return
+        peer = forwarder.to_bytes()
+        if self.scores.is_banned(peer):
+            self.dropped.inc(reason="banned")
+            return
+        try:
+            await self._push_msg(forwarder, message)
+        except Exception as exc:
+            self.dropped.inc(reason="malformed")
+            self.scores.penalise(peer, Offence.INVALID_MESSAGE)
+            log.info("dropped a gossip message from %s: %s: %s", _text(peer), type(exc).__name__, exc)
+
     async def _validate(self, forwarder: ID, message: rpc_pb2.Message) -> bool:
         if forwarder == self._host.get_id():
             return True  # our own announcement; the node appraises it before publishing
+        if self.scores.is_banned(forwarder.to_bytes()):
+            self.dropped.inc(reason="banned")  # graylisted while this message waited
+            return False
         self.messages_in.inc()
         origin = bytes(message.from_id)
         return await self.accept(bytes(message.data), origin, forwarder=forwarder.to_bytes(), source="gossip")
@@ -234,7 +286,8 @@ class AttestationGossip:
             self.rejected.inc(reason=reason)
         forwarder_text = _text(forwarder)
         self.rejected_by_peer.inc(peer=forwarder_text)
-        self._penalise(forwarder)
+        if not set(reasons) <= _STALENESS_REASONS:  # stale copies are ignored, not held against anyone
+            self.scores.penalise(forwarder, Offence.REFUSED_BUNDLE)
         log.warning(
             "refused a bundle from %s via %s (%s): %s%s",
             _text(sender or appraisal.claimed_node or b""),
@@ -259,34 +312,16 @@ class AttestationGossip:
             self.registry.remove(sender, f"new bundle refused: {','.join(reasons)}")
             self.removed.inc(cause="refused")
 
-    # ------------------------------------------------------------------------------ penalties
+    # -------------------------------------------------------------------------------- scores
 
-    def _penalise(self, peer: bytes) -> None:
-        peer_id = ID(peer)
-        self._decay_penalties()
-        self._penalties[peer_id] = self._penalties.get(peer_id, 0.0) + 10.0
-
-    def _decay_penalties(self) -> None:
-        now = time.monotonic()
-        elapsed = now - self._penalty_decay_at
-        if elapsed < 1.0:
-            return
-        factor = math.pow(0.97, elapsed)
-        self._penalty_decay_at = now
-        for peer_id in list(self._penalties):
-            value = self._penalties[peer_id] * factor
-            if value < 0.5:
-                del self._penalties[peer_id]
-            else:
-                self._penalties[peer_id] = value
+    def _bonus(self, peer: bytes) -> float:
+        return ATTESTED_BONUS if self.registry.get(peer) is not None else 0.0
 
     def _app_score(self, peer_id: ID) -> float:
-        self._decay_penalties()
-        return -self._penalties.get(peer_id, 0.0)
+        return self.scores.score(peer_id.to_bytes())
 
     def penalty(self, peer: bytes) -> float:
-        self._decay_penalties()
-        return self._penalties.get(ID(peer), 0.0)
+        return self.scores.penalty(peer)
 
 
 def bundle_digest(bundle: bytes) -> str:

@@ -120,7 +120,7 @@ class LimitSettings:
     # -- DHT records (PUT_VALUE): only /veilnet/ keys are stored at all
     dht_record_bytes: int = 16 << 10
     dht_records_per_peer: int = 32
-    dht_records: int = 4096
+    dht_records: int = 1024  # x dht_record_bytes: at most 16 MiB of values in all
     # -- per-peer rates (per second, with a burst)
     dht_queries_per_second: float = 20.0  # an honest lookup sends ≤ 3 at a time
     dht_query_burst: int = 60
