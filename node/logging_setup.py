@@ -55,6 +55,9 @@ BENIGN_LIBP2P_MESSAGES: tuple[str, ...] = (
 )
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# py-libp2p puts peer-supplied bytes into some messages (a refused DHT value, hex-encoded: 2 MB of
+# log per 1 MiB record); a hostile peer must not be able to fill the disk through our log.
+MAX_LOGGED_MESSAGE = 2000
 
 
 class _DemoteBenign(logging.Filter):
@@ -69,6 +72,9 @@ class _DemoteBenign(logging.Filter):
             message = record.getMessage()
             if any(message.startswith(prefix) for prefix in BENIGN_LIBP2P_MESSAGES):
                 record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            if len(message) > MAX_LOGGED_MESSAGE:
+                record.msg = f"{message[:MAX_LOGGED_MESSAGE]}… ({len(message)} characters, cut)"
+                record.args = None
         return self._debug or record.levelno >= logging.INFO
 
 

@@ -81,13 +81,19 @@ class Gauge:
 
 
 class Metrics:
-    """The node's metric registry; subsystems register their metrics at construction."""
+    """The node's metric registry; subsystems register their metrics at construction.
+
+    A registry can :meth:`include` another (built before the node's was at hand, e.g. the host's
+    guard): its metrics are served too, including ones registered there later, and asking this
+    registry for a metric of the same name returns the included one (one counter, one series).
+    """
 
     def __init__(self) -> None:
         self._metrics: dict[str, Counter | Gauge] = {}
+        self._included: list[Metrics] = []
 
     def counter(self, name: str, help: str, label_names: tuple[str, ...] = ()) -> Counter:
-        existing = self._metrics.get(name)
+        existing = self._find(name)
         if isinstance(existing, Counter):
             return existing
         counter = Counter(name, help, label_names)
@@ -100,15 +106,28 @@ class Metrics:
         return gauge
 
     def include(self, other: Metrics) -> None:
-        """Serve ``other``'s metrics too (the same objects: later changes show). For a part built
-        before the node's registry was at hand, e.g. the host's guard."""
-        if other is self:
-            return
-        for name, metric in other._metrics.items():
-            self._metrics.setdefault(name, metric)
+        """Serve ``other``'s metrics too, now and as it grows."""
+        if other is not self and other not in self._included:
+            self._included.append(other)
+
+    def _find(self, name: str) -> Counter | Gauge | None:
+        if name in self._metrics:
+            return self._metrics[name]
+        for other in self._included:
+            found = other._find(name)
+            if found is not None:
+                return found
+        return None
+
+    def _all(self) -> dict[str, Counter | Gauge]:
+        merged: dict[str, Counter | Gauge] = {}
+        for other in self._included:
+            merged.update(other._all())
+        merged.update(self._metrics)
+        return merged
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in self._metrics.values():
+        for metric in self._all().values():
             lines.extend(metric.render())
         return "\n".join(lines) + "\n"

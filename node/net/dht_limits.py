@@ -88,11 +88,18 @@ class VeilnetRecordValidator(NamespacedValidator):
     def validate(self, key: str, value: bytes) -> None:
         namespace = key.split("/")[1] if key.startswith("/") and key.count("/") >= 2 else ""
         if namespace != VEILNET_NAMESPACE:
+            self._charge_sender(Offence.INVALID_MESSAGE)
             self._refuse("namespace", f"key outside /{VEILNET_NAMESPACE}/")
         if len(value) > self._resources.settings.dht_record_bytes:
+            self._charge_sender(Offence.INVALID_MESSAGE)
             self._refuse("size", f"record of {len(value)} bytes")
         super().validate(key, value)
         self._charge(key)
+
+    def _charge_sender(self, offence: Offence) -> None:
+        peer = current_inbound_peer()
+        if peer is not None and self._scores is not None:
+            self._scores.penalise(peer, offence)
 
     def _charge(self, key: str) -> None:
         now = self._clock()
