@@ -124,8 +124,8 @@ class LimitSettings:
     # -- per-peer rates (per second, with a burst)
     dht_queries_per_second: float = 20.0  # an honest lookup sends ≤ 3 at a time
     dht_query_burst: int = 60
-    challenges_per_second: float = 1.0  # a router challenges an executor once per epoch or job
-    challenge_burst: int = 10
+    challenges_per_second: float = 2.0  # a router challenges an executor only on jobs that ask for it
+    challenge_burst: int = 20
     # -- scoring and gating (node.net.scoring)
     graylist_score: float = -100.0  # below it a peer is disconnected and banned
     ban_seconds: float = 300.0  # first ban; doubles on each repeat, up to ban_max_seconds

@@ -334,11 +334,20 @@ def _wait_js(predicate: Any, what: str, timeout: float = 15.0) -> None:
 def test_hostile_js_streams_are_reset_and_the_node_keeps_serving(
     testnet: InteropCluster, js_peer: JsPeer, spawn_js: JsPeerFactory
 ) -> None:
+    """Each group of broken streams comes from its own hostile peer: four broken streams cost a
+    peer 100 points, and past the graylist score (-100) the node disconnects and bans it
+    (network.md §9.3), which the last part checks."""
     target = testnet.nodes[2]
     peer = target.info["peer_id"]
     hostile = spawn_js("hostile-streams", psk_hex=testnet.psk_hex, gossip=False, dht=False)
     assert hostile.ok("dial", addr=target.multiaddr)["peer_id"] == peer
     before = testnet.metrics(target)
+
+    def fresh_hostile(name: str) -> JsPeer:
+        nonlocal hostile
+        hostile = spawn_js(name, psk_hex=testnet.psk_hex, gossip=False, dht=False)
+        assert hostile.ok("dial", addr=target.multiaddr)["peer_id"] == peer
+        return hostile
 
     def raw(protocol: str, chunks: list[bytes], **options: Any) -> dict[str, Any]:
         reply = hostile.ok(
@@ -357,11 +366,14 @@ def test_hostile_js_streams_are_reset_and_the_node_keeps_serving(
         "truncated frame, then half-close": ([struct.pack(">I", 100) + bytes(10)], {"half_close": True}),
         "half-close before any byte": ([], {"half_close": True}),
     }
-    for what, (chunks, options) in attest_cases.items():
+    for index, (what, (chunks, options)) in enumerate(attest_cases.items()):
+        if index == 4:
+            fresh_hostile("hostile-streams-2")  # the first one has spent its score
         reply = raw(ATTEST_PROTOCOL_ID, chunks, wait_ms=12000, **options)
         assert reply["outcome"] == "reset", f"attest, {what}: {reply}"
         assert reply["received_b64"] == "", f"attest, {what}: the node answered garbage with data"
 
+    fresh_hostile("hostile-streams-3")
     # /veilnet/job/1.0.0 (and the challenge protocol, same framing): a broken frame gets a typed
     # error frame and the stream is closed (or reset); a bad message inside a good frame gets a
     # typed error and the session stays usable until the client half-closes.
@@ -402,6 +414,22 @@ def test_hostile_js_streams_are_reset_and_the_node_keeps_serving(
     errors = _counter(testnet.metrics(target), "veilnet_stream_errors_total", protocol=ATTEST_PROTOCOL_ID)
     errors -= _counter(before, "veilnet_stream_errors_total", protocol=ATTEST_PROTOCOL_ID)
     assert errors == len(attest_cases), "every broken attest stream is counted once"
+
+    # A peer that keeps breaking streams is cut off, and its reconnects are refused at the gate.
+    abuser = fresh_hostile("hostile-streams-abuser")
+    graylisted = _counter(testnet.metrics(target), "veilnet_peers_graylisted_total")
+    for _ in range(8):  # stops early once the node has cut the abuser off
+        reply = abuser.call(
+            "raw", peer=peer, protocol=ATTEST_PROTOCOL_ID, chunks_b64=[b64(b"\xff" * 8)], wait_ms=3000
+        )
+        if not reply.get("ok") or not reply.get("negotiated"):
+            break
+    testnet.wait_until(
+        lambda: _counter(testnet.metrics(target), "veilnet_peers_graylisted_total") > graylisted,
+        "the abuser to be graylisted",
+        timeout=20,
+    )
+    _healthy(testnet)
 
 
 def _frames(data: bytes) -> list[bytes]:

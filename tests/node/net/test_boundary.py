@@ -18,13 +18,14 @@ from libp2p.custom_types import TProtocol
 from libp2p.host.exceptions import StreamFailure
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
+from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.pubsub.pb import rpc_pb2
 
 from node.metrics import Metrics
 from node.net.gossip import ATTEST_TOPIC, Appraisal, AttestationGossip
 from node.net.guard import NetGuard, guard_of
 from node.net.host import build_host, dial
-from node.net.registry import Registry
+from node.net.registry import Registry, RegistryEntry
 from node.net.scoring import Offence
 from protocol.identity import Identity
 
@@ -39,6 +40,7 @@ class Pair:
     attacker: IHost
     target_id: ID
     guard: NetGuard
+    guard_psk: bytes
 
     def metric(self, line: str) -> float:
         for rendered in self.guard.metrics.render().splitlines():
@@ -59,7 +61,7 @@ async def pair() -> AsyncIterator[Pair]:
     guard = guard_of(target)
     assert guard is not None
     async with target.run(LOCAL), attacker.run(LOCAL):
-        yield Pair(target, attacker, target.get_id(), guard)
+        yield Pair(target, attacker, target.get_id(), guard, psk)
 
 
 async def until(predicate: object, what: str, timeout: float = 15.0) -> None:
@@ -90,6 +92,22 @@ async def ping_works(pair_: Pair) -> bool:
             echoed += await stream.read(32 - len(echoed))
     await stream.close()
     return echoed == payload
+
+
+def registry_entry(peer: bytes) -> RegistryEntry:
+    return RegistryEntry(
+        peer_id=peer,
+        addrs=(),
+        kind="simulated",
+        label="SIMULATED — not secure",
+        measurement="00" * 32,
+        models=(),
+        epoch=1,
+        issued_at=1,
+        expires_at=2**40,
+        enc_pubkey=bytes(32),
+        verified_at=0.0,
+    )
 
 
 def refuse_everything(bundle: bytes, sender: bytes | None, now: int) -> Appraisal:
@@ -215,3 +233,67 @@ async def test_streams_over_the_per_peer_protocol_limit_are_reset_and_counted() 
         for stream in streams:
             await stream.reset()
         assert await ping_works(p)
+
+
+async def test_peer_exchange_is_followed_only_from_a_peer_with_a_positive_score() -> None:
+    """Issue 9: one PRUNE with made-up peers made nodes dial attacker-chosen addresses. The same
+    PRUNE is sent twice on one stream (processed in order): first while the sender is a stranger,
+    then once the target's registry holds the sender (an attested peer's bonus makes it positive).
+    Only the second one's peer is dialled."""
+    async with pair() as p:
+        registry = Registry()
+        gossip = AttestationGossip(p.target, refuse_everything, registry, Metrics(), addrs_of=lambda peer: ())
+        decoys = [build_host(Identity.generate(), p.guard_psk, ["/ip4/127.0.0.1/tcp/0"]) for _ in range(2)]
+        async with trio.open_nursery() as nursery, decoys[0].run(LOCAL), decoys[1].run(LOCAL):
+            await nursery.start(gossip.run)
+            assert await p.connect()
+            stream = await p.attacker.new_stream(p.target_id, [MESHSUB])
+
+            async def prune_naming(decoy: IHost) -> None:
+                envelope, _ = env_to_send_in_RPC(decoy)
+                info = rpc_pb2.PeerInfo(peerID=decoy.get_id().to_bytes(), signedPeerRecord=envelope)
+                prune = rpc_pb2.ControlPrune(topicID=ATTEST_TOPIC, peers=[info], backoff=1)
+                rpc = rpc_pb2.RPC(control=rpc_pb2.ControlMessage(prune=[prune])).SerializeToString()
+                await stream.write(varint.encode(len(rpc)) + rpc)
+
+            stranger, attested = decoys
+            scorer = gossip.router.scorer
+            assert scorer is not None
+            assert not scorer.allow_px_from(p.attacker.get_id(), [ATTEST_TOPIC])
+            await prune_naming(stranger)
+            # PRUNE handling records a back-off first, then decides on PX without yielding.
+            await until(
+                lambda: p.attacker.get_id() in gossip.router.back_off.get(ATTEST_TOPIC, {}), "the first PRUNE"
+            )
+            attacker = p.attacker.get_id().to_bytes()
+            registry.upsert(registry_entry(attacker))
+            assert scorer.allow_px_from(p.attacker.get_id(), [ATTEST_TOPIC])
+            await prune_naming(attested)
+            network = p.target.get_network()
+            await until(lambda: bool(network.get_connections(attested.get_id())), "the PX dial")
+            assert not network.get_connections(stranger.get_id())
+            nursery.cancel_scope.cancel()
+
+
+async def test_challenge_streams_beyond_the_peer_rate_are_refused() -> None:
+    """Issue 9: 300 signed challenge answers/s for anyone who asked. Each challenge is one stream."""
+    async with pair() as p:
+        answered = 0
+
+        async def answer(stream: object) -> None:
+            nonlocal answered
+            answered += 1
+            await stream.close()  # type: ignore[attr-defined]
+
+        p.target.set_stream_handler(TProtocol("/veilnet/challenge/1.0.0"), answer)
+        burst = p.guard.settings.challenge_burst
+        assert await p.connect()
+        for _ in range(burst + 10):
+            with contextlib.suppress(StreamFailure):
+                stream = await p.attacker.new_stream(p.target_id, [TProtocol("/veilnet/challenge/1.0.0")])
+                await stream.close()
+        await until(
+            lambda: p.metric('veilnet_limit_hits_total{scope="peer",resource="challenge_rate"}') >= 5,
+            "the rate to refuse the excess",
+        )
+        assert answered <= burst + 5  # the burst, plus what the rate refilled meanwhile
