@@ -13,6 +13,8 @@ Why each choice (see shared notes on py-libp2p 0.8.1):
   (:mod:`node.net.boundary`), and the host is built with its guard (:mod:`node.net.guard`:
   resource limits, peer scores and bans, connection admission that returns inbound slots).
   :func:`wrap_handler` adds a deadline and polite close/reset for the node's own handlers.
+* Below the streams, :mod:`node.net.muxer` offers yamux alone (py-libp2p also offers mplex,
+  where one bad frame ended the process) with strict frames and per-connection stream limits.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from node.net import guard as net_guard
 from node.net import pnet
 from node.net.boundary import report_stream_failure
 from node.net.limits import LimitSettings
+from node.net.muxer import install_muxer
 from node.net.peerstore import SafePeerStore
 from protocol.identity import Identity
 
@@ -204,6 +207,7 @@ def build_host(
     if host.get_id().to_bytes() != identity.peer_id:
         raise IdentityFileError("libp2p host peer id differs from the node identity")
     net_guard.install(host, limits, metrics)
+    install_muxer(host)  # yamux only, strict frames; faults and buffers go to the guard
     return host
 
 
