@@ -14,7 +14,8 @@ Why each choice (see shared notes on py-libp2p 0.8.1):
   resource limits, peer scores and bans, connection admission that returns inbound slots).
   :func:`wrap_handler` adds a deadline and polite close/reset for the node's own handlers.
 * Below the streams, :mod:`node.net.muxer` offers yamux alone (py-libp2p also offers mplex,
-  where one bad frame ended the process) with strict frames and per-connection stream limits.
+  where one bad frame ended the process) with strict frames and per-connection stream limits;
+  :mod:`node.net.handshake` bounds connections still in the PSK/Noise handshake.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from node.metrics import Metrics
 from node.net import guard as net_guard
 from node.net import pnet
 from node.net.boundary import report_stream_failure
+from node.net.handshake import install_handshake_gate
 from node.net.limits import LimitSettings
 from node.net.muxer import install_muxer
 from node.net.peerstore import SafePeerStore
@@ -208,6 +210,7 @@ def build_host(
         raise IdentityFileError("libp2p host peer id differs from the node identity")
     net_guard.install(host, limits, metrics)
     install_muxer(host)  # yamux only, strict frames; faults and buffers go to the guard
+    install_handshake_gate(host)  # keyless connections: a small budget per address, 4 s
     return host
 
 
