@@ -187,9 +187,10 @@ def build_host(
     pnet.install()  # py-libp2p's own psk= layer is not the PSK v1 wire format (see node.net.pnet)
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
     addrs = [multiaddr.Multiaddr(addr) for addr in listen_addrs]
+    peerstore = SafePeerStore()
     host = new_host(
         key_pair=key_pair,
-        peerstore_opt=SafePeerStore(),  # addrs() of a departed peer is [], not an exception
+        peerstore_opt=peerstore,  # bounded, linear, addrs() of a departed peer is []
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_preference="YAMUX",
         listen_addrs=addrs,
@@ -211,6 +212,8 @@ def build_host(
     net_guard.install(host, limits, metrics)
     install_muxer(host)  # yamux only, strict frames; faults and buffers go to the guard
     install_handshake_gate(host)  # keyless connections: a small budget per address, 4 s
+    network = host.get_network()
+    peerstore.set_protection(lambda peer: bool(network.get_connections(peer)))
     return host
 
 
