@@ -34,6 +34,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from node.metrics import Metrics
 from node.net import guard as net_guard
+from node.net.dht_answers import bound_find_node_answers
 from node.net.dht_limits import VeilnetRecordValidator, rate_limited_handler
 from node.net.host import DIAL_TIMEOUT, dial
 from node.net.peerstore import known_addrs
@@ -138,6 +139,7 @@ class Discovery:
         host.set_stream_handler(
             KAD_PROTOCOL_ID, rate_limited_handler(self.dht.handle_stream, guard.resources, guard.scores)
         )
+        bound_find_node_answers(self.dht, guard.scores)  # k peers per answer, hints stay hints
         self._provided: set[str] = set()
         self._provide_now = trio.Event()
         self._connect_events_send, self._connect_events = trio.open_memory_channel[ID](256)
