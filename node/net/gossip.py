@@ -67,6 +67,7 @@ _STALENESS_REASONS = frozenset({"expired", "epoch_too_old"})
 # Score bonus of a peer this node has verified (registry entry): makes its score positive, which
 # peer exchange requires. Penalties of a few offences outweigh it.
 ATTESTED_BONUS = 10.0
+_LABELLED_PEERS = 256
 _PX_THRESHOLD = 1e-6  # gossipsub accepts PX when score >= threshold; ours wants score > 0
 
 
@@ -139,6 +140,7 @@ class AttestationGossip:
         self.scores = guard.scores
         self.scores.set_bonus(self._bonus)
         self.liveness = Liveness(host, registry, guard.settings, metrics)
+        self._labelled: set[str] = set()
         self.ready = trio.Event()
 
         self.accepted = metrics.counter(
@@ -285,7 +287,7 @@ class AttestationGossip:
         for reason in reasons:
             self.rejected.inc(reason=reason)
         forwarder_text = _text(forwarder)
-        self.rejected_by_peer.inc(peer=forwarder_text)
+        self.rejected_by_peer.inc(peer=self._peer_label(forwarder_text))
         if not set(reasons) <= _STALENESS_REASONS:  # stale copies are ignored, not held against anyone
             self.scores.penalise(forwarder, Offence.REFUSED_BUNDLE)
         log.warning(
@@ -311,6 +313,14 @@ class AttestationGossip:
         if not stale and (claimed is None or claimed == sender):
             self.registry.remove(sender, f"new bundle refused: {','.join(reasons)}")
             self.removed.inc(cause="refused")
+
+    def _peer_label(self, peer_text: str) -> str:
+        """A per-peer metric label, for at most ``_LABELLED_PEERS`` peers: identities an attacker
+        rotates through must not grow the metrics without bound; the rest count as ``other``."""
+        if peer_text in self._labelled or len(self._labelled) < _LABELLED_PEERS:
+            self._labelled.add(peer_text)
+            return peer_text
+        return "other"
 
     # -------------------------------------------------------------------------------- scores
 

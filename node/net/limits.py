@@ -133,7 +133,7 @@ class LimitSettings:
     score_half_life_seconds: float = 60.0
     # -- liveness (node.net.liveness)
     liveness_interval_seconds: float = 15.0
-    liveness_timeout_seconds: float = 5.0
+    liveness_timeout_seconds: float = 10.0  # a loaded honest node must not look dead
 
     def __post_init__(self) -> None:
         for item in fields(self):

@@ -297,3 +297,11 @@ async def test_challenge_streams_beyond_the_peer_rate_are_refused() -> None:
             "the rate to refuse the excess",
         )
         assert answered <= burst + 5  # the burst, plus what the rate refilled meanwhile
+
+
+def test_per_peer_metric_labels_stay_bounded_under_identity_rotation() -> None:
+    host = build_host(Identity.generate(), os.urandom(32), ["/ip4/127.0.0.1/tcp/0"])
+    gossip = AttestationGossip(host, refuse_everything, Registry(), Metrics(), addrs_of=lambda peer: ())
+    labels = {gossip._peer_label(f"peer-{index}") for index in range(1000)}
+    assert len(labels) == 257 and "other" in labels
+    assert gossip._peer_label("peer-3") == "peer-3"  # a labelled peer keeps its label
