@@ -86,6 +86,11 @@ def configure_logging(
     ``libp2p_level`` bounds libp2p's own verbosity independently of ours, because at INFO it logs
     every stream and connection.
     """
+    # ``import libp2p`` runs its own setup_logging(), which clears the ``libp2p`` logger's handlers:
+    # imported after this function, it would send every libp2p record to Python's last-resort
+    # stderr handler. Import it first, whoever imports it next.
+    import libp2p  # noqa: F401
+
     handler: logging.Handler
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
