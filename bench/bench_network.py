@@ -35,7 +35,7 @@ import trio
 from libp2p.peer.id import ID
 
 from bench import Result
-from node.attest.builders import make_appraise
+from node.attest.appraisal import make_appraise
 from node.attest.service import ATTEST_PROTOCOL_ID
 from node.config import NodeConfig, load_testnet_config
 from node.net.host import build_host, dial, read_frame, write_frame

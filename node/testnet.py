@@ -33,7 +33,6 @@ from typing import Any
 from node.config import EvidenceMode, NodeConfig, TestnetConfig, load_testnet_config
 
 __all__ = [
-    "DEMO_STEPS",
     "NodeProcess",
     "RunningTestnet",
     "TestnetError",
@@ -49,7 +48,6 @@ __all__ = [
 TESTNET_FILE = "testnet.toml"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 6.0
-DEMO_TIMEOUT = 60.0
 
 
 class TestnetError(RuntimeError):
@@ -89,7 +87,8 @@ def create_testnet(
     ``extra_measurements``). ``code_root`` is where the nodes' ``protocol`` and ``node`` packages
     live when they do not run from this checkout (see :func:`start_node_process`).
     """
-    from node.attest import builders as attest_kit
+    from node.attest.appraisal import testnet_policy_toml
+    from node.attest.evidence_sources import measurement_of, platform_public_key
 
     if nodes < 1:
         raise TestnetError("a testnet needs at least one node")
@@ -103,9 +102,9 @@ def create_testnet(
         testnet_id = testnet_id or f"local-{secrets.token_hex(4)}"
         psk, seed = secrets.token_bytes(32), None
     seed = seed or secrets.token_bytes(32)
-    policy_toml = attest_kit.testnet_policy_toml(
-        list(dict.fromkeys([attest_kit.measurement_of(code_root), *extra_measurements])),
-        platform_public_key=attest_kit.platform_public_key(seed),
+    policy_toml = testnet_policy_toml(
+        list(dict.fromkeys([measurement_of(code_root), *extra_measurements])),
+        platform_public_key=platform_public_key(seed),
         testnet_id=testnet_id,
         epoch_seconds=epoch_seconds,
     )
@@ -290,44 +289,9 @@ class RunningTestnet:
         return peers
 
 
-def _wait_registry_complete(run: RunningTestnet, timeout: float = DEMO_TIMEOUT) -> list[dict[str, Any]]:
-    expected = {node.info["peer_id"] for node in run.nodes}
-    deadline = time.monotonic() + timeout
-    peers: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        try:
-            peers = run.peers_of(0)
-        except Exception:
-            peers = []
-        if {peer["peer_id"] for peer in peers} >= expected:
-            return peers
-        time.sleep(0.25)
-    raise TestnetError(f"node 0 attested {len(peers)} of {len(expected)} peers within {timeout:.0f} s")
-
-
-def demo_registry(run: RunningTestnet) -> None:
-    """Demo step: wait until node 0 has attested every node, then print its registry."""
-    from node.cli.node import print_peer_table
-
-    started = time.monotonic()
-    peers = _wait_registry_complete(run)
-    print(f"node 0 attested all {len(run.nodes)} peers after {time.monotonic() - started:.1f} s:")
-    print_peer_table(peers, title="Node 0's attested peers")
-
-
-# Steps ``testnet up --demo`` runs in order once every node is up; later subsystems append theirs
-# (e.g. sending one job). A step raising TestnetError ends the demo with that message.
-def demo_job(run: RunningTestnet) -> None:
-    """Demo step: one confidential embeddings job through node 0's API, answer and report printed."""
-    from node.cli.infer import demo_job as send_demo_job
-
-    send_demo_job(run)
-
-
-DEMO_STEPS: list[Callable[[RunningTestnet], None]] = [demo_registry, demo_job]
-
-
-def run_testnet(layout: TestnetLayout, *, demo: bool = False, out: Any = None) -> int:
+def run_testnet(
+    layout: TestnetLayout, *, demo_steps: Sequence[Callable[[RunningTestnet], None]] = (), out: Any = None
+) -> int:
     """Start every node, report how to use and join the testnet, and supervise until a signal."""
     out = out or sys.stdout
     stop = {"signal": 0}
@@ -356,11 +320,10 @@ def run_testnet(layout: TestnetLayout, *, demo: bool = False, out: Any = None) -
                 file=out,
                 flush=True,
             )
-        if demo:
-            for step in DEMO_STEPS:
-                if stop["signal"]:
-                    break
-                step(run)
+        for step in demo_steps:
+            if stop["signal"]:
+                break
+            step(run)
         print("Press Ctrl-C to stop every node.", file=out, flush=True)
         while not stop["signal"]:
             for node in nodes:
@@ -386,9 +349,9 @@ def run_testnet(layout: TestnetLayout, *, demo: bool = False, out: Any = None) -
 
 def measurement_mismatches(run: RunningTestnet) -> list[NodeProcess]:
     """Nodes whose own measurement is not in the testnet policy (their peers will refuse them)."""
-    from node.attest import builders as attest_kit
+    from node.attest.appraisal import load_policy
 
-    policy = attest_kit.load_policy(load_testnet_config(run.layout.testnet_path))
+    policy = load_policy(load_testnet_config(run.layout.testnet_path))
     allowed = set(policy.section("simulated").get("measurements", []))
     return [node for node in run.nodes if node.info.get("measurement") not in allowed]
 

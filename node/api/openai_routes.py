@@ -34,8 +34,9 @@ from node.jobs.router import JobResult
 from protocol.jobs.messages import Mode
 
 if TYPE_CHECKING:
-    from node.app import Node
     from node.jobs.router import Router
+    from node.jobs.service import JobService
+    from node.net.registry import Registry
 
 __all__ = ["routes"]
 
@@ -123,19 +124,19 @@ def _model(body: Mapping[str, Any]) -> str:
     return model
 
 
-def routes(node: Node) -> list[BaseRoute]:
-    """The OpenAI-compatible routes for ``node`` (picked up by node.api.server automatically)."""
+def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
+    """The OpenAI-compatible routes, answered by ``jobs`` (installed by the composition root)."""
 
     def router() -> Router:
-        return node.jobs.router
+        return jobs.router
 
     async def list_models(request: Request) -> Response:
         r = router()
         names = {model_id: name for name, model_id in r.network.known_models().items()}
         data = []
-        tasks = node.jobs.model_tasks()
+        tasks = jobs.model_tasks()
         for model_id in sorted(r.network.attested_models()):
-            providers = len(node.registry.attested(model_id))
+            providers = len(registry.attested(model_id))
             data.append({
                 "id": names.get(model_id, model_id), "object": "model", "created": 0, "owned_by": "veilnet",
                 "veilnet": {

@@ -8,15 +8,15 @@ window onto their own node, not a network service. Routes:
 * ``GET /veilnet/v1/peers`` — the attested registry (``?model=<id>`` filters by model).
 * ``GET /metrics`` — Prometheus text.
 
-Other subsystems add routes: ``node/api/openai_routes.py`` (if present) exposes
-``routes(node) -> list[BaseRoute]``, and anything may call ``Node.add_routes`` before start.
+The composition root adds the OpenAI-compatible routes (``node/api/openai_routes.py``) through
+:class:`Api`; the server knows nothing of jobs.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -31,32 +31,20 @@ from node.config import parse_api_address
 
 if TYPE_CHECKING:
     from node.app import Node
+    from node.net.registry import Registry
 
 if TYPE_CHECKING:
     # trio-stubs (pulled in by libp2p) shadow trio's own annotations and lack trio.TaskStatus.
     from trio_typing import TaskStatus
 
-__all__ = ["OPENAI_ROUTES_MODULE", "build_app", "serve_api"]
+__all__ = ["Api", "build_app", "serve_api"]
 
 log = logging.getLogger("veilnet.api")
 
-OPENAI_ROUTES_MODULE = "node.api.openai_routes"
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _extra_routes(node: Node) -> list[BaseRoute]:
-    routes: list[BaseRoute] = list(node.extra_routes)
-    try:
-        module = importlib.import_module(OPENAI_ROUTES_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != OPENAI_ROUTES_MODULE:
-            raise
-        return routes
-    routes.extend(module.routes(node))
-    return routes
-
-
-def build_app(node: Node) -> Starlette:
+def build_app(node: Node, registry: Registry, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True, "peer_id": node.identity.peer_id_text})
 
@@ -65,7 +53,7 @@ def build_app(node: Node) -> Starlette:
 
     async def peers(request: Request) -> Response:
         model = request.query_params.get("model")
-        entries = node.registry.attested(model)
+        entries = registry.attested(model)
         return JSONResponse({"count": len(entries), "peers": [entry.to_json() for entry in entries]})
 
     async def metrics(request: Request) -> Response:
@@ -83,12 +71,31 @@ def build_app(node: Node) -> Starlette:
         Route("/veilnet/v1/debug/modules", modules),
         Route("/metrics", metrics),
     ]
-    routes.extend(_extra_routes(node))
+    routes.extend(extra_routes)
     return Starlette(routes=routes)
 
 
+class Api:
+    """The api subsystem on a Node: serves the HTTP API (when ``config.api`` is set) as a startable
+    service, so a port that cannot be bound fails the node's start instead of leaving it mute."""
+
+    def __init__(self, node: Node, registry: Registry, extra_routes: Sequence[BaseRoute] = ()) -> None:
+        self.url: str | None = None
+        self._address = node.config.api
+        self._app = build_app(node, registry, extra_routes)
+        if self._address is not None:
+            node.add_service(self._serve, "http api", startable=True)
+        node.add_info(lambda: {"api_url": self.url})
+
+    async def _serve(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        assert self._address is not None
+        async with trio.open_nursery() as nursery:
+            self.url = await nursery.start(serve_api, self._app, self._address)
+            task_status.started()
+
+
 async def serve_api(
-    node: Node, address: str, *, task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    app: Starlette, address: str, *, task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve until cancelled; reports the bound ``http://host:port`` URL (port 0 picks a free one)."""
     host, port = parse_api_address(address)
@@ -99,7 +106,6 @@ async def serve_api(
     config.graceful_timeout = 1.0
     config.shutdown_timeout = 1.0
     config.keep_alive_timeout = 5.0
-    app = build_app(node)
 
     async def run(task_status: TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         await serve(app, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]

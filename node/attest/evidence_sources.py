@@ -1,5 +1,4 @@
-"""Glue between the node and :mod:`protocol.attestation`: which evidence this node presents, and how
-it appraises everyone else's.
+"""Which evidence this node presents: simulated or real TEE evidence, and the one bundle builder.
 
 Evidence sources, chosen by ``evidence`` in the node config:
 
@@ -20,28 +19,27 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from node.config import ConfigError, EvidenceMode, NodeConfig, TestEvidenceFault, TestnetConfig
-from node.net.gossip import Appraisal, Appraise
-from node.net.registry import RegistryEntry
 from protocol.attestation import simulated
-from protocol.attestation.appraisal import BundleAppraiser, default_verifiers
+from protocol.attestation.appraisal import default_verifiers
 from protocol.attestation.bundle import AttestationBundle, build_bundle
 from protocol.attestation.evidence import Evidence, EvidenceKind
-from protocol.attestation.policy import Policy, PolicyError
 from protocol.identity import Identity
 
 __all__ = [
-    "SimulatedBundleBuilder",
-    "TeeBundleBuilder",
-    "load_policy",
-    "make_appraise",
-    "make_builder",
+    "EvidenceSource",
+    "SimulatedEvidence",
+    "TeeEvidence",
+    "build_signed_bundle",
+    "make_evidence_source",
     "measurement_of",
     "own_measurement",
-    "testnet_policy_toml",
+    "platform_public_key",
 ]
 
 log = logging.getLogger("veilnet.attest")
@@ -70,54 +68,72 @@ def measurement_of(code_root: Path | None = None) -> str:
     return simulated.measure_package_sources([code_root / name for name in _PACKAGES]).hex()
 
 
-# ------------------------------------------------------------------------------------ policy
-
-
-def load_policy(testnet: TestnetConfig) -> Policy:
-    try:
-        policy = Policy.from_toml(testnet.policy_toml)
-    except PolicyError as exc:
-        raise ConfigError(f"testnet policy: {exc}") from None
-    if policy.epoch_seconds != testnet.epoch_seconds:
-        raise ConfigError(
-            f"testnet epoch_seconds ({testnet.epoch_seconds}) differs from"
-            f" the policy's ({policy.epoch_seconds})"
-        )
-    return policy
-
-
-def testnet_policy_toml(
-    measurements: Sequence[str], *, platform_public_key: str, testnet_id: str, epoch_seconds: int = 600
-) -> str:
-    """The policy a local testnet uses: simulated evidence from its own platform, these measurements."""
-    policy = Policy.for_simulated_testnet(
-        [platform_public_key], list(measurements), testnet=testnet_id, epoch_seconds=epoch_seconds
-    )
-    return policy.to_toml()
-
-
 def platform_public_key(seed: bytes) -> str:
     return simulated.SimulatedPlatform(seed).public_key_hex
 
 
-# ---------------------------------------------------------------------------------- builders
+# ---------------------------------------------------------------------------------- sources
 
 
-class SimulatedBundleBuilder:
-    """Bundles with simulated evidence signed by the testnet platform key (NOT SECURE)."""
+class EvidenceSource(Protocol):
+    """Where this node's evidence comes from. Bundles are built from it in one place only
+    (:func:`build_signed_bundle`); a source only collects evidence and says what it is."""
+
+    kind: str
+    label: str
+    measurement: str
+
+    def collect_cpu(self, report_data: bytes, now: int) -> Evidence:
+        """CPU evidence over ``report_data`` (blocking I/O for real TEEs: call from a worker thread)."""
+        ...
+
+    def gpu_collector(self) -> Callable[[bytes], Sequence[Evidence]] | None:
+        """GPU evidence over a nonce, or None when this node has no confidential GPUs."""
+        ...
+
+    def finish(self, bundle: AttestationBundle) -> AttestationBundle:
+        """Last look at the signed bundle (a test fault may forge it; a TEE learns its measurement)."""
+        ...
+
+
+def build_signed_bundle(
+    source: EvidenceSource,
+    identity: Identity,
+    enc_pubkey: bytes,
+    *,
+    epoch: int,
+    issued_at: int,
+    expires_at: int,
+    epoch_seconds: int,
+    models: Sequence[str],
+    addrs: Sequence[str],
+) -> bytes:
+    """The node's bundle for ``enc_pubkey``: the one place the bundle-building sequence lives."""
+    bundle = build_bundle(
+        identity,
+        enc_pubkey,
+        issued_at=issued_at,
+        epoch_seconds=epoch_seconds,
+        collect_cpu_evidence=lambda report_data: source.collect_cpu(report_data, issued_at),
+        collect_gpu_evidence=source.gpu_collector(),
+        models=models,
+        addrs=addrs,
+        expires_at=expires_at,
+    )
+    if bundle.epoch != epoch:
+        raise RuntimeError(f"bundle epoch {bundle.epoch} differs from the key's epoch {epoch}")
+    return source.finish(bundle).to_wire()
+
+
+class SimulatedEvidence:
+    """Simulated evidence signed by the testnet platform key (NOT SECURE)."""
 
     kind = EvidenceKind.SIMULATED.value
     label = simulated.LABEL
 
-    def __init__(
-        self,
-        testnet: TestnetConfig,
-        *,
-        fault: TestEvidenceFault | None = None,
-    ) -> None:
+    def __init__(self, testnet: TestnetConfig, *, fault: TestEvidenceFault | None = None) -> None:
         if testnet.platform_seed is None:
             raise ConfigError("the testnet config has no platform_key, so simulated evidence is impossible")
-        self.epoch_seconds = testnet.epoch_seconds
         self.fault = fault
         measurement = own_measurement_bytes()
         platform = simulated.SimulatedPlatform(testnet.platform_seed, testnet.testnet_id)
@@ -133,49 +149,28 @@ class SimulatedBundleBuilder:
                 "TEST-ONLY EVIDENCE FAULT %r: this node presents bad evidence on purpose", fault.value
             )
 
-    def collect_challenge_evidence(self, report_data: bytes, now: int) -> Evidence:
-        """Fresh evidence over a challenge's report data (the job router's freshness check)."""
+    def collect_cpu(self, report_data: bytes, now: int) -> Evidence:
         return self._platform.issue(report_data, measurement=self._measurement, issued_at=now)
 
-    def build_bundle(
-        self,
-        identity: Identity,
-        enc_pubkey: bytes,
-        epoch: int,
-        issued_at: int,
-        expires_at: int,
-        models: Sequence[str],
-        addrs: Sequence[str],
-    ) -> bytes:
-        bundle = build_bundle(
-            identity,
-            enc_pubkey,
-            issued_at=issued_at,
-            epoch_seconds=self.epoch_seconds,
-            collect_cpu_evidence=self._platform.collector(self._measurement, issued_at),
-            models=models,
-            addrs=addrs,
-            expires_at=expires_at,
-        )
-        if bundle.epoch != epoch:
-            raise RuntimeError(f"bundle epoch {bundle.epoch} differs from the key's epoch {epoch}")
+    def gpu_collector(self) -> None:
+        return None
+
+    def finish(self, bundle: AttestationBundle) -> AttestationBundle:
         if self.fault is TestEvidenceFault.FORGED_SIGNATURE:
-            forged = bytes([bundle.sig[0] ^ 0x01]) + bundle.sig[1:]
-            bundle = _with_signature(bundle, forged)
-        return bundle.to_wire()
+            return replace(bundle, sig=bytes([bundle.sig[0] ^ 0x01]) + bundle.sig[1:])
+        return bundle
 
 
-class TeeBundleBuilder:
-    """Bundles with real CPU evidence from configfs-tsm, plus NVIDIA GPU evidence when present.
+class TeeEvidence:
+    """Real CPU evidence from configfs-tsm, plus NVIDIA GPU evidence when present.
 
-    Collection is blocking file and driver I/O; the attestation service calls ``build_bundle``
-    from a worker thread.
+    Collection is blocking file and driver I/O; the attestation service builds bundles in a
+    worker thread.
     """
 
-    def __init__(self, testnet: TestnetConfig, cpu_kind: EvidenceKind, with_gpus: bool) -> None:
+    def __init__(self, cpu_kind: EvidenceKind, with_gpus: bool) -> None:
         from node.attest.tee.collateral import CollateralCache
 
-        self.epoch_seconds = testnet.epoch_seconds
         self.kind = cpu_kind.value
         self.label = {EvidenceKind.TDX: "Intel TDX", EvidenceKind.SEV_SNP: "AMD SEV-SNP"}[cpu_kind]
         if with_gpus:
@@ -184,7 +179,7 @@ class TeeBundleBuilder:
         self.measurement = ""  # known after the first collection
         self._collateral = CollateralCache()
 
-    def _collect_cpu(self, report_data: bytes) -> Evidence:
+    def collect_cpu(self, report_data: bytes, now: int) -> Evidence:
         from node.attest.tee.configfs import collect_tsm_report, tsm_evidence
 
         report = collect_tsm_report(report_data)
@@ -195,53 +190,17 @@ class TeeBundleBuilder:
                 endorsements["collateral"] = collateral
         return tsm_evidence(report, endorsements)
 
-    def collect_challenge_evidence(self, report_data: bytes, now: int) -> Evidence:
-        """Fresh CPU evidence over a challenge's report data (blocking: run it in a worker thread)."""
-        return self._collect_cpu(report_data)
-
-    def build_bundle(
-        self,
-        identity: Identity,
-        enc_pubkey: bytes,
-        epoch: int,
-        issued_at: int,
-        expires_at: int,
-        models: Sequence[str],
-        addrs: Sequence[str],
-    ) -> bytes:
+    def gpu_collector(self) -> Callable[[bytes], Sequence[Evidence]] | None:
         from node.attest.tee import nvml
 
-        bundle = build_bundle(
-            identity,
-            enc_pubkey,
-            issued_at=issued_at,
-            epoch_seconds=self.epoch_seconds,
-            collect_cpu_evidence=self._collect_cpu,
-            collect_gpu_evidence=nvml.collect_gpu_evidence if self.with_gpus else None,
-            models=models,
-            addrs=addrs,
-            expires_at=expires_at,
-        )
+        return nvml.collect_gpu_evidence if self.with_gpus else None
+
+    def finish(self, bundle: AttestationBundle) -> AttestationBundle:
         verdict = default_verifiers()[self.kind].verify(
-            bundle.cpu, expected_report_data=bundle.expected_report_data(), policy={}, now=issued_at
+            bundle.cpu, expected_report_data=bundle.expected_report_data(), policy={}, now=bundle.issued_at
         )
         self.measurement = next(iter(verdict.measurements.values()), "")
-        return bundle.to_wire()
-
-
-def _with_signature(bundle: AttestationBundle, sig: bytes) -> AttestationBundle:
-    return AttestationBundle(
-        node_id=bundle.node_id,
-        enc_pubkey=bundle.enc_pubkey,
-        epoch=bundle.epoch,
-        issued_at=bundle.issued_at,
-        expires_at=bundle.expires_at,
-        models=bundle.models,
-        addrs=bundle.addrs,
-        cpu=bundle.cpu,
-        gpus=bundle.gpus,
-        sig=sig,
-    )
+        return bundle
 
 
 def _real_tee() -> tuple[EvidenceKind | None, bool]:
@@ -260,11 +219,11 @@ def _real_tee() -> tuple[EvidenceKind | None, bool]:
     return cpu, gpus
 
 
-def make_builder(
-    config: NodeConfig, testnet: TestnetConfig
-) -> SimulatedBundleBuilder | TeeBundleBuilder | None:
-    """This node's bundle builder, or None for a node that does not attest. Raises ConfigError when
+def make_evidence_source(config: NodeConfig, testnet: TestnetConfig) -> EvidenceSource | None:
+    """This node's evidence source, or None for a node that does not attest. Raises ConfigError when
     the node must attest (it serves models, or asked for evidence) but cannot."""
+    from node.attest.appraisal import load_policy
+
     policy = load_policy(testnet)
     simulated_ok = policy.kind_allowed(EvidenceKind.SIMULATED.value) and testnet.platform_seed is not None
     mode = config.evidence
@@ -283,7 +242,7 @@ def make_builder(
                 cpu_kind.value,
                 " and NVIDIA GPU evidence" if gpus else "",
             )
-            return TeeBundleBuilder(testnet, cpu_kind, gpus)
+            return TeeEvidence(cpu_kind, gpus)
         if not simulated_ok:
             if config.models:
                 raise ConfigError(
@@ -297,45 +256,6 @@ def make_builder(
             "evidence = 'simulated' but the testnet does not allow it (policy allow_simulated and a"
             " platform_key are both needed): refusing to start"
         )
-    return SimulatedBundleBuilder(testnet, fault=fault)
+    return SimulatedEvidence(testnet, fault=fault)
 
 
-# ---------------------------------------------------------------------------------- appraisal
-
-
-def make_appraise(testnet: TestnetConfig) -> Appraise:
-    """A pure, thread-safe appraisal function for peers' bundles under the testnet policy."""
-    appraiser = BundleAppraiser(load_policy(testnet), default_verifiers())
-
-    def appraise(bundle_bytes: bytes, sender: bytes | None, now: int) -> Appraisal:
-        verdict = appraiser.appraise(bundle_bytes, sender_peer_id=sender, now=now)
-        bundle = verdict.bundle
-        if not verdict.ok or bundle is None:
-            return Appraisal(
-                ok=False,
-                reasons=tuple(reason.value for reason in verdict.reasons) or ("malformed",),
-                detail=verdict.detail,
-                claimed_node=verdict.node_id,
-                issued_at=verdict.issued_at,
-            )
-        entry = RegistryEntry(
-            peer_id=bundle.node_id,
-            addrs=bundle.addrs,
-            kind=verdict.kind,
-            label=verdict.label,
-            measurement=next(iter(verdict.measurements.values()), ""),
-            models=bundle.models,
-            epoch=bundle.epoch,
-            issued_at=bundle.issued_at,
-            expires_at=bundle.expires_at,
-            enc_pubkey=bundle.enc_pubkey,
-            verified_at=float(now),
-            tcb_status=verdict.tcb_status,
-            advisories=tuple(verdict.advisories),
-            gpu_kinds=tuple(gpu.kind for gpu in bundle.gpus),
-            bundle_digest=verdict.digest.hex(),
-            bundle=bundle_bytes,
-        )
-        return Appraisal(ok=True, entry=entry)
-
-    return appraise

@@ -19,7 +19,6 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import nacl.public
 import trio
@@ -27,6 +26,7 @@ from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
+from node.attest.evidence_sources import EvidenceSource, build_signed_bundle
 from node.metrics import Metrics
 from node.net.gossip import MAX_BUNDLE_BYTES, AttestationGossip
 from node.net.host import read_frame, remote_peer_id, write_frame
@@ -37,7 +37,6 @@ from protocol.sealing import EncryptionKeyPair
 __all__ = [
     "ATTEST_PROTOCOL_ID",
     "AttestService",
-    "BundleBuilder",
     "EpochKey",
     "EpochKeys",
     "epoch_of",
@@ -122,37 +121,13 @@ class EpochKeys:
         return [key for key in (self.current, self.previous) if key is not None]
 
 
-# ------------------------------------------------------------------------------- kit interface
-
-
-class BundleBuilder(Protocol):
-    """Makes this node's bundles (see node.attest.builders); absent on a node that does not attest."""
-
-    kind: str  # evidence kind this node presents, e.g. "simulated"
-    label: str  # e.g. "SIMULATED — not secure"
-    measurement: str  # hex of this node's measurement
-
-    def build_bundle(
-        self,
-        identity: Identity,
-        enc_pubkey: bytes,
-        epoch: int,
-        issued_at: int,
-        expires_at: int,
-        models: Sequence[str],
-        addrs: Sequence[str],
-    ) -> bytes:
-        """A signed bundle with fresh evidence over the binding; bytes exactly as put on the wire."""
-        ...
-
-
 # --------------------------------------------------------------------------------- the service
 
 
 class AttestService:
     """Keeps this node's bundle fresh and announced, and pulls peers' bundles on connect.
 
-    ``builder`` is None on a node that does not attest (a client-only node): it then announces
+    ``source`` is None on a node that does not attest (a client-only node): it then announces
     nothing but still pulls and appraises its peers' bundles.
     """
 
@@ -161,7 +136,7 @@ class AttestService:
         *,
         host: IHost,
         identity: Identity,
-        builder: BundleBuilder | None,
+        source: EvidenceSource | None,
         gossip: AttestationGossip,
         metrics: Metrics,
         epoch_seconds: int,
@@ -171,7 +146,7 @@ class AttestService:
     ) -> None:
         self.host = host
         self.identity = identity
-        self.builder = builder
+        self.source = source
         self.gossip = gossip
         self.epoch_seconds = epoch_seconds
         self.reannounce_seconds = reannounce_seconds
@@ -212,22 +187,24 @@ class AttestService:
 
     def build(self, now: float) -> bytes:
         """Build (not publish) this node's bundle for the epoch of ``now``; rotates keys at a boundary."""
-        assert self.builder is not None
+        assert self.source is not None
         epoch = epoch_of(now, self.epoch_seconds)
         key = self.epoch_keys.rotate(epoch)
         issued_at = int(now)
-        return self.builder.build_bundle(
+        return build_signed_bundle(
+            self.source,
             self.identity,
             key.public_key,
-            epoch,
-            issued_at,
-            min(issued_at + self.bundle_lifetime_seconds, (epoch + 2) * self.epoch_seconds),
-            self.models,
-            [str(addr) for addr in self.host.get_addrs()][:16],
+            epoch=epoch,
+            issued_at=issued_at,
+            expires_at=min(issued_at + self.bundle_lifetime_seconds, (epoch + 2) * self.epoch_seconds),
+            epoch_seconds=self.epoch_seconds,
+            models=self.models,
+            addrs=[str(addr) for addr in self.host.get_addrs()][:16],
         )
 
     async def announce(self, trigger: str) -> None:
-        if self.builder is None:
+        if self.source is None:
             return
         now = self.clock()
         bundle = await trio.to_thread.run_sync(self.build, now)
@@ -248,7 +225,7 @@ class AttestService:
         )
 
     async def run_announcer(self) -> None:
-        if self.builder is None:
+        if self.source is None:
             return
         await self.announce("start")
         last = self.clock()

@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 import typer
 
-__all__ = ["format_report", "infer", "register"]
+from node.console import format_report
+
+__all__ = ["infer", "register"]
 
 DEFAULT_API = "http://127.0.0.1:8700"
 
@@ -88,101 +90,3 @@ def _task_of(client: httpx.Client, base: str, model: str) -> str:
         if model in (entry.get("id"), veilnet.get("model_id")):
             return str(veilnet.get("task") or "embeddings")
     return "embeddings"
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """A plain-text verification report (also used by the testnet demo)."""
-    lines = [
-        f"job {report.get('job_id')}  model {report.get('model')}  mode {report.get('mode')}"
-        f"  replicas {report.get('replicas')}  status {report.get('status')}"
-        f"{'  (escalated)' if report.get('escalated') else ''}",
-    ]
-    agreement = report.get("agreement") or {}
-    if agreement:
-        parts = [f"{agreement.get('agreeing')} of {agreement.get('of')} revealed results agree"]
-        if "min_cosine" in agreement:
-            parts.append(f"min cosine {agreement['min_cosine']:.9f}")
-        if "max_rel_l2" in agreement:
-            parts.append(f"max rel. L2 {agreement['max_rel_l2']:.2e}")
-        if agreement.get("comparator"):
-            parts.append(f"comparator {agreement['comparator']}")
-        lines.append("agreement: " + ", ".join(parts))
-    lines.append("executors:")
-    for row in report.get("executors", []):
-        timings = row.get("timings_ms") or {}
-        fault = row.get("offence") or row.get("failure") or "outvoted"
-        verdict = "agrees" if row.get("in_majority") else fault
-        lines.append(
-            f"  {row.get('peer_id')}  {row.get('role'):<8} {row.get('tee_label') or row.get('tee_kind')}"
-            f"  {verdict}  commit {_ms(timings.get('commit'))}  reveal {_ms(timings.get('reveal'))}"
-        )
-    for penalty in report.get("penalties", []):
-        banned = f" (banned until {penalty['banned_until']:.0f})" if penalty.get("banned_until") else ""
-        lines.append(f"penalised: {penalty.get('peer_id')} for {penalty.get('offence')}{banned}")
-    if report.get("total_ms") is not None:
-        lines.append(f"total {report['total_ms']:.1f} ms")
-    return "\n".join(lines)
-
-
-def _ms(value: Any) -> str:
-    return "-" if value is None else f"{value:.1f} ms"
-
-
-# ------------------------------------------------------------------------------ testnet demo
-
-DEMO_TEXT = "Veilnet runs this sentence on attested TEEs that cannot see each other's answers."
-DEMO_MODEL = "all-MiniLM-L6-v2"
-DEMO_TIMEOUT = 180.0
-
-
-def demo_job(run: Any) -> None:
-    """``testnet up --demo`` step: once node 0 sees three executors serving the embedding model,
-    send one confidential embeddings request through its API and print answer and report."""
-    import time
-
-    from node.config import load_node_config
-    from node.testnet import TestnetError
-
-    if DEMO_MODEL not in load_node_config(run.layout.node_configs[0]).models:
-        print(f"(the nodes serve no {DEMO_MODEL}: no demo job)", flush=True)
-        return
-    api = run.nodes[0].api_url
-    wanted = min(3, len(run.nodes))
-    started = time.monotonic()
-    with httpx.Client(timeout=10.0) as client:
-        while True:
-            try:
-                models = client.get(f"{api}/v1/models").json().get("data", [])
-                entry = next((m for m in models if m.get("id") == DEMO_MODEL), None)
-                providers = entry["veilnet"]["attested_providers"] if entry else 0
-            except (httpx.HTTPError, ValueError, KeyError):
-                providers = 0
-            if providers >= wanted:
-                break
-            if time.monotonic() - started > DEMO_TIMEOUT:
-                waited = f"{DEMO_TIMEOUT:.0f} s"
-                raise TestnetError(f"only {providers} executors serve {DEMO_MODEL} after {waited}")
-            time.sleep(1.0)
-    print(f"{providers} attested executors serve {DEMO_MODEL} (models loaded after "
-          f"{time.monotonic() - started:.1f} s). Sending one confidential job:", flush=True)
-    print(f'  veilnet infer --api {api} --replicas {wanted} "{DEMO_TEXT}"', flush=True)
-    body = {
-        "model": DEMO_MODEL, "input": [DEMO_TEXT], "encoding_format": "float", "veilnet": {"replicas": wanted}
-    }
-    try:
-        response = httpx.post(f"{api}/v1/embeddings", json=body, timeout=120.0)
-        answer = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise TestnetError(f"the demo job failed: {exc}") from None
-    if response.status_code != 200:
-        error = answer.get("error", {})
-        raise TestnetError(f"the demo job failed ({error.get('code')}): {error.get('message')}")
-    vector = answer["data"][0]["embedding"]
-    head = ", ".join(f"{x:+.4f}" for x in vector[:6])
-    print(f"\nanswer: embedding with {len(vector)} dimensions [{head}, …]", flush=True)
-    print("verification report:\n" + format_report(answer["veilnet"]), flush=True)
-    print(
-        f"\nTry your own: veilnet infer --api {api} \"your text\"  (chat: --model veilnet-tiny-random-lm)\n"
-        f"or any OpenAI client with base_url={api}/v1; reports: {api}/veilnet/v1/jobs/<job id>\n",
-        flush=True,
-    )

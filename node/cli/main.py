@@ -1,11 +1,20 @@
-"""The ``veilnet`` command line. Each command group lives in its own module and registers here."""
+"""The ``veilnet`` command line: one module per command group, each added here.
+
+Nothing imports the CLI; it is the top of the dependency order (see ``node/__init__.py``).
+"""
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import PackageNotFoundError, version
 
 import typer
+
+from node.cli.adversary import adversary_app
+from node.cli.infer import register as register_infer
+from node.cli.node import node_app
+from node.cli.peers import register_peers
+from node.cli.tee import tee_app
+from node.cli.testnet import testnet_app
 
 app = typer.Typer(
     name="veilnet",
@@ -13,17 +22,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-# (module, attribute, group name or None for top-level commands registered by the module itself)
-_GROUPS: list[tuple[str, str, str | None]] = [
-    ("node.cli.tee", "tee_app", "tee"),
-    ("node.cli.node", "node_app", "node"),
-    ("node.cli.node", "testnet_app", "testnet"),
-    ("node.cli.node", "register_peers", None),
-    ("node.cli.infer", "register", None),
-    ("node.cli.adversary", "adversary_app", "adversary"),
-]
-
 
 def _version_callback(value: bool) -> None:
     if value:
@@ -43,22 +41,12 @@ def _root(
     """Veilnet: a peer-to-peer network for confidential AI inference on attested TEEs."""
 
 
-def _register() -> None:
-    for module_name, attribute, group in _GROUPS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # group not built yet
-            raise
-        sub = getattr(module, attribute)
-        if group is None:
-            sub(app)
-        else:
-            app.add_typer(sub, name=group)
-
-
-_register()
+app.add_typer(node_app, name="node")
+app.add_typer(testnet_app, name="testnet")
+app.add_typer(tee_app, name="tee")
+app.add_typer(adversary_app, name="adversary")
+register_peers(app)
+register_infer(app)
 
 
 def main() -> None:

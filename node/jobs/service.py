@@ -45,6 +45,8 @@ from protocol.sealing import EncryptionKeyPair
 
 if TYPE_CHECKING:
     from node.app import Node
+    from node.attest.attestation import Attestation
+    from node.net.network import Network
     from node.runtime import EmbeddingBatcher, ModelRuntime
 
 __all__ = ["JobService", "install"]
@@ -52,10 +54,10 @@ __all__ = ["JobService", "install"]
 log = logging.getLogger("veilnet.jobs")
 
 
-def install(node: Node) -> JobService:
-    service = JobService(node)
-    node.add_stream_handler(JOB_PROTOCOL_ID, service.executor.handle_job_stream)
-    node.add_stream_handler(CHALLENGE_PROTOCOL_ID, service.executor.handle_challenge_stream, timeout=60.0)
+def install(node: Node, net: Network, attest: Attestation) -> JobService:
+    service = JobService(node, net, attest)
+    net.add_stream_handler(JOB_PROTOCOL_ID, service.executor.handle_job_stream)
+    net.add_stream_handler(CHALLENGE_PROTOCOL_ID, service.executor.handle_challenge_stream, timeout=60.0)
     node.add_service(service.run, "jobs")
     return service
 
@@ -63,11 +65,13 @@ def install(node: Node) -> JobService:
 class JobService:
     """The node's executor and router, and the runtimes behind them."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, net: Network, attest: Attestation) -> None:
         self.node = node
+        self.net = net
+        self.attest = attest
         extra: Mapping[str, Any] = node.config.extra or {}
-        builder = node.builder
-        self.faults = FaultConfig.from_extra(dict(extra), builder.kind if builder else None)
+        source = attest.source
+        self.faults = FaultConfig.from_extra(dict(extra), source.kind if source else None)
         if self.faults is not None:
             log.warning("TEST-ONLY FAULT MODE %r: this executor misbehaves on purpose",
                         self.faults.fault.value)
@@ -83,7 +87,7 @@ class JobService:
             limiter=self.limiter,
             settings=ExecutorSettings(max_active_jobs=int(extra.get("max_active_jobs", 64))),
             faults=self.faults,
-            challenge=self._challenge_evidence if builder is not None else None,
+            challenge=self._challenge_evidence if source is not None else None,
         )
         self.router = Router(
             _NodeNetwork(self), settings=RouterSettings.from_extra(extra), data_dir=node.config.data_dir
@@ -117,7 +121,7 @@ class JobService:
         from node.runtime import EmbeddingBatcher, Task
 
         models = tuple(self.node.config.models)
-        if models and self.node.builder is None:
+        if models and not self.attest.attesting:
             raise RuntimeError("this node serves models but does not attest")
         for name in models:
             started = time.monotonic()
@@ -136,7 +140,7 @@ class JobService:
             log.info("serving %s (%s, %s) loaded in %.1fs", runtime.name, runtime.task.value,
                      runtime.model_id, time.monotonic() - started)
         if self.executor.runtimes:
-            self.node.serve_models(sorted(self.executor.runtimes))
+            self.attest.serve_models(sorted(self.executor.runtimes))
         known = await trio.to_thread.run_sync(_embedded_model_ids)
         for name, model_id in known.items():
             self.names.setdefault(name, model_id)
@@ -158,33 +162,31 @@ class JobService:
     # ------------------------------------------------------------------ keys and evidence
 
     def _keys_for(self, public_key: bytes) -> EncryptionKeyPair | None:
-        key = self.node.epoch_keys.for_public_key(public_key)
+        key = self.attest.epoch_keys.for_public_key(public_key)
         if key is None:
             return None
         return EncryptionKeyPair(secret=key.private_key, public=key.public_key)
 
     def _challenge_evidence(self, nonce: bytes) -> tuple[str, bytes]:
         """Fresh CPU evidence over our current bundle's binding plus ``nonce`` (worker thread)."""
-        bundle_bytes = self.node.attest.bundle
-        builder = self.node.builder
-        if bundle_bytes is None or builder is None:
+        bundle_bytes = self.attest.bundle
+        source = self.attest.source
+        if bundle_bytes is None or source is None:
             raise RuntimeError("no bundle to answer a challenge for")
         bundle = AttestationBundle.from_wire(bundle_bytes)
-        evidence = builder.collect_challenge_evidence(  # type: ignore[attr-defined]
-            bundle.challenge_report_data(nonce), int(time.time())
-        )
+        evidence = source.collect_cpu(bundle.challenge_report_data(nonce), int(time.time()))
         return evidence.kind, codec.encode(evidence_to_wire(evidence))
 
     def self_info(self, model_id: str) -> ExecutorInfo | None:
         """This node as a candidate executor for ``model_id`` (attesting, serving, bundle out)."""
-        builder = self.node.builder
-        current = self.node.epoch_keys.current
-        bundle = self.node.attest.bundle
-        if builder is None or current is None or bundle is None or model_id not in self.executor.runtimes:
+        source = self.attest.source
+        current = self.attest.epoch_keys.current
+        bundle = self.attest.bundle
+        if source is None or current is None or bundle is None or model_id not in self.executor.runtimes:
             return None
         return ExecutorInfo(
-            peer_id=self.node.identity.peer_id, enc_pubkey=current.public_key, kind=builder.kind,
-            label=builder.label, models=tuple(sorted(self.executor.runtimes)), bundle=bundle,
+            peer_id=self.node.identity.peer_id, enc_pubkey=current.public_key, kind=source.kind,
+            label=source.label, models=tuple(sorted(self.executor.runtimes)), bundle=bundle,
         )
 
     def local_stream(self) -> FrameIO:
@@ -203,6 +205,7 @@ class _NodeNetwork:
     def __init__(self, service: JobService) -> None:
         self._service = service
         self._node = service.node
+        self._net = service.net
         self._appraiser: Any = None
         self._hints_at: dict[str, float] = {}
 
@@ -219,7 +222,7 @@ class _NodeNetwork:
         infos = [
             ExecutorInfo(peer_id=e.peer_id, enc_pubkey=e.enc_pubkey, kind=e.kind, label=e.label,
                          models=tuple(e.models), bundle=e.bundle)
-            for e in self._node.registry.attested(model_id)
+            for e in self._net.registry.attested(model_id)
             if e.peer_id != self.local_peer_id
         ]
         own = self._service.self_info(model_id)
@@ -237,27 +240,27 @@ class _NodeNetwork:
 
     async def _refresh_hints(self, model_id: str) -> None:
         try:
-            hinted = await self._node.discovery.find_model_providers(model_id)
+            hinted = await self._net.discovery.find_model_providers(model_id)
         except Exception as exc:
             log.debug("provider hints for %s: %s", model_id, exc)
             return
         for peer_id in hinted:
-            if peer_id != self.local_peer_id and self._node.registry.get(peer_id) is None:
-                await self._node.dial(peer_id)  # a new connection pulls the peer's bundle
+            if peer_id != self.local_peer_id and self._net.registry.get(peer_id) is None:
+                await self._net.dial(peer_id)  # a new connection pulls the peer's bundle
 
     def known_models(self) -> Mapping[str, str]:
         return dict(self._service.names)
 
     def attested_models(self) -> set[str]:
-        models = {m for entry in self._node.registry.attested() for m in entry.models}
+        models = {m for entry in self._net.registry.attested() for m in entry.models}
         return models | set(self._service.executor.runtimes)
 
     async def open_job_stream(self, peer_id: bytes) -> FrameIO:
         if peer_id == self.local_peer_id:
             return self._service.local_stream()
-        if not await self._node.dial(peer_id):
+        if not await self._net.dial(peer_id):
             raise ConnectionError("cannot connect to the executor")
-        stream = await self._node.host.new_stream(ID(peer_id), [TProtocol(JOB_PROTOCOL_ID)])
+        stream = await self._net.host.new_stream(ID(peer_id), [TProtocol(JOB_PROTOCOL_ID)])
         return Libp2pFrames(stream, peer_id)
 
     async def challenge(self, info: ExecutorInfo, nonce: bytes) -> tuple[bool, str]:
@@ -267,9 +270,9 @@ class _NodeNetwork:
                 self._node.identity, nonce=nonce, kind=kind, evidence=evidence_bytes
             )
         else:
-            if not await self._node.dial(info.peer_id):
+            if not await self._net.dial(info.peer_id):
                 return False, "cannot connect for the challenge"
-            stream = await self._node.host.new_stream(ID(info.peer_id), [TProtocol(CHALLENGE_PROTOCOL_ID)])
+            stream = await self._net.host.new_stream(ID(info.peer_id), [TProtocol(CHALLENGE_PROTOCOL_ID)])
             io = Libp2pFrames(stream, info.peer_id, max_frame=MAX_FRAME)
             try:
                 await io.write(ChallengeRequest(nonce=nonce).to_wire())
@@ -293,7 +296,7 @@ class _NodeNetwork:
 
     def _appraise_challenge(self, info: ExecutorInfo, evidence: Any, nonce: bytes) -> Any:
         if self._appraiser is None:
-            from node.attest.builders import load_policy
+            from node.attest.appraisal import load_policy
             from protocol.attestation.appraisal import BundleAppraiser, default_verifiers
 
             self._appraiser = BundleAppraiser(load_policy(self._node.testnet), default_verifiers())

@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import socket
-import stat
 import struct
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 
 import multiaddr
 import trio
@@ -43,6 +40,7 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
+from node.keyfile import IdentityFileError
 from node.metrics import Metrics
 from node.net import guard as net_guard
 from node.net import pnet
@@ -56,12 +54,10 @@ from protocol.identity import Identity
 __all__ = [
     "DIAL_TIMEOUT",
     "FrameError",
-    "IdentityFileError",
     "StreamHandler",
     "build_host",
     "dial",
     "key_pair_for",
-    "load_or_create_identity",
     "peer_id_of",
     "read_frame",
     "remote_peer_id",
@@ -76,11 +72,6 @@ StreamHandler = Callable[[INetStream], Awaitable[None]]
 # A dial that has not finished by then is abandoned. Loopback connects take ~10 ms; a PSK
 # mismatch never fails on its own, it just hangs.
 DIAL_TIMEOUT = 5.0
-IDENTITY_FILE_MODE = 0o600
-
-
-class IdentityFileError(RuntimeError):
-    """The identity key file is unreadable, malformed, or readable by other users."""
 
 
 class FrameError(ValueError):
@@ -88,33 +79,6 @@ class FrameError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ identity
-
-
-def load_or_create_identity(path: Path) -> Identity:
-    """The node's Ed25519 identity, created on first start, so the peer id survives restarts.
-
-    The file holds the 32-byte seed and is created with mode 0600; an existing file that group or
-    others can read is refused rather than silently used (like ssh does with private keys).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, IDENTITY_FILE_MODE)
-    except FileExistsError:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise IdentityFileError(
-                f"{path} has mode {mode:04o}; it holds the node's private key and must be 0600"
-                f" (fix with: chmod 600 {path})"
-            ) from None
-        seed = path.read_bytes()
-        if len(seed) != 32:
-            raise IdentityFileError(f"{path} must hold exactly 32 bytes (an Ed25519 seed)") from None
-        return Identity(seed)
-    identity = Identity.generate()
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(identity.seed)
-    log.info("created a new identity %s in %s", identity.peer_id_text, path)
-    return identity
 
 
 def key_pair_for(identity: Identity) -> KeyPair:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from node.attest.builders import SimulatedBundleBuilder
+from node.attest.evidence_sources import SimulatedEvidence, build_signed_bundle
 from node.attest.service import ATTEST_PROTOCOL_ID, epoch_of
 from node.config import load_testnet_config
 from node.jobs.executor import CHALLENGE_PROTOCOL_ID, JOB_PROTOCOL_ID
@@ -265,10 +265,12 @@ def test_hostile_js_gossip_is_refused_by_every_node(
 
     # A bundle the attacker signs itself, with simulated evidence from a platform key it made up.
     testnet_config = load_testnet_config(testnet.layout.testnet_path)
-    forger = SimulatedBundleBuilder(replace(testnet_config, platform_seed=os.urandom(32)))
+    forger = SimulatedEvidence(replace(testnet_config, platform_seed=os.urandom(32)))
     now = int(time.time())
-    epoch = epoch_of(now, testnet_config.epoch_seconds)
-    self_signed = forger.build_bundle(attacker, os.urandom(32), epoch, now, now + 120, [], hostile.addrs)
+    self_signed = build_signed_bundle(
+        forger, attacker, os.urandom(32), epoch=epoch_of(now, testnet_config.epoch_seconds), issued_at=now,
+        expires_at=now + 120, epoch_seconds=testnet_config.epoch_seconds, models=[], addrs=hostile.addrs,
+    )
 
     # gossipsub's score gate (node.net.gossip) ignores a peer after three invalid messages: send three.
     attacks = [

@@ -14,7 +14,8 @@ import pytest
 import trio
 from libp2p.peer.id import ID
 
-from node.attest import builders as attest_kit
+from node.attest import appraisal as attest_appraisal
+from node.attest import evidence_sources
 from node.attest.service import AttestService, EpochKeys
 from node.config import (
     ConfigError,
@@ -25,10 +26,11 @@ from node.config import (
     load_node_config,
     load_testnet_config,
 )
+from node.keyfile import IdentityFileError, load_or_create_identity
 from node.logging_setup import configure_logging
 from node.metrics import Metrics
 from node.net.gossip import Appraisal, AttestationGossip
-from node.net.host import IdentityFileError, build_host, key_pair_for, load_or_create_identity, wrap_handler
+from node.net.host import build_host, key_pair_for, wrap_handler
 from node.net.registry import Change, Registry, RegistryEntry
 from node.testnet import create_testnet
 from protocol.attestation.bundle import AttestationBundle
@@ -39,9 +41,9 @@ from protocol.identity import Identity
 
 def make_testnet(testnet_id: str = "unit", measurements: list[str] | None = None) -> TestnetConfig:
     seed = os.urandom(32)
-    policy = attest_kit.testnet_policy_toml(
-        measurements or [attest_kit.own_measurement()],
-        platform_public_key=attest_kit.platform_public_key(seed),
+    policy = attest_appraisal.testnet_policy_toml(
+        measurements or [evidence_sources.own_measurement()],
+        platform_public_key=evidence_sources.platform_public_key(seed),
         testnet_id=testnet_id,
     )
     return TestnetConfig(testnet_id=testnet_id, psk=os.urandom(32), policy_toml=policy, platform_seed=seed)
@@ -151,9 +153,9 @@ def test_testnet_config_rejects_a_short_psk(tmp_path: Path) -> None:
 def test_create_testnet_writes_configs_whose_policy_allows_this_code(tmp_path: Path) -> None:
     layout = create_testnet(tmp_path / "tn", nodes=3, base_port=4100, api_port=8800)
     testnet = load_testnet_config(layout.testnet_path)
-    policy = attest_kit.load_policy(testnet)
+    policy = attest_appraisal.load_policy(testnet)
     assert policy.allow_simulated and policy.kind_allowed("simulated")
-    assert attest_kit.own_measurement() in policy.section("simulated")["measurements"]
+    assert evidence_sources.own_measurement() in policy.section("simulated")["measurements"]
     configs = [load_node_config(path) for path in layout.node_configs]
     assert [c.listen for c in configs] == [(f"/ip4/127.0.0.1/tcp/{4100 + i}",) for i in range(3)]
     assert [c.api for c in configs] == [f"127.0.0.1:{8800 + i}" for i in range(3)]
@@ -286,10 +288,10 @@ def test_epoch_keys_rotate_and_keep_the_previous_epoch() -> None:
 # ----------------------------------------------------------------------------- attestation kit
 
 
-def _bundle(builder: attest_kit.SimulatedBundleBuilder, identity: Identity, now: int) -> bytes:
-    epoch = now // 600
-    return builder.build_bundle(
-        identity, os.urandom(32), epoch, now, now + 300, ["m1"], ["/ip4/127.0.0.1/tcp/1"]
+def _bundle(source: evidence_sources.SimulatedEvidence, identity: Identity, now: int) -> bytes:
+    return evidence_sources.build_signed_bundle(
+        source, identity, os.urandom(32), epoch=now // 600, issued_at=now, expires_at=now + 300,
+        epoch_seconds=600, models=["m1"], addrs=["/ip4/127.0.0.1/tcp/1"],
     )
 
 
@@ -306,15 +308,16 @@ def test_simulated_bundles_and_test_faults_are_appraised_as_expected(
     fault: TestEvidenceFault | None, reason: str | None
 ) -> None:
     testnet = make_testnet()
-    builder = attest_kit.SimulatedBundleBuilder(testnet, fault=fault)
+    builder = evidence_sources.SimulatedEvidence(testnet, fault=fault)
     identity = Identity.generate()
     now = 1_800_000_000
-    appraisal = attest_kit.make_appraise(testnet)(_bundle(builder, identity, now), identity.peer_id, now)
+    appraise = attest_appraisal.make_appraise(testnet)
+    appraisal = appraise(_bundle(builder, identity, now), identity.peer_id, now)
     if reason is None:
         assert appraisal.ok and appraisal.entry is not None
         assert appraisal.entry.peer_id == identity.peer_id
         assert appraisal.entry.models == ("m1",) and appraisal.entry.simulated
-        assert appraisal.entry.measurement == attest_kit.own_measurement()
+        assert appraisal.entry.measurement == evidence_sources.own_measurement()
     else:
         assert not appraisal.ok and appraisal.reasons == (reason,)
 
@@ -323,30 +326,29 @@ def test_a_bundle_relayed_by_another_sender_is_refused() -> None:
     testnet = make_testnet()
     identity = Identity.generate()
     now = 1_800_000_000
-    bundle = _bundle(attest_kit.SimulatedBundleBuilder(testnet), identity, now)
-    appraisal = attest_kit.make_appraise(testnet)(bundle, Identity.generate().peer_id, now)
-    assert appraisal.reasons == ("wrong_signer",)
-    assert attest_kit.make_appraise(testnet)(bundle, identity.peer_id, now + 301).reasons == ("expired",)
+    bundle = _bundle(evidence_sources.SimulatedEvidence(testnet), identity, now)
+    appraise = attest_appraisal.make_appraise(testnet)
+    assert appraise(bundle, Identity.generate().peer_id, now).reasons == ("wrong_signer",)
+    assert appraise(bundle, identity.peer_id, now + 301).reasons == ("expired",)
 
 
 def test_an_executor_without_evidence_refuses_to_start(tmp_path: Path) -> None:
     strict = make_testnet()
     no_simulation = replace(strict, platform_seed=None)
+    make_source = evidence_sources.make_evidence_source
     with pytest.raises(ConfigError, match="refusing to start"):
-        attest_kit.make_builder(node_config(tmp_path, models=("m",)), no_simulation)
+        make_source(node_config(tmp_path, models=("m",)), no_simulation)
     with pytest.raises(ConfigError, match="must attest"):
-        attest_kit.make_builder(node_config(tmp_path, models=("m",), evidence=EvidenceMode.NONE), strict)
+        make_source(node_config(tmp_path, models=("m",), evidence=EvidenceMode.NONE), strict)
     with pytest.raises(ConfigError, match="test-only"):
-        attest_kit.make_builder(
+        make_source(
             node_config(
                 tmp_path, evidence=EvidenceMode.AUTO, test_evidence_fault=TestEvidenceFault.FORGED_SIGNATURE
             ),
             strict,
         )
-    assert attest_kit.make_builder(node_config(tmp_path, evidence=EvidenceMode.NONE), strict) is None
-    assert isinstance(
-        attest_kit.make_builder(node_config(tmp_path), strict), attest_kit.SimulatedBundleBuilder
-    )
+    assert make_source(node_config(tmp_path, evidence=EvidenceMode.NONE), strict) is None
+    assert isinstance(make_source(node_config(tmp_path), strict), evidence_sources.SimulatedEvidence)
 
 
 # ------------------------------------------------------------------------ gossip acceptance
@@ -415,12 +417,12 @@ def test_each_epoch_gets_a_fresh_job_key_and_bundles_expire_with_the_next_epoch(
     identity = Identity.generate()
     host = build_host(identity, testnet.psk, ["/ip4/127.0.0.1/tcp/0"])
     gossip = AttestationGossip(
-        host, attest_kit.make_appraise(testnet), Registry(), Metrics(), addrs_of=lambda p: ()
+        host, attest_appraisal.make_appraise(testnet), Registry(), Metrics(), addrs_of=lambda p: ()
     )
     service = AttestService(
         host=host,
         identity=identity,
-        builder=attest_kit.SimulatedBundleBuilder(testnet),
+        source=evidence_sources.SimulatedEvidence(testnet),
         gossip=gossip,
         metrics=Metrics(),
         epoch_seconds=600,
@@ -439,4 +441,4 @@ def test_each_epoch_gets_a_fresh_job_key_and_bundles_expire_with_the_next_epoch(
     assert service.epoch_keys.previous is key, "the previous epoch's key still opens late jobs"
     assert service.epoch_keys.for_public_key(first.enc_pubkey) is key
     now = epoch_start + 601
-    assert attest_kit.make_appraise(testnet)(service.build(now), identity.peer_id, now).ok
+    assert attest_appraisal.make_appraise(testnet)(service.build(now), identity.peer_id, now).ok
