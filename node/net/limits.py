@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any
 
+from node.config import LimitSettings
 from node.metrics import Metrics
 
 __all__ = [
@@ -92,88 +92,6 @@ class LimitExceeded(Exception):
         super().__init__(
             f"{where}: {resource.value} limit {limit:g} reached (using {current:g}, asked for {attempted:g})"
         )
-
-
-@dataclass(frozen=True)
-class LimitSettings:
-    """The node config's ``[limits]`` table. Defaults are safe for a public testnet node.
-
-    Sizes were chosen against the attacks of the hardening review (see docs/protocol/network.md
-    §Limits): a testnet node keeps ~12 peers; an honest peer holds one connection and a handful of
-    streams per protocol (gossip 1, kad ≤ 3 concurrent lookups, jobs ≤ 64 sessions).
-    """
-
-    # -- connections
-    connections: int = 300  # system: all established connections
-    connections_per_peer: int = 2  # one, plus a simultaneous dial in each direction
-    connections_per_ip: int = 64  # a whole local testnet shares 127.0.0.1; NAT shares a public IP
-    # -- inbound streams
-    inbound_streams: int = 4096  # system
-    inbound_streams_per_peer: int = 256  # an executor's job sessions (64) plus everything else
-    inbound_streams_per_protocol: int = 1024  # one protocol, all peers together
-    inbound_streams_per_peer_protocol: int = 96  # one protocol, one peer
-    # -- memory (bytes pending on a peer's behalf)
-    memory: int = 256 << 20
-    memory_per_peer: int = 32 << 20
-    memory_per_connection: int = 32 << 20
-    memory_per_stream: int = 16 << 20
-    # -- DHT records (PUT_VALUE): only /veilnet/ keys are stored at all
-    dht_record_bytes: int = 16 << 10
-    dht_records_per_peer: int = 32
-    dht_records: int = 1024  # x dht_record_bytes: at most 16 MiB of values in all
-    # -- per-peer rates (per second, with a burst)
-    dht_queries_per_second: float = 20.0  # an honest lookup sends ≤ 3 at a time
-    dht_query_burst: int = 60
-    challenges_per_second: float = 2.0  # a router challenges an executor only on jobs that ask for it
-    challenge_burst: int = 20
-    # -- scoring and gating (node.net.scoring)
-    graylist_score: float = -100.0  # below it a peer is disconnected and banned
-    ban_seconds: float = 300.0  # first ban; doubles on each repeat, up to ban_max_seconds
-    ban_max_seconds: float = 3600.0
-    score_half_life_seconds: float = 60.0
-    # -- liveness (node.net.liveness)
-    liveness_interval_seconds: float = 15.0
-    liveness_timeout_seconds: float = 10.0  # a loaded honest node must not look dead
-
-    def __post_init__(self) -> None:
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if item.name == "graylist_score":
-                if not value < 0:
-                    raise ValueError("limits.graylist_score must be negative")
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"limits.{item.name} must be a positive number, not {value!r}")
-        if self.ban_max_seconds < self.ban_seconds:
-            raise ValueError("limits.ban_max_seconds must be at least limits.ban_seconds")
-
-    @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], where: str = "[limits]") -> LimitSettings:
-        """Typed parse of a TOML table: unknown keys and wrong types are errors, not ignored."""
-        known = {item.name: item for item in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in raw.items():
-            item = known.get(key)
-            if item is None:
-                raise ValueError(f"{where}: unknown key {key!r}")
-            want_int = item.type in ("int", int)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or (want_int and not isinstance(value, int))
-            ):
-                raise ValueError(f"{where}: {key} must be {'an integer' if want_int else 'a number'}")
-            kwargs[key] = value
-        return cls(**kwargs)
-
-    def to_mapping(self) -> dict[str, Any]:
-        """Only the settings that differ from the defaults (what a saved config needs to hold)."""
-        default = LimitSettings()
-        return {
-            item.name: getattr(self, item.name)
-            for item in fields(self)
-            if getattr(self, item.name) != getattr(default, item.name)
-        }
 
 
 _Key = tuple[Scope, Any]
