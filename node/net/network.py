@@ -38,7 +38,13 @@ class Network:
     def __init__(self, node: Node, appraise: Appraise) -> None:
         config, testnet = node.config, node.testnet
         self.host = build_host(
-            node.identity, testnet.psk, config.listen, config.announce, target_peers=config.target_peers
+            node.identity,
+            testnet.psk,
+            config.listen,
+            config.announce,
+            target_peers=config.target_peers,
+            limits=config.limits,
+            metrics=node.metrics,
         )
         self.registry = Registry()
         self.gossip = AttestationGossip(
