@@ -49,6 +49,7 @@ from node.net.handshake import install_handshake_gate
 from node.net.limits import LimitSettings
 from node.net.muxer import install_muxer
 from node.net.peerstore import SafePeerStore
+from node.net.yamux import GuardedYamux
 from protocol.identity import Identity
 
 __all__ = [
@@ -174,7 +175,7 @@ def build_host(
     if host.get_id().to_bytes() != identity.peer_id:
         raise IdentityFileError("libp2p host peer id differs from the node identity")
     net_guard.install(host, limits, metrics)
-    install_muxer(host)  # yamux only, strict frames; faults and buffers go to the guard
+    install_muxer(host, GuardedYamux)  # yamux only, strict frames; faults and buffers go to the guard
     install_handshake_gate(host)  # keyless connections: a small budget per address, 4 s
     network = host.get_network()
     peerstore.set_protection(lambda peer: bool(network.get_connections(peer)))

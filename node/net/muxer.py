@@ -185,19 +185,16 @@ class StreamBudget:
 class GuardedMuxerMultistream(MuxerMultistream):
     """Negotiates ``/yamux/1.0.0`` only and builds :class:`node.net.yamux.GuardedYamux`."""
 
-    def __init__(self, budget: StreamBudget, negotiate_timeout: int) -> None:
-        from node.net.yamux import GuardedYamux
-
-        super().__init__({TProtocol(YAMUX_PROTOCOL_ID): GuardedYamux}, negotiate_timeout)
+    def __init__(self, budget: StreamBudget, negotiate_timeout: int, yamux_class: Any) -> None:
+        super().__init__({TProtocol(YAMUX_PROTOCOL_ID): yamux_class}, negotiate_timeout)
         self.budget = budget
+        self._yamux_class = yamux_class  # node.net.yamux.GuardedYamux (passed in: yamux imports us)
 
     async def new_conn(self, conn: ISecureConn, peer_id: ID) -> IMuxedConn:
-        from node.net.yamux import GuardedYamux
-
         protocol, _transport = await self._selector.select(conn, conn.is_initiator, self.negotiate_timeout)
         if protocol != YAMUX_PROTOCOL_ID:  # the selector only knows yamux; kept as a guard
             raise RuntimeError(f"negotiated an unoffered muxer {protocol}")
-        muxed = GuardedYamux(conn, peer_id, budget=self.budget, is_initiator=conn.is_initiator)
+        muxed = self._yamux_class(conn, peer_id, budget=self.budget, is_initiator=conn.is_initiator)
         return self._annotate_connection(muxed, conn, protocol)
 
 
@@ -214,7 +211,7 @@ def penalise_faults(scores: PeerScores) -> FaultListener:
     return listener
 
 
-def install_muxer(host: IHost, limits: MuxerLimits | None = None) -> StreamBudget:
+def install_muxer(host: IHost, yamux_class: Any, limits: MuxerLimits | None = None) -> StreamBudget:
     """Offer yamux alone on ``host``, with our frame checks and stream limits; returns the budget.
 
     With the host's guard (:mod:`node.net.guard`) installed first, the limits come from its
@@ -238,7 +235,7 @@ def install_muxer(host: IHost, limits: MuxerLimits | None = None) -> StreamBudge
             "veilnet_muxer_faults_total", "Muxer violations (connection closed) and refusals", ("fault",)
         )
         budget.add_listener(lambda _peer, fault: faults.inc(fault=fault.value))
-    upgrader.muxer_multistream = GuardedMuxerMultistream(budget, current.negotiate_timeout)
+    upgrader.muxer_multistream = GuardedMuxerMultistream(budget, current.negotiate_timeout, yamux_class)
     # One global semaphore for all peers and both directions is what let held streams block
     # everyone; per-peer limits replace it (see the module docstring).
     network._stream_semaphore = None
