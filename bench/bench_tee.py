@@ -1,4 +1,4 @@
-"""TEE evidence verification time per kind, uncached, on the real shared vectors.
+"""TEE evidence verification time per kind, uncached, on the real vectors in tests/vectors.
 
 Each figure is the full ``VERIFIER.verify`` call (parse, chain, signature, collateral, appraisal)
 on fresh ``Evidence`` objects: nothing about the evidence is cached between calls (only the
@@ -15,7 +15,6 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import dcap_qvl
@@ -30,8 +29,8 @@ from protocol.attestation.evidence import Evidence
 from protocol.attestation.sev_snp import load_certificate
 from protocol.attestation.spdm import parse_transcript
 from protocol.attestation.tdx_quote import parse_quote
+from tests.vectors import VECTORS
 
-VECTORS = Path(__file__).resolve().parents[1] / ".." / "shared" / "vectors"
 ROUNDS = 7
 CALLS = 30
 

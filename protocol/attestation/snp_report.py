@@ -1,7 +1,7 @@
 """AMD SEV-SNP attestation report (v2+) and extended-report certificate table parsing.
 
 Layout: AMD SEV-SNP ABI spec, ``ATTESTATION_REPORT`` (0x4A0 bytes, little-endian), summarised
-in ``shared/notes/TEE.md`` §2.1. The signed region is ``report[0x000:0x2A0]``; the signature is
+in docs/protocol/tee-evidence.md. The signed region is ``report[0x000:0x2A0]``; the signature is
 ECDSA P-384 / SHA-384 with R and S stored as 72-byte little-endian integers.
 """
 

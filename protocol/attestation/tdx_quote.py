@@ -3,7 +3,7 @@
 Why our own parser beside dcap-qvl: appraisal needs the TD report fields with their exact
 offsets, kind detection needs to tell SGX from TDX without collateral, and checking the
 attestation-key signature ourselves gives a precise "tampered" answer even when no collateral
-is at hand. Layout: ``shared/notes/TEE.md`` §1.1; all integers little-endian.
+is at hand. Layout: docs/protocol/tee-evidence.md; all integers little-endian.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ from protocol.attestation.evidence import Evidence, EvidenceKind, EvidenceVerdic
 from protocol.attestation.policy import Policy
 from protocol.attestation.simulated import LABEL, SimulatedPlatform, SimulatedVerifier, source_measurement
 from protocol.identity import Domain, Identity
+from tests.vectors import VECTORS
 
 EPOCH = 600
 T0 = EPOCH * 2_833_334  # the start of an epoch
@@ -551,7 +551,7 @@ def test_real_kind_refusal_comes_from_its_verifier(node: Identity, platform: Sim
 def test_real_tdx_quote_reaches_the_tdx_verifier_with_our_binding(node: Identity) -> None:
     """A genuine, UpToDate TDX quote passes every hardware check but carries someone else's report
     data: the appraiser must hand the TDX verifier our recomputed binding, which it then refuses."""
-    dcap = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors" / "tdx" / "dcap-qvl"
+    dcap = VECTORS / "tdx" / "dcap-qvl"
     quote = Evidence(
         "tdx",
         (dcap / "tdx_quote").read_bytes(),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -31,6 +30,7 @@ from protocol.attestation.evidence import Evidence
 from protocol.attestation.evidence_files import load_evidence
 from protocol.identity import Domain, Identity, SignatureError, verify
 from tests.conftest import decoder_settings
+from tests.vectors import VECTORS
 
 NODE = Identity(bytes([11]) * 32)
 ISSUED = 1_700_000_410
@@ -187,7 +187,7 @@ def test_size_limit_on_decode_and_build() -> None:
 
 def test_real_tdx_and_eight_gpus_fit_the_size_limit() -> None:
     """The 256 KiB limit leaves room for a real TDX quote with collateral and 8 real H100 evidences."""
-    vectors = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors"
+    vectors = VECTORS
     dcap = vectors / "tdx" / "dcap-qvl"
     tdx = Evidence(
         "tdx",

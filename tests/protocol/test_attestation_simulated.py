@@ -31,8 +31,8 @@ from protocol.attestation.spdm import SpdmFormatError, parse_transcript
 from protocol.attestation.tdx_quote import QuoteFormatError, parse_quote
 from protocol.identity import Domain, Identity
 from tests.conftest import decoder_settings
+from tests.vectors import VECTORS
 
-VECTORS = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors"
 PLATFORM = SimulatedPlatform(bytes([21]) * 32, testnet="tn")
 MEASUREMENT = hashlib.sha256(b"code").digest()
 RD = hashlib.sha512(b"binding").digest()

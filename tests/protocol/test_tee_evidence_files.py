@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -17,8 +16,7 @@ from protocol.attestation.nvidia_rim import RimError, parse_rim
 from protocol.attestation.snp_report import ReportFormatError, parse_cert_table, parse_report
 from protocol.attestation.spdm import SpdmFormatError, parse_transcript
 from protocol.attestation.tdx_quote import QuoteFormatError, parse_quote
-
-VECTORS = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors"
+from tests.vectors import VECTORS
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +13,9 @@ from protocol.attestation.evidence import Evidence, Reason
 from protocol.attestation.nvidia_rim import RimError, parse_rim
 from protocol.attestation.roots import NVIDIA_DEVICE_ROOT_SHA256, fingerprint, nvidia_device_root
 from protocol.attestation.spdm import SpdmFormatError, parse_transcript
+from tests.vectors import VECTORS as TREE
 
-VECTORS = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors" / "nvidia-gpu"
+VECTORS = TREE / "nvidia-gpu"
 NVTRUST = VECTORS / "nvtrust"
 NOW = 1752919234  # device certificates are valid until 9999-12-31
 SAMPLE = bytes.fromhex((NVTRUST / "hopperAttestationReport.txt").read_text().strip())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +18,9 @@ from protocol.attestation.snp_report import (
     parse_cert_table,
     parse_report,
 )
+from tests.vectors import VECTORS as TREE
 
-VECTORS = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors" / "sev-snp" / "go-sev-guest"
+VECTORS = TREE / "sev-snp" / "go-sev-guest"
 NOW = 1752919234  # any time inside the VCEK validity (2022-09-24 .. 2029-09-24)
 REPORT = (VECTORS / "attestation.bin").read_bytes()
 VCEK = (VECTORS / "vcek.testcer").read_bytes()

@@ -1,4 +1,4 @@
-"""Intel TDX evidence against the real vectors in ../shared/vectors/tdx at their pinned times."""
+"""Intel TDX evidence against the real vectors in tests/vectors/tdx at their pinned times."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from protocol.attestation.evidence import Evidence, Reason
 from protocol.attestation.roots import INTEL_SGX_ROOT_SHA256, fingerprint, intel_sgx_root_der
 from protocol.attestation.tdx_collateral import CollateralError, parse_collateral
 from protocol.attestation.tdx_quote import QuoteFormatError, attestation_key_signature_valid, parse_quote
+from tests.vectors import VECTORS as TREE
 
-VECTORS = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors" / "tdx"
+VECTORS = TREE / "tdx"
 DCAP = VECTORS / "dcap-qvl"
 CCEL = VECTORS / "go-tdx-guest" / "ccel"
 NOW_TDX = 1752919234

@@ -17,8 +17,8 @@ from protocol.attestation import sev_snp
 from protocol.attestation.evidence import EvidenceKind
 from protocol.attestation.roots import amd_chain
 from protocol.attestation.snp_report import build_cert_table
+from tests.vectors import VECTORS
 
-VECTORS = Path(__file__).resolve().parents[3] / ".." / "shared" / "vectors"
 DCAP = VECTORS / "tdx" / "dcap-qvl"
 SNP = VECTORS / "sev-snp" / "go-sev-guest"
 GPU = VECTORS / "nvidia-gpu" / "nvtrust"
