@@ -73,3 +73,19 @@ def check_measurement(policy: Mapping[str, Any], key: str, value: bytes) -> str 
 def same(a: bytes, b: bytes) -> bool:
     """Constant-time equality (length is not secret)."""
     return hmac.compare_digest(a, b)
+
+
+def report_data_problem(actual: bytes, expected: bytes, name: str) -> str | None:
+    """None when ``actual`` equals ``expected`` (constant time); otherwise a message that says why.
+
+    A wrong *length* is named as such: it means the expected value was built wrongly (e.g. a
+    32-byte hash given for a 64-byte REPORTDATA), which "does not equal" would hide.
+    """
+    if len(expected) != len(actual):
+        return (
+            f"the expected report data is {len(expected)} bytes but {name} is {len(actual)} bytes "
+            f"(expected {expected.hex() or 'nothing'})"
+        )
+    if not same(actual, expected):
+        return f"{name} {actual.hex()} does not equal the expected {expected.hex()}"
+    return None

@@ -31,6 +31,7 @@ class CcEvent:
     event_type: int
     sha384: bytes
     data: bytes
+    name: str = ""  # dstack runtime events carry a name (e.g. "compose-hash"); CCEL events do not
 
 
 def parse_event_log(log: bytes) -> list[CcEvent]:

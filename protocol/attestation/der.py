@@ -112,3 +112,30 @@ def find_fwids(data: bytes, depth: int = 0) -> list[tuple[str, bytes]]:
         else:
             found.extend(find_fwids(tlv.value, depth + 1))
     return found
+
+
+def dice_tcb_info_fwids(data: bytes) -> list[tuple[str, bytes]]:
+    """The ``fwids`` field of a TCG ``DiceTcbInfo`` (the extension under OID 2.23.133.5.4.1.1).
+
+    ``DiceTcbInfo ::= SEQUENCE { vendor [0], model [1], version [2], svn [3], layer [4],
+    index [5], fwids [6] IMPLICIT SEQUENCE OF FWID, flags [7], vendorInfo [8], type [9], ... }``,
+    every field optional (TCG DICE Attestation Architecture). Blackwell device certificates use it.
+    """
+    outer = single(data)
+    if outer.tag != 0x30:
+        raise DerError("DiceTcbInfo is not a SEQUENCE")
+    for field in iter_tlvs(outer.value):
+        if field.tag == 0xA6:
+            fwids = []
+            for entry in iter_tlvs(field.value):
+                children = list(iter_tlvs(entry.value))
+                if (
+                    entry.tag != 0x30
+                    or len(children) != 2
+                    or children[0].tag != 0x06
+                    or children[1].tag != 0x04
+                ):
+                    raise DerError("fwids entry is not FWID ::= SEQUENCE { OID, OCTET STRING }")
+                fwids.append((decode_oid(children[0].value), children[1].value))
+            return fwids
+    raise DerError("DiceTcbInfo has no fwids field [6]")

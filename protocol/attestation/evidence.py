@@ -39,6 +39,7 @@ class Reason(StrEnum):
     DEBUG = "debug"
     KIND_NOT_ALLOWED = "kind_not_allowed"
     CHAIN_INVALID = "chain_invalid"
+    MISSING_EXTENSION = "missing_extension"  # a valid certificate lacks an extension a check needs
     COLLATERAL_INVALID = "collateral_invalid"
     TCB_NOT_ALLOWED = "tcb_not_allowed"
     UNTRUSTED_PLATFORM = "untrusted_platform"

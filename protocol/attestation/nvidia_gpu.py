@@ -1,24 +1,27 @@
-"""NVIDIA GPU confidential-computing evidence (Hopper; Blackwell with the same checks).
+"""NVIDIA GPU confidential-computing evidence (Hopper and Blackwell).
 
 Checks, in order: the device certificate chain up to the pinned NVIDIA Device Identity CA; the
-SPDM GET_MEASUREMENTS transcript and its ECDSA P-384 signature by the leaf key; the FWID in the
-leaf's TCG DICE TcbInfo extension equal to the FWID the GPU reports (opaque field 20); the
-requester nonce equal to our 32-byte GPU binding (constant time); reference measurements from
-RIMs when given. Revocation needs NVIDIA's OCSP service, so offline it is recorded as
-``"not checked"`` and the ``require_ocsp`` policy key (default true) decides.
+SPDM GET_MEASUREMENTS transcript and its ECDSA P-384 signature by the leaf key; the FWID the GPU
+reports (opaque field 20) equal to the FWID its leaf certificate carries, read as NVIDIA's own
+verifier (NVAT) reads it: Hopper from the TCG DICE extension 2.23.133.5.4.1 (its FWID), Blackwell
+from the DiceTcbInfo extension 2.23.133.5.4.1.1 (the first FWID of ``fwids``). A report without
+field 20 skips the FWID check, as NVAT does, and the verdict says so. Then the requester nonce
+equal to our 32-byte GPU binding (constant time); reference measurements from RIMs when given.
+Revocation needs NVIDIA's OCSP service, so offline it is recorded as ``"not checked"`` and the
+``require_ocsp`` policy key (default true) decides.
 
 Endorsements: ``cert_chain`` (PEM, leaf first), optional ``rim*`` keys (SWID tag XML each) and
 ``arch`` (informational; the architecture is taken from the leaf certificate).
 
 Policy keys (``[nvidia-gpu]``): ``require_ocsp`` (default true), ``allow_any_measurement``
-(default false: without RIMs the measurements are refused), ``allowed_driver_versions`` and
-``allowed_vbios_versions`` (checked when present), ``allowed_archs`` (default both).
+(default false: without RIMs the measurements are refused), ``allowed_driver_versions``,
+``allowed_vbios_versions`` and ``fwids`` (hex; checked when present: pins the GSP firmware
+without RIMs), ``allowed_archs`` (default both).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
@@ -45,6 +48,8 @@ NONCE_SIZE = 32
 MAX_CHAIN_CERTS = 8
 MAX_CHAIN_SIZE = 64 * 1024
 OID_TCG_DICE_TCB_INFO = x509.ObjectIdentifier("2.23.133.5.4.1")
+OID_TCG_DICE_TCB_INFO_BLACKWELL = x509.ObjectIdentifier("2.23.133.5.4.1.1")
+FWID_OIDS = {"HOPPER": OID_TCG_DICE_TCB_INFO, "BLACKWELL": OID_TCG_DICE_TCB_INFO_BLACKWELL}
 POLICY_KEYS = frozenset(
     {
         "require_ocsp",
@@ -52,6 +57,7 @@ POLICY_KEYS = frozenset(
         "allowed_driver_versions",
         "allowed_vbios_versions",
         "allowed_archs",
+        "fwids",
     }
 )
 ARCHS = {"GH100": "HOPPER", "GB100": "BLACKWELL", "GB102": "BLACKWELL", "GB202": "BLACKWELL"}
@@ -92,18 +98,39 @@ def device_id(leaf: x509.Certificate) -> str:
     return str(serials[0].value) if serials else ""
 
 
-def leaf_fwids(leaf: x509.Certificate) -> list[bytes]:
-    """FWID digests in the leaf's TCG DICE TcbInfo extension (Hopper and Blackwell layouts)."""
-    ext = leaf.extensions.get_extension_for_oid(OID_TCG_DICE_TCB_INFO).value
+class MissingExtension(ValueError):
+    """The leaf certificate lacks the extension that carries its FWID."""
+
+
+def leaf_fwid(leaf: x509.Certificate, arch: str) -> bytes:
+    """The FWID the leaf certificate vouches for, read where NVIDIA's verifier reads it for ``arch``.
+
+    Hopper: the TCG DICE TcbInfo extension 2.23.133.5.4.1, whose FWID is its last 48 bytes (we
+    walk the DER and take the last FWID). Blackwell: the DiceTcbInfo extension 2.23.133.5.4.1.1,
+    the first FWID of its ``fwids`` field.
+    """
+    oid = FWID_OIDS[arch]
+    try:
+        ext = leaf.extensions.get_extension_for_oid(oid).value
+    except x509.ExtensionNotFound:
+        raise MissingExtension(
+            f"{arch} leaf certificate has no {oid.dotted_string} (FWID) extension"
+        ) from None
     if not isinstance(ext, x509.UnrecognizedExtension):
-        raise ValueError("TcbInfo extension has an unexpected type")
-    return [digest for _oid, digest in der.find_fwids(ext.value)]
+        raise ValueError("FWID extension has an unexpected type")
+    fwids = der.dice_tcb_info_fwids(ext.value) if arch == "BLACKWELL" else der.find_fwids(ext.value)
+    if not fwids:
+        raise ValueError(f"{oid.dotted_string} extension lists no FWID")
+    return fwids[0][1] if arch == "BLACKWELL" else fwids[-1][1]
 
 
 class NvidiaGpuVerifier:
     """Verifies and appraises GPU SPDM evidence. Stateless; one shared instance is ``VERIFIER``."""
 
     kind = EvidenceKind.NVIDIA_GPU
+
+    def __init__(self, root: x509.Certificate | None = None) -> None:
+        self._root = root  # tests pin a test CA here; production uses the shipped NVIDIA root
 
     def verify(
         self,
@@ -114,6 +141,10 @@ class NvidiaGpuVerifier:
         now: int,
     ) -> EvidenceVerdict:
         kind = EvidenceKind.NVIDIA_GPU.value
+        if isinstance(now, bool) or not isinstance(now, int):
+            return EvidenceVerdict.refused(
+                kind, Reason.MALFORMED, "verification time must be an integer", label=LABEL
+            )
         try:
             allowlist.check_keys(policy, POLICY_KEYS, "nvidia-gpu")
         except allowlist.PolicyError as exc:
@@ -128,10 +159,14 @@ class NvidiaGpuVerifier:
             "report_data": transcript.nonce,
         }
         try:
-            arch, device = self._verify_chain_and_signature(transcript, evidence.endorsements, now)
+            arch, device, fwid_check = self._verify_chain_and_signature(
+                transcript, evidence.endorsements, now
+            )
             extra = {
                 "arch": arch,
                 "device_id": device,
+                "fwid": transcript.opaque.get(OPAQUE_FWID, b"").hex(),
+                "fwid_check": fwid_check,
                 "driver_version": transcript.opaque_text(OPAQUE_DRIVER_VERSION),
                 "vbios_version": format_vbios_version(transcript.opaque.get(OPAQUE_VBIOS_VERSION, b"")),
             }
@@ -155,7 +190,7 @@ class NvidiaGpuVerifier:
 
     def _verify_chain_and_signature(
         self, transcript: MeasurementsTranscript, endorsements: Mapping[str, bytes], now: int
-    ) -> tuple[str, str]:
+    ) -> tuple[str, str, str]:
         pem = endorsements.get("cert_chain")
         if pem is None:
             raise _Refusal(Reason.COLLATERAL_INVALID, "no device certificate chain")
@@ -167,11 +202,10 @@ class NvidiaGpuVerifier:
             raise _Refusal(Reason.MALFORMED, f"certificate chain unreadable: {exc}") from exc
         if not 1 <= len(chain) <= MAX_CHAIN_CERTS:
             raise _Refusal(Reason.MALFORMED, f"certificate chain of {len(chain)} certificates")
-        root = nvidia_device_root()
+        root = self._root or nvidia_device_root()
         if fingerprint(chain[-1]) == fingerprint(root):
             chain = chain[:-1]  # the sender included the root; we use our pinned copy
         path = [*chain, root]
-        moment = datetime.fromtimestamp(now, UTC)
         for i, cert in enumerate(path):
             if i + 1 < len(path):
                 try:
@@ -180,9 +214,10 @@ class NvidiaGpuVerifier:
                     issuer = path[i + 1].subject.rfc4514_string()
                     subject = cert.subject.rfc4514_string()
                     raise _Refusal(Reason.CHAIN_INVALID, f"{subject} not issued by {issuer}") from exc
-            if moment < cert.not_valid_before_utc:
+            # Integer seconds, not datetime: any ``now`` (even far outside years 1..9999) compares.
+            if now < int(cert.not_valid_before_utc.timestamp()):
                 raise _Refusal(Reason.FUTURE_DATED, f"{cert.subject.rfc4514_string()} not yet valid")
-            if moment > cert.not_valid_after_utc:
+            if now > int(cert.not_valid_after_utc.timestamp()):
                 raise _Refusal(Reason.EXPIRED, f"{cert.subject.rfc4514_string()} expired")
         leaf = path[0]
         arch = architecture(leaf)
@@ -199,14 +234,18 @@ class NvidiaGpuVerifier:
             raise _Refusal(Reason.BAD_SIGNATURE, "SPDM measurements signature is invalid") from exc
         reported_fwid = transcript.opaque.get(OPAQUE_FWID)
         if not reported_fwid:
-            raise _Refusal(Reason.MALFORMED, "evidence carries no FWID (opaque field 20)")
+            # NVIDIA's verifier (NVAT evidence.cpp) skips the FWID comparison when the report has no
+            # FWID field; so do we, and say so in the verdict instead of calling the report malformed.
+            return arch, device_id(leaf), "skipped: the report has no FWID field (opaque type 20)"
         try:
-            fwids = leaf_fwids(leaf)
-        except (ValueError, x509.ExtensionNotFound) as exc:
-            raise _Refusal(Reason.CHAIN_INVALID, f"leaf certificate has no readable FWID: {exc}") from exc
-        if not any(allowlist.same(reported_fwid, f) for f in fwids):
+            certified = leaf_fwid(leaf, arch)
+        except MissingExtension as exc:
+            raise _Refusal(Reason.MISSING_EXTENSION, str(exc)) from exc
+        except ValueError as exc:
+            raise _Refusal(Reason.MALFORMED, f"leaf certificate FWID extension unreadable: {exc}") from exc
+        if not allowlist.same(reported_fwid, certified):
             raise _Refusal(Reason.WRONG_SIGNER, "leaf certificate FWID does not match the reported firmware")
-        return arch, device_id(leaf)
+        return arch, device_id(leaf), "matched the leaf certificate"
 
     def _appraise(
         self,
@@ -235,6 +274,14 @@ class NvidiaGpuVerifier:
             allowed = allowlist.strings(policy, key)
             if allowed is not None and extra[field].upper() not in {v.upper() for v in allowed}:
                 refuse(Reason.MEASUREMENT_NOT_ALLOWED, f"{field} {extra[field]} not in {allowed}")
+        pinned_fwids = allowlist.hex_values(policy, "fwids")
+        if pinned_fwids is not None and not any(
+            allowlist.same(bytes.fromhex(extra["fwid"]), f) for f in pinned_fwids
+        ):
+            refuse(
+                Reason.MEASUREMENT_NOT_ALLOWED,
+                f"FWID {extra['fwid'] or '(none reported)'} not in the policy's fwids",
+            )
         if rims:
             for problem in _compare_rims(transcript, rims, extra):
                 refuse(Reason.MEASUREMENT_NOT_ALLOWED, problem)
@@ -247,8 +294,8 @@ class NvidiaGpuVerifier:
             extra["reference_measurements"] = "not appraised (allow_any_measurement)"
         if allowlist.flag(policy, "require_ocsp", True):
             refuse(Reason.UNTRUSTED_PLATFORM, "policy requires OCSP revocation status; not checked offline")
-        if len(expected) != NONCE_SIZE or not allowlist.same(transcript.nonce, expected):
-            refuse(Reason.REPORT_DATA_MISMATCH, "SPDM nonce does not equal the expected GPU binding")
+        if problem := allowlist.report_data_problem(transcript.nonce, expected, "the SPDM nonce"):
+            refuse(Reason.REPORT_DATA_MISMATCH, problem)
         kind = EvidenceKind.NVIDIA_GPU.value
         claims["revocation"] = "not checked"
         if reasons:

@@ -5,8 +5,8 @@ Only ``cryptography`` is used. The ARK of each product line (Milan, Genoa, Turin
 The VCEK must be *this chip's* key at *this TCB*: its hwID extension must equal CHIP_ID and its
 SPL extensions must equal REPORTED_TCB, otherwise a VCEK from another machine could be offered.
 
-Endorsements: ``vcek`` (DER or PEM), optionally ``cert_chain`` (PEM ASK+ARK) or ``cert_table``
-(the extended-report certificate table, e.g. configfs-tsm ``auxblob``).
+Endorsements: ``vcek`` (DER or PEM), optionally ``cert_chain`` (PEM ASK and ARK, in either
+order) or ``cert_table`` (the extended-report certificate table, e.g. configfs-tsm ``auxblob``).
 
 Policy keys (``[sev-snp]``, all optional): ``allow_debug`` (test only, default false),
 ``max_vmpl`` (default 0), ``min_tcb`` (table of bootloader/tee/snp/microcode/fmc minimums),
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -115,18 +114,29 @@ def _ark_self_signed(product: str) -> bool:
 
 
 def _check_validity(cert: x509.Certificate, now: int, what: str) -> None:
-    moment = datetime.fromtimestamp(now, UTC)
-    if moment < cert.not_valid_before_utc:
+    # Integer seconds, not datetime: any ``now`` (even far outside years 1..9999) compares.
+    if now < int(cert.not_valid_before_utc.timestamp()):
         raise _Refusal(Reason.FUTURE_DATED, f"{what} not valid before {cert.not_valid_before_utc:%Y-%m-%d}")
-    if moment > cert.not_valid_after_utc:
+    if now > int(cert.not_valid_after_utc.timestamp()):
         raise _Refusal(Reason.EXPIRED, f"{what} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
 
 
 def _issued_by(child: x509.Certificate, parent: x509.Certificate, what: str) -> None:
     try:
         child.verify_directly_issued_by(parent)
-    except (InvalidSignature, ValueError, TypeError) as exc:
-        raise _Refusal(Reason.CHAIN_INVALID, f"{what}: {exc or 'invalid signature'}") from exc
+    except InvalidSignature as exc:
+        raise _Refusal(Reason.CHAIN_INVALID, f"{what}: the signature does not verify") from exc
+    except (ValueError, TypeError) as exc:
+        raise _Refusal(Reason.CHAIN_INVALID, f"{what}: {str(exc) or type(exc).__name__}") from exc
+
+
+def _vcek_extension(vcek: x509.Certificate, oid: str, what: str) -> bytes:
+    try:
+        return _ext_bytes(vcek, oid)
+    except x509.ExtensionNotFound:
+        raise _Refusal(Reason.MISSING_EXTENSION, f"VCEK has no {what} extension ({oid})") from None
+    except ValueError as exc:
+        raise _Refusal(Reason.MALFORMED, f"VCEK {what} extension unreadable: {exc}") from exc
 
 
 class SevSnpVerifier:
@@ -143,6 +153,10 @@ class SevSnpVerifier:
         now: int,
     ) -> EvidenceVerdict:
         kind = EvidenceKind.SEV_SNP.value
+        if isinstance(now, bool) or not isinstance(now, int):
+            return EvidenceVerdict.refused(
+                kind, Reason.MALFORMED, "verification time must be an integer", label=LABEL
+            )
         try:
             allowlist.check_keys(policy, POLICY_KEYS, "sev-snp")
         except allowlist.PolicyError as exc:
@@ -209,9 +223,12 @@ class SevSnpVerifier:
             raise _Refusal(Reason.COLLATERAL_INVALID, "no VCEK certificate for this report")
         try:
             vcek = load_certificate(certs["vcek"])
-            product_name = der.read_string(_ext_bytes(vcek, OID_PRODUCT))
-        except (ValueError, x509.ExtensionNotFound) as exc:
-            raise _Refusal(Reason.CHAIN_INVALID, f"VCEK unreadable or lacks its product: {exc}") from exc
+        except ValueError as exc:
+            raise _Refusal(Reason.MALFORMED, f"VCEK certificate unreadable: {exc}") from exc
+        try:
+            product_name = der.read_string(_vcek_extension(vcek, OID_PRODUCT, "product name"))
+        except ValueError as exc:
+            raise _Refusal(Reason.MALFORMED, f"VCEK product name unreadable: {exc}") from exc
         product = product_name.split("-")[0]
         if product not in AMD_PRODUCTS:
             raise _Refusal(Reason.CHAIN_INVALID, f"VCEK names unknown product {product_name!r}")
@@ -222,9 +239,13 @@ class SevSnpVerifier:
         pinned = amd_chain(product)
         ask = pinned.ask
         if "cert_chain" in endorsements or "ask" in certs:
-            ask, ark = self._supplied_chain(endorsements, certs)
+            ask, ark = self._supplied_chain(endorsements, certs, pinned.ark)
             if ark is not None and fingerprint(ark) != fingerprint(pinned.ark):
-                raise _Refusal(Reason.WRONG_SIGNER, f"supplied ARK is not the pinned ARK-{product}")
+                raise _Refusal(
+                    Reason.WRONG_SIGNER,
+                    f"the supplied chain's root {ark.subject.rfc4514_string()} (sha256 "
+                    f"{fingerprint(ark)}) is not the pinned ARK-{product} ({fingerprint(pinned.ark)})",
+                )
         if not _ark_self_signed(product):
             raise _Refusal(Reason.CHAIN_INVALID, f"pinned ARK-{product} is not self-signed")
         _issued_by(ask, pinned.ark, f"ASK not signed by ARK-{product}")
@@ -242,9 +263,9 @@ class SevSnpVerifier:
             raise _Refusal(Reason.BAD_SIGNATURE, "report signature does not verify under the VCEK") from exc
 
         try:
-            hwid = _hwid(_ext_bytes(vcek, OID_HWID))
-        except (ValueError, x509.ExtensionNotFound) as exc:
-            raise _Refusal(Reason.CHAIN_INVALID, f"VCEK lacks a readable hwID: {exc}") from exc
+            hwid = _hwid(_vcek_extension(vcek, OID_HWID, "hwID"))
+        except ValueError as exc:
+            raise _Refusal(Reason.MALFORMED, f"VCEK hwID unreadable: {exc}") from exc
         chip_id = report.chip_id
         if not chip_id.strip(b"\x00"):
             raise _Refusal(Reason.WRONG_SIGNER, "CHIP_ID is masked; the VCEK cannot be bound to this chip")
@@ -254,9 +275,9 @@ class SevSnpVerifier:
         reported = TcbVersion.decode(report.reported_tcb_raw, product)
         for name, value in reported.components().items():
             try:
-                spl = der.read_integer(_ext_bytes(vcek, OID_SPL[name]))
-            except (ValueError, x509.ExtensionNotFound) as exc:
-                raise _Refusal(Reason.CHAIN_INVALID, f"VCEK lacks its {name} SPL: {exc}") from exc
+                spl = der.read_integer(_vcek_extension(vcek, OID_SPL[name], f"{name} SPL"))
+            except ValueError as exc:
+                raise _Refusal(Reason.MALFORMED, f"VCEK {name} SPL unreadable: {exc}") from exc
             if spl != value:
                 raise _Refusal(
                     Reason.WRONG_SIGNER, f"VCEK {name} SPL {spl} does not equal REPORTED_TCB {name} {value}"
@@ -264,8 +285,11 @@ class SevSnpVerifier:
         return product, reported
 
     def _supplied_chain(
-        self, endorsements: Mapping[str, bytes], certs: Mapping[str, bytes]
+        self, endorsements: Mapping[str, bytes], certs: Mapping[str, bytes], pinned_ark: x509.Certificate
     ) -> tuple[x509.Certificate, x509.Certificate | None]:
+        """(ASK, ARK) from the endorsements. A two-certificate PEM may list them in either order:
+        KDS serves ASK then ARK, other tools write ARK then ASK. The ARK is the certificate that is
+        the pinned ARK, else the self-issued one; the order never decides trust."""
         try:
             if "cert_chain" in endorsements:
                 with warnings.catch_warnings():
@@ -273,11 +297,15 @@ class SevSnpVerifier:
                     chain = x509.load_pem_x509_certificates(endorsements["cert_chain"])
                 if len(chain) != 2:
                     raise ValueError(f"expected ASK and ARK, found {len(chain)} certificates")
-                return chain[0], chain[1]
+                pinned = fingerprint(pinned_ark)
+                first_is_ark = fingerprint(chain[0]) == pinned or (
+                    fingerprint(chain[1]) != pinned and chain[0].subject == chain[0].issuer
+                )
+                return (chain[1], chain[0]) if first_is_ark else (chain[0], chain[1])
             ark = load_certificate(certs["ark"]) if "ark" in certs else None
             return load_certificate(certs["ask"]), ark
         except ValueError as exc:
-            raise _Refusal(Reason.CHAIN_INVALID, f"supplied AMD chain unreadable: {exc}") from exc
+            raise _Refusal(Reason.MALFORMED, f"supplied AMD chain unreadable: {exc}") from exc
 
     def _appraise(
         self,
@@ -320,8 +348,8 @@ class SevSnpVerifier:
             problem := allowlist.check_measurement(policy, "host_data", report.host_data)
         ):
             refuse(Reason.MEASUREMENT_NOT_ALLOWED, problem)
-        if len(expected) != REPORT_DATA_SIZE or not allowlist.same(report.report_data, expected):
-            refuse(Reason.REPORT_DATA_MISMATCH, "REPORT_DATA does not equal the expected binding")
+        if problem := allowlist.report_data_problem(report.report_data, expected, "REPORT_DATA"):
+            refuse(Reason.REPORT_DATA_MISMATCH, problem)
         kind = EvidenceKind.SEV_SNP.value
         if reasons:
             return EvidenceVerdict(

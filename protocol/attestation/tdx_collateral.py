@@ -3,6 +3,12 @@
 Why beside dcap-qvl: dcap-qvl reports an expired collateral item as a generic chain failure,
 while an operator needs "collateral expired at T, refresh it"; and the node's collateral cache
 needs the FMSPC and the expiry of each entry to index it and to warn before it lapses.
+
+Keys are checked strictly. dcap-qvl 0.7.0 reads an optional ``pck_certificate_chain`` key *instead
+of* the chain embedded in the quote, so that key is machine-specific data, not FMSPC-wide
+collateral: it is parsed out here, compared with the quote's own chain by the TDX verifier, and
+never handed to dcap-qvl nor stored in the FMSPC cache (``fmspc_json``). Any other unknown key is
+refused rather than passed through.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
+
+from protocol.nesting import loads_json
 
 MAX_COLLATERAL_SIZE = 256 * 1024
 REQUIRED_KEYS = (
@@ -25,6 +33,7 @@ REQUIRED_KEYS = (
     "qe_identity",
     "qe_identity_signature",
 )
+MACHINE_KEYS = ("pck_certificate_chain",)  # per machine, never part of an FMSPC-wide entry
 
 
 class CollateralError(ValueError):
@@ -33,13 +42,15 @@ class CollateralError(ValueError):
 
 @dataclass(frozen=True)
 class CollateralInfo:
-    json_text: str
+    json_text: str  # the collateral as given
+    fmspc_json: str  # the FMSPC-wide part only (no machine-specific keys): what dcap-qvl and the cache get
     tee: str  # "TDX" or "SGX", from tcbInfo.id
     fmspc: str  # upper-case hex, 12 chars
     tcb_evaluation_data_number: int
     not_before: int  # latest issue date of any item (unix seconds)
     not_after: int  # earliest nextUpdate / CRL nextUpdate / certificate expiry (unix seconds)
     expires_first: str  # which item expires first
+    pck_certificate_chain: str | None = None  # a machine's PCK chain, when the collateral carries one
 
     def window_error(self, now: int) -> tuple[str, str] | None:
         """("expired" | "future", detail) when ``now`` is outside the validity window."""
@@ -56,18 +67,31 @@ def _ts(text: str) -> int:
 
 def parse_collateral(data: bytes | str) -> CollateralInfo:
     """Parse and sanity-check collateral JSON; no signature checks (dcap-qvl does those)."""
-    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise CollateralError(f"collateral is not UTF-8 text: {exc}") from None
     if len(text) > MAX_COLLATERAL_SIZE:
         raise CollateralError(f"collateral is {len(text)} bytes, limit {MAX_COLLATERAL_SIZE}")
     try:
-        obj = json.loads(text)
+        obj = loads_json(text)
         if not isinstance(obj, dict):
             raise CollateralError("collateral must be a JSON object")
+        unknown = sorted(set(obj) - set(REQUIRED_KEYS) - set(MACHINE_KEYS))
+        if unknown:
+            raise CollateralError(
+                f"collateral has unknown key(s) {unknown}; known: {sorted(REQUIRED_KEYS + MACHINE_KEYS)}"
+            )
         missing = [k for k in REQUIRED_KEYS if not isinstance(obj.get(k), str)]
         if missing:
             raise CollateralError(f"collateral lacks {', '.join(missing)}")
-        tcb = json.loads(obj["tcb_info"])
-        qe = json.loads(obj["qe_identity"])
+        chain = obj.get("pck_certificate_chain")
+        if chain is not None and not isinstance(chain, str):
+            raise CollateralError("pck_certificate_chain must be a PEM string")
+        tcb = loads_json(obj["tcb_info"])
+        qe = loads_json(obj["qe_identity"])
+        if not isinstance(tcb, dict) or not isinstance(qe, dict):
+            raise CollateralError("tcb_info and qe_identity must be JSON objects")
         bounds: list[tuple[int, int, str]] = [
             (_ts(tcb["issueDate"]), _ts(tcb["nextUpdate"]), "TCB info"),
             (_ts(qe["issueDate"]), _ts(qe["nextUpdate"]), "QE identity"),
@@ -101,6 +125,8 @@ def parse_collateral(data: bytes | str) -> CollateralInfo:
     first = min(bounds, key=lambda b: b[1])
     return CollateralInfo(
         json_text=text,
+        fmspc_json=json.dumps({k: obj[k] for k in REQUIRED_KEYS}),
+        pck_certificate_chain=chain,
         tee=tee,
         fmspc=fmspc,
         tcb_evaluation_data_number=eval_num,

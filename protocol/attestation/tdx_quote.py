@@ -26,6 +26,9 @@ TEE_TYPE_TDX = 0x00000081
 ATT_KEY_ECDSA_P256 = 2
 INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 TD_ATTRIBUTES_DEBUG = 1 << 0
+CERT_TYPE_PCK_CHAIN = 5
+CERT_TYPE_QE_REPORT = 6
+QE_REPORT_SIZE = 384
 
 # (name, offset in the TD report body, size)
 TD_FIELDS: tuple[tuple[str, int, int], ...] = (
@@ -65,6 +68,7 @@ class DcapQuote:
     attestation_key: bytes  # x‖y, 64 bytes
     cert_data_type: int
     cert_data: bytes
+    trailing_bytes: int = 0  # bytes after the signature data (ignored, reported)
 
     @property
     def is_tdx(self) -> bool:
@@ -82,6 +86,26 @@ class DcapQuote:
         if self.is_tdx:
             return self.body[520:584]
         return self.body[320:384]  # SGX enclave report: REPORTDATA is the last 64 bytes
+
+    def pck_chain_pem(self) -> bytes | None:
+        """The PEM PCK certificate chain the quote carries (certification data type 5), if any.
+
+        TDX quotes wrap it in type 6 (QE report certification data); SGX v3 quotes carry it directly.
+        """
+        cert_type, data = self.cert_data_type, self.cert_data
+        if cert_type == CERT_TYPE_QE_REPORT:
+            pos = QE_REPORT_SIZE + 64
+            if pos + 2 > len(data):
+                return None
+            (auth_len,) = struct.unpack_from("<H", data, pos)
+            pos += 2 + auth_len
+            if pos + 6 > len(data):
+                return None
+            cert_type, size = struct.unpack_from("<HI", data, pos)
+            data = data[pos + 6 : pos + 6 + size]
+        if cert_type != CERT_TYPE_PCK_CHAIN:
+            return None
+        return data.rstrip(b"\x00")
 
     @property
     def td_debug(self) -> bool:
@@ -127,8 +151,8 @@ def parse_quote(raw: bytes) -> DcapQuote:
     sig_end = sig_start + sig_len
     if sig_end > len(raw):
         raise QuoteFormatError("signature data runs past the end of the quote")
-    if raw[sig_end:].strip(b"\x00"):
-        raise QuoteFormatError("non-zero bytes after the signature data")  # zero padding is common
+    # Bytes after the signature data are ignored, as Intel's QVL parser and dcap-qvl do (zero
+    # padding is common); they are outside every signature, so the verdict reports their count.
     if version == 3:  # SGX: QE report, its signature and auth data come before the cert data
         cert_hdr = sig_start + 128 + 384 + 64
         if cert_hdr + 2 > sig_end:
@@ -155,6 +179,7 @@ def parse_quote(raw: bytes) -> DcapQuote:
         attestation_key=raw[sig_start + 64 : sig_start + 128],
         cert_data_type=cert_type,
         cert_data=raw[cert_start:sig_end],
+        trailing_bytes=len(raw) - sig_end,
     )
 
 
