@@ -1,8 +1,9 @@
 """Reading evidence in the forms it is found in the wild, and telling which kind it is.
 
 Forms: raw binary (a DCAP quote, an SNP report, an SPDM transcript), the same as hex text
-(NVIDIA's sample files), and NVIDIA's SDK JSON (``[{arch, nonce, evidence: b64,
-certificate: b64 PEM chain, ...}]``, one entry per GPU). Works on bytes only (sans-IO): the
+(NVIDIA's sample files), the same as a JSON array of byte values (NEAR MPC's ``quote.json``),
+and NVIDIA's SDK JSON (``[{arch, nonce, evidence: b64, certificate: b64 PEM chain, ...}]``, one
+entry per GPU). JSON is parsed with a bounded nesting depth. Works on bytes only (sans-IO): the
 caller reads the file. The kind is found by strict parsing, never by file name.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ from protocol.attestation.evidence import Evidence, EvidenceKind
 from protocol.attestation.snp_report import ReportFormatError, parse_report
 from protocol.attestation.spdm import SpdmFormatError, parse_transcript
 from protocol.attestation.tdx_quote import QuoteFormatError, parse_quote
+from protocol.nesting import loads_json
 
 MAX_EVIDENCE_FILE = 4 * 1024 * 1024
 MAX_JSON_ENTRIES = 64
@@ -33,7 +34,7 @@ class EvidenceFileError(ValueError):
 @dataclass(frozen=True)
 class LoadedEvidence:
     evidence: Evidence
-    form: str  # "binary", "hex" or "sdk-json"
+    form: str  # "binary", "hex", "json-bytes" or "sdk-json"
     declared_nonce: bytes | None = None  # what the SDK JSON claims the nonce is (informational)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -58,13 +59,21 @@ def detect_kind(raw: bytes) -> EvidenceKind | None:
     return None
 
 
-def _from_hex(data: bytes) -> bytes | None:
+def _hex_digits(data: bytes) -> bytes | None:
+    """The hex digits of ``data`` when it is hex text (whitespace and a ``0x`` prefix allowed)."""
     stripped = bytes(b for b in data if b not in _SPACE)
     if stripped.lower().startswith(b"0x"):
         stripped = stripped[2:]
-    if not stripped or len(stripped) % 2 or not set(stripped) <= _HEX:
+    if not stripped or not set(stripped) <= _HEX:
         return None
-    return bytes.fromhex(stripped.decode("ascii"))
+    return stripped
+
+
+def _from_hex(data: bytes) -> bytes | None:
+    digits = _hex_digits(data)
+    if digits is None or len(digits) % 2:
+        return None
+    return bytes.fromhex(digits.decode("ascii"))
 
 
 def load_evidence(
@@ -78,9 +87,17 @@ def load_evidence(
     wanted = EvidenceKind(kind) if kind is not None else None
     extra = dict(endorsements or {})
     if data.lstrip()[:1] in (b"[", b"{"):
-        return _load_sdk_json(data, wanted, extra)
-    as_hex = _from_hex(data)
-    candidates = [("binary", data)] + ([("hex", as_hex)] if as_hex is not None else [])
+        try:
+            doc = loads_json(data)
+        except ValueError as exc:  # syntax, encoding or nesting depth
+            raise EvidenceFileError(f"not JSON evidence: {exc}") from exc
+        if _is_byte_list(doc):
+            candidates = [("json-bytes", bytes(doc))]
+        else:
+            return _load_sdk_json(doc, wanted, extra)
+    else:
+        as_hex = _from_hex(data)
+        candidates = [("binary", data)] + ([("hex", as_hex)] if as_hex is not None else [])
     for form, raw in candidates:
         found = detect_kind(raw)
         if found is None:
@@ -88,6 +105,11 @@ def load_evidence(
         if wanted is not None and wanted != found:
             raise EvidenceFileError(f"the file holds {found.value} evidence, not {wanted.value}")
         return [LoadedEvidence(Evidence(found.value, raw, extra), form)]
+    digits = _hex_digits(data)
+    if digits is not None and len(digits) % 2:
+        raise EvidenceFileError(
+            f"hex text with an odd number of digits ({len(digits)}): truncated or corrupted"
+        )
     if wanted is not None:
         # The caller insists on a kind: hand the bytes to that verifier, which says what is wrong.
         form, raw = candidates[-1]
@@ -95,13 +117,17 @@ def load_evidence(
     raise EvidenceFileError("not a DCAP quote, an SEV-SNP report, SPDM evidence or NVIDIA SDK JSON")
 
 
-def _load_sdk_json(data: bytes, wanted: EvidenceKind | None, extra: dict[str, bytes]) -> list[LoadedEvidence]:
+def _is_byte_list(doc: object) -> bool:
+    return (
+        isinstance(doc, list)
+        and bool(doc)
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in doc)
+    )
+
+
+def _load_sdk_json(doc: object, wanted: EvidenceKind | None, extra: dict[str, bytes]) -> list[LoadedEvidence]:
     if wanted not in (None, EvidenceKind.NVIDIA_GPU):
-        raise EvidenceFileError("JSON evidence files are NVIDIA SDK GPU evidence")
-    try:
-        doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EvidenceFileError(f"not JSON: {exc}") from exc
+        raise EvidenceFileError("JSON evidence files are NVIDIA SDK GPU evidence or a JSON array of bytes")
     entries = doc if isinstance(doc, list) else [doc]
     if not entries or len(entries) > MAX_JSON_ENTRIES:
         raise EvidenceFileError(f"expected 1..{MAX_JSON_ENTRIES} GPU entries")

@@ -283,9 +283,10 @@ class NvidiaGpuVerifier:
                 f"FWID {extra['fwid'] or '(none reported)'} not in the policy's fwids",
             )
         if rims:
-            for problem in _compare_rims(transcript, rims, extra):
-                refuse(Reason.MEASUREMENT_NOT_ALLOWED, problem)
-            extra["reference_measurements"] = "matched" if not reasons else "mismatch"
+            rim_problems = _compare_rims(transcript, rims, extra)
+            for rim_problem in rim_problems:
+                refuse(Reason.MEASUREMENT_NOT_ALLOWED, rim_problem)
+            extra["reference_measurements"] = "mismatch" if rim_problems else "matched"
         elif not allowlist.flag(policy, "allow_any_measurement"):
             refuse(
                 Reason.MEASUREMENT_NOT_ALLOWED, "no reference measurements (RIMs) to appraise the GPU against"
@@ -294,8 +295,8 @@ class NvidiaGpuVerifier:
             extra["reference_measurements"] = "not appraised (allow_any_measurement)"
         if allowlist.flag(policy, "require_ocsp", True):
             refuse(Reason.UNTRUSTED_PLATFORM, "policy requires OCSP revocation status; not checked offline")
-        if problem := allowlist.report_data_problem(transcript.nonce, expected, "the SPDM nonce"):
-            refuse(Reason.REPORT_DATA_MISMATCH, problem)
+        if nonce_problem := allowlist.report_data_problem(transcript.nonce, expected, "the SPDM nonce"):
+            refuse(Reason.REPORT_DATA_MISMATCH, nonce_problem)
         kind = EvidenceKind.NVIDIA_GPU.value
         claims["revocation"] = "not checked"
         if reasons:

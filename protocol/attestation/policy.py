@@ -20,6 +20,7 @@ from typing import Any
 from protocol.attestation import simulated
 from protocol.attestation.allowlist import PolicyError
 from protocol.attestation.evidence import EvidenceKind
+from protocol.nesting import NestingError, loads_toml
 
 __all__ = ["DEFAULT_ALLOWED_KINDS", "Policy", "PolicyError"]
 
@@ -129,7 +130,9 @@ class Policy:
         if len(text) > MAX_POLICY_SIZE:
             raise PolicyError(f"policy is larger than {MAX_POLICY_SIZE} characters")
         try:
-            data = tomllib.loads(text)
+            data = loads_toml(text)
+        except NestingError as exc:
+            raise PolicyError(f"policy is {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise PolicyError(f"policy is not valid TOML: {exc}") from None
         return cls.from_mapping(data)
@@ -138,7 +141,11 @@ class Policy:
     def load(cls, path: str | Path) -> Policy:
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as f:
+                raw = f.read(MAX_POLICY_SIZE + 1)  # bounded: /dev/zero or a pipe cannot exhaust memory
+            if len(raw) > MAX_POLICY_SIZE:
+                raise PolicyError(f"policy {path} is larger than {MAX_POLICY_SIZE} bytes")
+            text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise PolicyError(f"cannot read policy {path}: {exc}") from None
         try:
