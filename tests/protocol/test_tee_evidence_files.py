@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 from hypothesis import given, settings
@@ -124,3 +125,18 @@ def test_unknown_policy_keys_refused() -> None:
         )
         assert verdict.reasons == (Reason.POLICY_VIOLATION,)
         assert "alow_debug" in verdict.detail
+
+
+def test_odd_length_hex_text_is_named_as_such_not_as_a_wrong_message() -> None:
+    """Before: with ``--kind nvidia-gpu`` odd-length hex reached the SPDM parser as "not GET_MEASUREMENTS"."""
+    text = (VECTORS / "nvidia-gpu/nvtrust/hopperAttestationReport.txt").read_text().strip()[:-1]
+    for kind in (None, EvidenceKind.NVIDIA_GPU):
+        with pytest.raises(EvidenceFileError, match="odd number of digits"):
+            load_evidence(text.encode(), kind)
+
+
+def test_near_quote_json_byte_array_is_read_as_a_tdx_quote() -> None:
+    data = (VECTORS / "tdx/near-mpc/quote.json").read_bytes()
+    [loaded] = load_evidence(data)
+    assert loaded.form == "json-bytes" and loaded.evidence.kind == EvidenceKind.TDX.value
+    assert loaded.evidence.data == bytes(json.loads(data))
