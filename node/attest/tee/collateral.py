@@ -1,8 +1,10 @@
 """Local cache of DCAP collateral, so TDX quotes verify offline and verifiers name their source.
 
 Entries are ``QuoteCollateralV3`` JSON files named ``<TEE>-<FMSPC>.json`` (one per platform
-family), written atomically. ``import_bytes`` validates before storing; ``fetch`` asks a PCCS
-the operator names (never a built-in default). Collateral lapses after about 30 days, so
+family), written atomically. Only the FMSPC-wide part is stored: a ``pck_certificate_chain`` in
+imported collateral belongs to one machine and would, cached by FMSPC, be offered for every
+machine of the family, so it is dropped on import. ``import_bytes`` validates before storing;
+``fetch`` asks a PCCS the operator names (never a built-in default). Collateral lapses after about 30 days, so
 ``expiring`` lists entries that need a refresh soon and the node warns about them.
 """
 
@@ -17,7 +19,13 @@ from pathlib import Path
 
 import dcap_qvl
 
-from protocol.attestation.tdx_collateral import CollateralError, CollateralInfo, parse_collateral
+from node.attest.tee.files import InputTooLarge, read_bounded
+from protocol.attestation.tdx_collateral import (
+    MAX_COLLATERAL_SIZE,
+    CollateralError,
+    CollateralInfo,
+    parse_collateral,
+)
 from protocol.attestation.tdx_quote import QuoteFormatError, parse_quote
 
 log = logging.getLogger(__name__)
@@ -47,9 +55,9 @@ class CollateralCache:
         return self.directory / f"{tee.upper()}-{fmspc.upper()}.json"
 
     def import_bytes(self, data: bytes) -> CollateralInfo:
-        """Validate and store collateral; replaces an older entry for the same FMSPC."""
+        """Validate and store collateral's FMSPC-wide part; replaces an older entry for the same FMSPC."""
         try:
-            info = parse_collateral(data)
+            info = parse_collateral(parse_collateral(data).fmspc_json)  # machine-specific keys dropped
             dcap_qvl.QuoteCollateralV3.from_json(info.json_text)
         except (CollateralError, ValueError) as exc:
             raise CollateralCacheError(f"not usable DCAP collateral: {exc}") from exc
@@ -67,14 +75,18 @@ class CollateralCache:
 
     def import_file(self, path: Path) -> CollateralInfo:
         try:
-            data = path.read_bytes()
-        except OSError as exc:
+            data = read_bounded(path, MAX_COLLATERAL_SIZE)
+        except (OSError, InputTooLarge) as exc:
             raise CollateralCacheError(f"cannot read {path}: {exc}") from exc
         return self.import_bytes(data)
 
     def get(self, fmspc: str, tee: str = "TDX") -> bytes | None:
         path = self._path(tee, fmspc)
-        return path.read_bytes() if path.is_file() else None
+        try:
+            return read_bounded(path, MAX_COLLATERAL_SIZE) if path.is_file() else None
+        except (OSError, InputTooLarge) as exc:
+            log.warning("ignoring unreadable collateral cache entry %s: %s", path, exc)
+            return None
 
     def for_quote(self, quote: bytes) -> bytes | None:
         """The cached collateral matching a quote's platform (FMSPC from its PCK certificate)."""
@@ -89,8 +101,8 @@ class CollateralCache:
         out = []
         for path in sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []:
             try:
-                out.append(parse_collateral(path.read_bytes()))
-            except (CollateralError, OSError) as exc:
+                out.append(parse_collateral(read_bounded(path, MAX_COLLATERAL_SIZE)))
+            except (CollateralError, OSError, InputTooLarge) as exc:
                 log.warning("ignoring unreadable collateral cache entry %s: %s", path, exc)
         return out
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -253,3 +256,205 @@ def test_collateral_fetch_needs_reachable_pccs(tmp_path: Path) -> None:
     )
     assert code == 2 and "failed" in out
     assert run("collateral", "fetch", "--pccs", "ftp://x", "--quote", DCAP / "tdx_quote")[0] == 2
+
+
+# -- issue 10: unusable input, --json for every outcome, bounded reads and depth -----------------
+
+NEAR = VECTORS / "tdx" / "near-mpc"
+NOW_NEAR = "1786618038"
+NEAR_KEYS = [
+    (NEAR / f).read_text().strip() for f in ("near_p2p_public_key.pub", "near_account_public_key.pub")
+]
+
+
+def near(*args: object) -> tuple[int, str]:
+    return run(
+        "verify",
+        NEAR / "quote.json",
+        "--collateral",
+        NEAR / "collateral.json",
+        "--at",
+        NOW_NEAR,
+        *map(str, args),
+    )
+
+
+def json_error(code: int, out: str) -> str:
+    """The reason code of a JSON exit-2 verdict."""
+    assert code == 2, out
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["exit_code"] == 2 and doc["detail"]
+    [reason] = doc["reasons"]
+    return str(reason)
+
+
+def test_every_exit_2_outcome_prints_a_json_verdict(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"hello")
+    cases = {
+        "unreadable_input": ("verify", tmp_path / "missing.bin", "--json"),
+        "not_evidence": ("verify", junk, "--json"),
+        "bad_argument": ("verify", DCAP / "tdx_quote", "--kind", "sgx", "--json"),
+        "bad_binding": ("verify", DCAP / "tdx_quote", "--report-data", "abc", "--json"),
+    }
+    for reason, args in cases.items():
+        assert json_error(*run(*args)) == reason
+    assert json_error(*run("verify", DCAP / "tdx_quote", "--at", "soon", "--json")) == "bad_argument"
+
+
+def test_dev_zero_and_an_endless_pipe_are_read_only_up_to_the_limit(tmp_path: Path) -> None:
+    """Before: a size-0 stat was trusted and /dev/zero was read until memory ran out."""
+    assert json_error(*run("verify", "/dev/zero", "--json")) == "input_too_large"
+    assert json_error(*near("--policy", "/dev/zero", "--json")) == "input_too_large"
+    assert (
+        json_error(*run("verify", DCAP / "tdx_quote", "--collateral", "/dev/zero", "--json"))
+        == "input_too_large"
+    )
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def endless_writer() -> None:
+        with contextlib.suppress(BrokenPipeError), fifo.open("wb") as f:
+            for _ in range(64):  # 8 MiB, twice the limit; the reader stops after limit + 1
+                f.write(bytes(128 * 1024))
+
+    writer = threading.Thread(target=endless_writer)
+    writer.start()
+    try:
+        assert json_error(*run("verify", fifo, "--json")) == "input_too_large"
+    finally:
+        writer.join(timeout=30)
+    assert not writer.is_alive()
+
+
+def test_deep_nesting_is_a_typed_exit_2_on_every_input(tmp_path: Path) -> None:
+    """Before: 200 KB of "[" raised RecursionError via evidence, --collateral, --policy, import (exit 1)."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000)
+    deep_toml = tmp_path / "deep.toml"
+    deep_toml.write_text("a = " + "[" * 200_000)
+    assert json_error(*run("verify", deep, "--json")) == "too_deeply_nested"
+    assert (
+        json_error(*run("verify", NEAR / "quote.json", "--collateral", deep, "--json")) == "too_deeply_nested"
+    )
+    assert json_error(*near("--policy", deep_toml, "--json")) == "too_deeply_nested"
+    assert json_error(*near("--event-log", deep, "--json")) == "too_deeply_nested"
+    code, out = run("collateral", "import", deep, "--cache-dir", tmp_path / "cache")
+    assert code == 2 and "nested deeper" in out
+
+
+@pytest.mark.parametrize("at", [str(10**30), str(-(10**30)), "253402300800", "-1"])
+def test_at_out_of_range_gives_a_verdict_for_every_kind(at: str) -> None:
+    """Before: SEV-SNP and NVIDIA raised ValueError/OverflowError for times outside years 1..9999."""
+    runs = [
+        run("verify", SNP / "attestation.bin", "--vcek", SNP / "vcek.testcer", "--at", at, "--json"),
+        run(
+            "verify",
+            GPU / "hopperAttestationReport.txt",
+            "--cert-chain",
+            GPU / "hopperCertChain.txt",
+            "--at",
+            at,
+            "--json",
+        ),
+        run("verify", NEAR / "quote.json", "--collateral", NEAR / "collateral.json", "--at", at, "--json"),
+    ]
+    for code, out in runs:
+        assert code == 1, out
+        assert json.loads(out)["reasons"][0] in ("expired", "future_dated")
+
+
+def test_help_shows_the_policy_section_names() -> None:
+    """Before: rich markup ate "[tdx]", rendering "Appraisal policy TOML (, , ...)"."""
+    result = runner.invoke(app, ["tee", "verify", "--help"], env={"COLUMNS": "240"}, terminal_width=240)
+    assert "[tdx], [sev-snp], [nvidia-gpu]" in result.output
+    assert "\\[" not in result.output
+
+
+def test_trailing_bytes_after_a_quote_are_ignored_in_auto_detect_mode(tmp_path: Path) -> None:
+    """Before: "not a DCAP quote" (exit 2, no JSON); now the real verdict, like Intel's QVL."""
+    quote = tmp_path / "quote.bin"
+    quote.write_bytes(bytes(json.loads((NEAR / "quote.json").read_text())) + b"trailing junk")
+    code, out = run("verify", quote, "--collateral", NEAR / "collateral.json", "--at", NOW_NEAR, "--json")
+    assert code == 1 and json.loads(out)["extra"]["trailing_bytes_ignored"] == 70 + len(b"trailing junk")
+
+
+def test_near_binding_by_hash_scheme_and_dstack_event_log(policy: Path) -> None:
+    scheme = ["--binding-hash", "sha3-384", "--binding-prefix", "0001"]
+    keys = [arg for key in NEAR_KEYS for arg in ("--binding-key", key)]
+    code, out = near("--policy", policy, *scheme, *keys, "--event-log", NEAR / "tcb_info.json", "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["report_data_checked"] and doc["extra"]["event_log_format"] == "dstack-json"
+    code, out = near("--policy", policy, *scheme, *keys[2:], *keys[:2], "--json")  # keys swapped
+    assert code == 1 and json.loads(out)["reasons"] == ["report_data_mismatch"]
+
+
+def test_veilnet_binding_from_a_bundle(policy: Path, tmp_path: Path) -> None:
+    """A genuine quote checked against a Veilnet bundle's binding: the expected value is the bundle's."""
+    from protocol.attestation.bundle import build_bundle
+    from protocol.attestation.evidence import Evidence
+    from protocol.identity import Identity
+
+    bundle = build_bundle(
+        Identity(bytes([7]) * 32),
+        bytes(range(32)),
+        issued_at=1_786_618_000,
+        epoch_seconds=600,
+        collect_cpu_evidence=lambda rd: Evidence("simulated", rd),
+    )
+    path = tmp_path / "bundle.bin"
+    path.write_bytes(bundle.to_wire())
+    code, out = near("--policy", policy, "--bundle", path, "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["reasons"] == ["report_data_mismatch"]
+    assert bundle.expected_report_data().hex() in doc["detail"]
+    tampered = bytearray(bundle.to_wire())
+    tampered[-10] ^= 1
+    path.write_bytes(bytes(tampered))
+    assert json_error(*near("--bundle", path, "--json")) == "bad_binding"
+
+
+def test_policy_from_evidence_pins_it_and_verdicts_print_what_to_add(tmp_path: Path) -> None:
+    pinned = tmp_path / "pinned.toml"
+    code, out = run(
+        "policy",
+        "--from",
+        NEAR / "quote.json",
+        "--collateral",
+        NEAR / "collateral.json",
+        "--at",
+        NOW_NEAR,
+        "--out",
+        pinned,
+    )
+    assert code == 0, out
+    assert near("--policy", pinned)[0] == 0
+    text = pinned.read_text().replace("allow_smt = true\n", "")
+    partial = tmp_path / "partial.toml"
+    partial.write_text(text)
+    code, out = near("--policy", partial)
+    assert (
+        code == 1 and "to accept it, add to the policy's [tdx] section:" in out and "allow_smt = true" in out
+    )
+    code, out = near("--policy", partial, "--json")
+    assert json.loads(out)["policy_additions"] == {"allow_smt": True}
+
+
+def test_policy_from_evidence_that_does_not_verify_writes_nothing(tmp_path: Path) -> None:
+    code, out = run(
+        "policy", "--from", NEAR / "quote.json", "--collateral", NEAR / "collateral.json", "--at", "1"
+    )
+    assert code == 1 and "no policy written" in out
+
+
+def test_collateral_import_keeps_the_machines_chain_out_of_the_fmspc_cache(
+    tmp_path: Path, policy: Path
+) -> None:
+    cache = tmp_path / "cache"
+    code, out = run("collateral", "import", NEAR / "collateral.json", "--cache-dir", cache)
+    assert code == 0, out
+    [entry] = list(cache.glob("*.json"))
+    assert "pck_certificate_chain" not in json.loads(entry.read_text())
+    code, out = run("verify", NEAR / "quote.json", "--at", NOW_NEAR, "--policy", policy, "--cache-dir", cache)
+    assert code == 0, out
