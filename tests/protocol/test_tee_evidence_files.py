@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 
 from protocol.attestation import der, nvidia_gpu, sev_snp, tdx
 from protocol.attestation.ccel import EventLogError, parse_event_log
+from protocol.attestation.dstack_eventlog import parse_json_event_log
 from protocol.attestation.evidence import Evidence, EvidenceKind
 from protocol.attestation.evidence_files import EvidenceFileError, detect_kind, load_evidence
 from protocol.attestation.nvidia_rim import RimError, parse_rim
 from protocol.attestation.snp_report import ReportFormatError, parse_cert_table, parse_report
 from protocol.attestation.spdm import SpdmFormatError, parse_transcript
 from protocol.attestation.tdx_quote import QuoteFormatError, parse_quote
+from tests.conftest import decoder_settings
 from tests.vectors import VECTORS
 
 
@@ -78,6 +80,8 @@ PARSERS = [
     (parse_event_log, EventLogError),
     (parse_rim, RimError),
     (der.find_fwids, der.DerError),
+    (der.dice_tcb_info_fwids, der.DerError),
+    (parse_json_event_log, EventLogError),
 ]
 
 
@@ -140,3 +144,15 @@ def test_near_quote_json_byte_array_is_read_as_a_tdx_quote() -> None:
     [loaded] = load_evidence(data)
     assert loaded.form == "json-bytes" and loaded.evidence.kind == EvidenceKind.TDX.value
     assert loaded.evidence.data == bytes(json.loads(data))
+
+
+@decoder_settings()
+@given(
+    st.one_of(
+        st.binary(max_size=2048), st.text(alphabet='[]{}0123456789abcdef," \n', max_size=600).map(str.encode)
+    )
+)
+def test_load_evidence_raises_only_its_typed_error(data: bytes) -> None:
+    """Any bytes, including bracket soup that reaches the JSON paths: evidence or EvidenceFileError."""
+    with contextlib.suppress(EvidenceFileError):
+        load_evidence(data)
