@@ -2,15 +2,18 @@
 
 Why: ``json`` and ``tomllib`` recurse once per ``[`` or ``{``; 200 KB of ``[`` ends in a
 ``RecursionError`` (not a ``ValueError``), which escapes every ``except ValueError`` and crashes
-the caller. We scan the text first, iteratively, and refuse anything nested deeper than the
-limit; then we check the parsed value's depth iteratively too, because TOML dotted keys
-(``a.b.c… = 1``) nest tables without any bracket. Real evidence, collateral and policies nest
+the caller. For TOML (a pure-Python parser) we scan the text first and refuse anything nested
+deeper than the limit; the C JSON scanner stops itself with a clean ``RecursionError``, which we
+turn into the typed error. Then the parsed value's depth is checked iteratively, because TOML
+dotted keys (``a.b.c… = 1``) nest tables without any bracket, and JSON may nest below Python's
+recursion limit but above ours. Real evidence, collateral and policies nest
 fewer than 8 levels.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from typing import Any
 
@@ -23,55 +26,26 @@ class NestingError(ValueError):
     """The document nests deeper than the limit (or is not well-formed text to scan)."""
 
 
+# Strings (and TOML comments) are skipped whole, so brackets inside them do not count; the
+# unrolled, possessive string patterns keep the scan linear even for an unterminated string.
+_JSON_TOKENS = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"|[\[\]{}]', re.S)
+_TOML_TOKENS = re.compile(
+    r'"""(?:[^"\\]|\\.|"(?!""))*+"""|\'\'\'.*?\'\'\'|"[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"|\'[^\'\n]*\'|#[^\n]*|[\[\]{}]',
+    re.S,
+)
+
+
 def check_text_depth(text: str, limit: int = MAX_DEPTH, *, toml: bool = False) -> None:
     """Raise ``NestingError`` when brackets outside strings (and TOML comments) nest deeper than ``limit``."""
     depth = 0
-    i = 0
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch in "[{":
+    for match in (_TOML_TOKENS if toml else _JSON_TOKENS).finditer(text):
+        token = match.group()
+        if token in "[{":
             depth += 1
             if depth > limit:
                 raise NestingError(f"nested deeper than {limit} levels")
-        elif ch in "]}":
+        elif token in "]}":
             depth = max(0, depth - 1)
-        elif ch == '"' or (toml and ch == "'"):
-            i = _skip_string(text, i, toml)
-            continue
-        elif toml and ch == "#":
-            end = text.find("\n", i)
-            i = n if end < 0 else end
-            continue
-        i += 1
-
-
-def _skip_string(text: str, start: int, toml: bool) -> int:
-    """Index just past the string that starts at ``start`` (an unterminated string runs to the end)."""
-    quote = text[start]
-    if toml and text.startswith(quote * 3, start):
-        end = text.find(quote * 3, start + 3)
-        while quote == '"' and end > 0 and _escaped(text, end):
-            end = text.find(quote * 3, end + 1)
-        return len(text) if end < 0 else end + 3
-    i = start + 1
-    escapes = quote == '"'
-    while i < len(text):
-        ch = text[i]
-        if escapes and ch == "\\":
-            i += 2
-            continue
-        if ch == quote or (toml and ch == "\n"):
-            return i + 1
-        i += 1
-    return len(text)
-
-
-def _escaped(text: str, pos: int) -> bool:
-    backslashes = 0
-    while pos - 1 - backslashes >= 0 and text[pos - 1 - backslashes] == "\\":
-        backslashes += 1
-    return backslashes % 2 == 1
 
 
 def check_value_depth(value: Any, limit: int = MAX_DEPTH) -> None:
@@ -93,7 +67,8 @@ def loads_json(text: str | bytes, limit: int = MAX_DEPTH) -> Any:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise NestingError(f"not UTF-8 text: {exc}") from None
-    check_text_depth(text, limit)
+    # The C JSON scanner guards its own recursion (a clean RecursionError, caught below), so the
+    # text scan is not needed here; it would cost more than the parse on large collateral.
     try:
         value = json.loads(text)
     except RecursionError:

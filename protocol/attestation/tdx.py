@@ -144,12 +144,13 @@ def _pck_certificates(quote: DcapQuote) -> list[x509.Certificate]:
 def certificate_window_error(certs: list[x509.Certificate], now: int) -> tuple[str, str] | None:
     """("expired" | "future", detail) when ``now`` is outside a certificate's validity (integer compare)."""
     for cert in certs:
-        name = cert.subject.rfc4514_string()
         not_before = int(cert.not_valid_before_utc.timestamp())
         not_after = int(cert.not_valid_after_utc.timestamp())
         if now < not_before:
+            name = cert.subject.rfc4514_string()
             return "future", f"PCK chain certificate {name} not valid before {not_before} (now {now})"
         if now > not_after:
+            name = cert.subject.rfc4514_string()
             return "expired", f"PCK chain certificate {name} expired at {not_after} (now {now})"
     return None
 
