@@ -81,10 +81,14 @@ class CollateralCache:
         return self.import_bytes(data)
 
     def get(self, fmspc: str, tee: str = "TDX") -> bytes | None:
+        """The entry for ``fmspc``, FMSPC-wide part only (entries written before machine-specific
+        keys were dropped on import may still hold another machine's PCK chain)."""
         path = self._path(tee, fmspc)
         try:
-            return read_bounded(path, MAX_COLLATERAL_SIZE) if path.is_file() else None
-        except (OSError, InputTooLarge) as exc:
+            if not path.is_file():
+                return None
+            return parse_collateral(read_bounded(path, MAX_COLLATERAL_SIZE)).fmspc_json.encode()
+        except (OSError, InputTooLarge, CollateralError) as exc:
             log.warning("ignoring unreadable collateral cache entry %s: %s", path, exc)
             return None
 

@@ -458,3 +458,13 @@ def test_collateral_import_keeps_the_machines_chain_out_of_the_fmspc_cache(
     assert "pck_certificate_chain" not in json.loads(entry.read_text())
     code, out = run("verify", NEAR / "quote.json", "--at", NOW_NEAR, "--policy", policy, "--cache-dir", cache)
     assert code == 0, out
+
+
+def test_an_old_cache_entry_holding_a_machines_chain_is_served_without_it(tmp_path: Path) -> None:
+    """Entries written before import dropped ``pck_certificate_chain`` must not poison other machines."""
+    cache = CollateralCache(tmp_path)
+    info = cache.import_file(NEAR / "collateral.json")
+    path = tmp_path / f"TDX-{info.fmspc}.json"
+    path.write_text((NEAR / "collateral.json").read_text())  # as an older version stored it
+    served = cache.get(info.fmspc)
+    assert served is not None and "pck_certificate_chain" not in json.loads(served)
