@@ -7,6 +7,7 @@ dependency. Every length is bounds-checked; anything unexpected raises ``DerErro
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -139,3 +140,16 @@ def dice_tcb_info_fwids(data: bytes) -> list[tuple[str, bytes]]:
                 fwids.append((decode_oid(children[0].value), children[1].value))
             return fwids
     raise DerError("DiceTcbInfo has no fwids field [6]")
+
+
+def x509_problem(exc: Exception) -> str:
+    """A readable reason for a ``cryptography`` load error.
+
+    Its DER errors are Rust debug text (``error parsing asn1 value: ParseError { kind:
+    UnexpectedTag { ... } }``), which tells an operator nothing; name the problem instead.
+    """
+    text = str(exc)
+    if "ParseError" in text or "asn1" in text.lower():
+        kind = re.search(r"kind: (\w+)", text)
+        return "not valid DER (malformed ASN.1" + (f": {kind.group(1)})" if kind else ")")
+    return text or type(exc).__name__

@@ -199,7 +199,9 @@ class NvidiaGpuVerifier:
         try:
             chain = x509.load_pem_x509_certificates(pem)
         except ValueError as exc:
-            raise _Refusal(Reason.MALFORMED, f"certificate chain unreadable: {exc}") from exc
+            raise _Refusal(
+                Reason.MALFORMED, f"certificate chain unreadable: {der.x509_problem(exc)}"
+            ) from exc
         if not 1 <= len(chain) <= MAX_CHAIN_CERTS:
             raise _Refusal(Reason.MALFORMED, f"certificate chain of {len(chain)} certificates")
         root = self._root or nvidia_device_root()

@@ -224,7 +224,7 @@ class SevSnpVerifier:
         try:
             vcek = load_certificate(certs["vcek"])
         except ValueError as exc:
-            raise _Refusal(Reason.MALFORMED, f"VCEK certificate unreadable: {exc}") from exc
+            raise _Refusal(Reason.MALFORMED, f"VCEK certificate unreadable: {der.x509_problem(exc)}") from exc
         try:
             product_name = der.read_string(_vcek_extension(vcek, OID_PRODUCT, "product name"))
         except ValueError as exc:
@@ -305,7 +305,9 @@ class SevSnpVerifier:
             ark = load_certificate(certs["ark"]) if "ark" in certs else None
             return load_certificate(certs["ask"]), ark
         except ValueError as exc:
-            raise _Refusal(Reason.MALFORMED, f"supplied AMD chain unreadable: {exc}") from exc
+            raise _Refusal(
+                Reason.MALFORMED, f"supplied AMD chain unreadable: {der.x509_problem(exc)}"
+            ) from exc
 
     def _appraise(
         self,

@@ -19,6 +19,7 @@ from datetime import datetime
 
 from cryptography import x509
 
+from protocol.attestation.der import x509_problem
 from protocol.nesting import loads_json
 
 MAX_COLLATERAL_SIZE = 256 * 1024
@@ -33,7 +34,11 @@ REQUIRED_KEYS = (
     "qe_identity",
     "qe_identity_signature",
 )
-MACHINE_KEYS = ("pck_certificate_chain",)  # per machine, never part of an FMSPC-wide entry
+MACHINE_KEYS = ("pck_certificate_chain",)
+SIGNATURE_KEYS = {
+    "tcb_info_signature": 64,
+    "qe_identity_signature": 64,
+}  # per machine, never part of an FMSPC-wide entry
 
 
 class CollateralError(ValueError):
@@ -59,6 +64,13 @@ class CollateralInfo:
         if now >= self.not_after:
             return "expired", f"collateral {self.expires_first} expired at {self.not_after} (now {now})"
         return None
+
+
+def _hex(obj: dict[str, str], key: str) -> bytes:
+    try:
+        return bytes.fromhex(obj[key])
+    except ValueError:
+        raise CollateralError(f"{key} is not hex") from None
 
 
 def _ts(text: str) -> int:
@@ -96,8 +108,14 @@ def parse_collateral(data: bytes | str) -> CollateralInfo:
             (_ts(tcb["issueDate"]), _ts(tcb["nextUpdate"]), "TCB info"),
             (_ts(qe["issueDate"]), _ts(qe["nextUpdate"]), "QE identity"),
         ]
+        for key, size in SIGNATURE_KEYS.items():
+            if len(_hex(obj, key)) != size:
+                raise CollateralError(f"{key} must be {size} bytes of hex (ECDSA P-256 r‖s)")
         for key, label in (("pck_crl", "PCK CRL"), ("root_ca_crl", "root CA CRL")):
-            crl = x509.load_der_x509_crl(bytes.fromhex(obj[key]))
+            try:
+                crl = x509.load_der_x509_crl(_hex(obj, key))
+            except ValueError as exc:
+                raise CollateralError(f"{label} ({key}) is not a DER CRL: {x509_problem(exc)}") from None
             if crl.next_update_utc is None:
                 raise CollateralError(f"{label} has no nextUpdate")
             bounds.append((int(crl.last_update_utc.timestamp()), int(crl.next_update_utc.timestamp()), label))
@@ -106,7 +124,11 @@ def parse_collateral(data: bytes | str) -> CollateralInfo:
             ("qe_identity_issuer_chain", "QE identity signing chain"),
             ("pck_crl_issuer_chain", "PCK CRL issuer chain"),
         ):
-            for cert in x509.load_pem_x509_certificates(obj[key].encode()):
+            try:
+                certs = x509.load_pem_x509_certificates(obj[key].encode())
+            except ValueError as exc:
+                raise CollateralError(f"{label} ({key}) is not a PEM chain: {x509_problem(exc)}") from None
+            for cert in certs:
                 bounds.append(
                     (
                         int(cert.not_valid_before_utc.timestamp()),

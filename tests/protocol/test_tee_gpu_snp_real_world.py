@@ -257,3 +257,17 @@ def test_snp_report_data_of_the_wrong_length_is_named() -> None:
         now=NOW_SNP,
     )
     assert verdict.reasons == (Reason.REPORT_DATA_MISMATCH,) and "is 32 bytes" in verdict.detail
+
+
+def test_unreadable_certificates_are_named_without_rust_debug_text() -> None:
+    snp = sev_snp.VERIFIER.verify(
+        Evidence("sev-snp", SNP_REPORT, {"vcek": b"\x30\x03\x02\x01"}),
+        expected_report_data=SNP_REPORT[0x50:0x90],
+        policy=SNP_POLICY,
+        now=NOW_SNP,
+    )
+    assert snp.reasons == (Reason.MALFORMED,) and "not valid DER" in snp.detail
+    assert "ParseError" not in snp.detail
+    bad_pem = b"-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n"
+    gpu = gpu_verify(BLACKWELL, bad_pem)
+    assert gpu.reasons == (Reason.MALFORMED,) and "ParseError" not in gpu.detail

@@ -261,3 +261,42 @@ def test_runtime_events_are_listed_in_log_order() -> None:
 def test_json_event_log_parser_raises_only_its_typed_error(data: bytes) -> None:
     with contextlib.suppress(EventLogError):
         parse_json_event_log(b"[" + data)
+
+
+# -- item 7: no raw Rust parse errors in reasons -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("tcb_info_signature", "zz", "tcb_info_signature is not hex"),
+        ("qe_identity_signature", "00" * 63, "qe_identity_signature must be 64 bytes"),
+        ("pck_crl", "3000", "PCK CRL (pck_crl) is not a DER CRL: not valid DER"),
+        (
+            "pck_crl_issuer_chain",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "is not a PEM chain: not valid DER",
+        ),
+    ],
+)
+def test_broken_collateral_fields_are_named_without_rust_debug_text(
+    key: str, value: str, expected: str
+) -> None:
+    """Before: dcap-qvl's "Failed to parse JSON: Invalid character 'z' at position 0 at line 1 column
+    13280" or cryptography's "ParseError { kind: UnexpectedTag { ... } }" reached the operator."""
+    doc = json.loads(DCAP_COLLATERAL)
+    doc[key] = value
+    verdict = verify(DCAP_QUOTE, json.dumps(doc).encode(), NOW_DCAP)
+    assert verdict.reasons == (Reason.COLLATERAL_INVALID,)
+    assert expected in verdict.detail
+    assert "ParseError" not in verdict.detail and "column" not in verdict.detail
+
+
+def test_a_dcap_qvl_failure_leads_with_a_plain_sentence() -> None:
+    doc = json.loads(DCAP_COLLATERAL)
+    tcb = json.loads(doc["tcb_info"])
+    del tcb["tcbLevels"]
+    doc["tcb_info"] = json.dumps(tcb)
+    verdict = verify(DCAP_QUOTE, json.dumps(doc).encode(), NOW_DCAP)
+    assert verdict.reasons == (Reason.COLLATERAL_INVALID,)
+    assert verdict.detail.startswith("the collateral does not verify or does not fit this quote (dcap-qvl: ")
