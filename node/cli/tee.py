@@ -509,6 +509,8 @@ def collateral_fetch(
     try:
         raw = _read(quote, "quote") if quote is not None else collect_tsm_report(bytes(64)).outblob
         info = CollateralCache(cache_dir).fetch(pccs, raw)
+    except InputError as exc:
+        raise _fail(exc, False) from exc
     except (CollateralCacheError, TeeUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -468,3 +468,10 @@ def test_an_old_cache_entry_holding_a_machines_chain_is_served_without_it(tmp_pa
     path.write_text((NEAR / "collateral.json").read_text())  # as an older version stored it
     served = cache.get(info.fmspc)
     assert served is not None and "pck_certificate_chain" not in json.loads(served)
+
+
+def test_collateral_fetch_reads_its_quote_with_a_bound(tmp_path: Path) -> None:
+    code, out = run(
+        "collateral", "fetch", "--pccs", "http://127.0.0.1:9", "--quote", "/dev/zero", "--cache-dir", tmp_path
+    )
+    assert code == 2 and "larger than" in out
