@@ -300,3 +300,16 @@ def test_a_dcap_qvl_failure_leads_with_a_plain_sentence() -> None:
     verdict = verify(DCAP_QUOTE, json.dumps(doc).encode(), NOW_DCAP)
     assert verdict.reasons == (Reason.COLLATERAL_INVALID,)
     assert verdict.detail.startswith("the collateral does not verify or does not fit this quote (dcap-qvl: ")
+
+
+@decoder_settings()
+@given(
+    key=st.sampled_from(sorted(json.loads(DCAP_COLLATERAL))),
+    value=st.one_of(st.text(max_size=40), st.integers(), st.none(), st.lists(st.integers(), max_size=3)),
+)
+def test_collateral_parser_raises_only_its_typed_error(key: str, value: object) -> None:
+    """Any one field replaced by any JSON value: parsed, or ``CollateralError``, never anything else."""
+    doc = json.loads(DCAP_COLLATERAL)
+    doc[key] = value
+    with contextlib.suppress(CollateralError):
+        parse_collateral(json.dumps(doc))
