@@ -270,10 +270,11 @@ def _verdict_json(verdict: EvidenceVerdict, report_data_checked: bool) -> dict[s
     }
 
 
-@tee_app.command()
+@tee_app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 def verify(
-    evidence_file: Path = typer.Argument(
-        ..., help="Evidence: binary, hex text, JSON byte array or NVIDIA SDK JSON."
+    ctx: typer.Context,
+    evidence_file: Path | None = typer.Argument(
+        None, metavar="EVIDENCE_FILE", help="Evidence: binary, hex text, JSON byte array or NVIDIA SDK JSON."
     ),
     kind: str | None = typer.Option(None, "--kind", help=KINDS_HELP),
     collateral: Path | None = typer.Option(None, "--collateral", help="DCAP collateral JSON (TDX)."),
@@ -311,6 +312,11 @@ def verify(
 ) -> None:
     """Verify an evidence file and appraise it; exit 0 only if it verifies and the policy accepts it."""
     try:
+        # Argument problems are ours to report (not click's usage text), so --json covers them too.
+        if ctx.args:
+            raise InputError("bad_argument", f"unknown argument(s) {ctx.args}; see --help")
+        if evidence_file is None:
+            raise InputError("bad_argument", "an EVIDENCE_FILE is required; see --help")
         wanted = _kind(kind)
         now = _time(at)
         binding = _binding(report_data, binding_hash, binding_key, binding_prefix, bundle)

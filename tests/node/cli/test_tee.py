@@ -299,6 +299,8 @@ def test_every_exit_2_outcome_prints_a_json_verdict(tmp_path: Path) -> None:
     }
     for reason, args in cases.items():
         assert json_error(*run(*args)) == reason
+    assert json_error(*run("verify", "--json")) == "bad_argument"  # no evidence file
+    assert json_error(*run("verify", DCAP / "tdx_quote", "--frobnicate", "1", "--json")) == "bad_argument"
     assert json_error(*run("verify", DCAP / "tdx_quote", "--at", "soon", "--json")) == "bad_argument"
 
 
