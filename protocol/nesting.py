@@ -50,14 +50,18 @@ def check_text_depth(text: str, limit: int = MAX_DEPTH, *, toml: bool = False) -
 
 def check_value_depth(value: Any, limit: int = MAX_DEPTH) -> None:
     """Raise ``NestingError`` when lists/dicts in ``value`` nest deeper than ``limit`` (iterative)."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth + 1 > limit:
-                raise NestingError(f"nested deeper than {limit} levels")
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level:  # breadth first, one level at a time: only containers are visited
+        depth += 1
+        if depth > limit:
+            raise NestingError(f"nested deeper than {limit} levels")
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
 
 
 def loads_json(text: str | bytes, limit: int = MAX_DEPTH) -> Any:

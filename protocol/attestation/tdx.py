@@ -23,7 +23,8 @@ or an unknown status is a policy error),
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import dcap_qvl
@@ -131,17 +132,21 @@ def _read_event_log(raw: bytes) -> tuple[str, list[CcEvent]]:
     return "ccel", parse_event_log(raw)
 
 
-def _pck_certificates(quote: DcapQuote) -> list[x509.Certificate]:
+def _pck_certificates(quote: DcapQuote) -> tuple[x509.Certificate, ...]:
     pem = quote.pck_chain_pem()
-    if not pem:
-        return []
+    return _load_pck_chain(pem) if pem else ()
+
+
+@lru_cache(maxsize=256)
+def _load_pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
+    """Parsed once per distinct chain (a machine's quotes all carry the same one); immutable."""
     try:
-        return x509.load_pem_x509_certificates(pem)
+        return tuple(x509.load_pem_x509_certificates(pem))
     except ValueError:
-        return []  # unreadable: dcap-qvl refuses the chain with its own reason
+        return ()  # unreadable: dcap-qvl refuses the chain with its own reason
 
 
-def certificate_window_error(certs: list[x509.Certificate], now: int) -> tuple[str, str] | None:
+def certificate_window_error(certs: Sequence[x509.Certificate], now: int) -> tuple[str, str] | None:
     """("expired" | "future", detail) when ``now`` is outside a certificate's validity (integer compare)."""
     for cert in certs:
         not_before = int(cert.not_valid_before_utc.timestamp())

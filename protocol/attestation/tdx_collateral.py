@@ -104,7 +104,7 @@ def parse_collateral(data: bytes | str) -> CollateralInfo:
         qe = loads_json(obj["qe_identity"])
         if not isinstance(tcb, dict) or not isinstance(qe, dict):
             raise CollateralError("tcb_info and qe_identity must be JSON objects")
-        bounds: list[tuple[int, int, str]] = [
+        bounds: list[tuple[int, int, str | tuple[str, x509.Certificate]]] = [
             (_ts(tcb["issueDate"]), _ts(tcb["nextUpdate"]), "TCB info"),
             (_ts(qe["issueDate"]), _ts(qe["nextUpdate"]), "QE identity"),
         ]
@@ -133,7 +133,7 @@ def parse_collateral(data: bytes | str) -> CollateralInfo:
                     (
                         int(cert.not_valid_before_utc.timestamp()),
                         int(cert.not_valid_after_utc.timestamp()),
-                        f"{label} certificate {cert.subject.rfc4514_string()}",
+                        (label, cert),  # named only if it is the first to expire (naming is slow)
                     )
                 )
         fmspc = str(tcb["fmspc"]).upper()
@@ -145,6 +145,10 @@ def parse_collateral(data: bytes | str) -> CollateralInfo:
     except (ValueError, KeyError, TypeError) as exc:
         raise CollateralError(f"malformed collateral: {exc}") from exc
     first = min(bounds, key=lambda b: b[1])
+    what = first[2]
+    expires_first = (
+        what if isinstance(what, str) else f"{what[0]} certificate {what[1].subject.rfc4514_string()}"
+    )
     return CollateralInfo(
         json_text=text,
         fmspc_json=json.dumps({k: obj[k] for k in REQUIRED_KEYS}),
@@ -154,5 +158,5 @@ def parse_collateral(data: bytes | str) -> CollateralInfo:
         tcb_evaluation_data_number=eval_num,
         not_before=max(b[0] for b in bounds),
         not_after=first[1],
-        expires_first=first[2],
+        expires_first=expires_first,
     )
