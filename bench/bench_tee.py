@@ -1,10 +1,13 @@
 """TEE evidence verification time per kind, uncached, on the real vectors in tests/vectors.
 
 Each figure is the full ``VERIFIER.verify`` call (parse, chain, signature, collateral, appraisal)
-on fresh ``Evidence`` objects: nothing about the evidence is cached between calls (only the
-pinned roots, which are process constants). The baseline for each kind is the single vendor
+on fresh ``Evidence`` objects: nothing about the evidence is cached between calls except the
+pinned roots (process constants) and, for TDX, the parsed PCK certificates of a chain already
+seen (a node sees the same chain in every quote of a machine; the signatures are still checked
+by dcap-qvl on every call). The baseline for each kind is the single vendor
 primitive the verifier cannot avoid, measured in the same run: ``dcap_qvl.verify`` for TDX, one
-ECDSA P-384 report-signature check for SEV-SNP and for the GPU.
+ECDSA P-384 report-signature check for SEV-SNP and for the GPU. Also measured: the NEAR MPC
+quote with dstack's JSON event log replayed, and NVIDIA's Blackwell sample.
 Goals (issue 5): TDX and SNP < 5 ms, GPU < 10 ms.
 """
 
