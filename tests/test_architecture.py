@@ -159,3 +159,24 @@ def test_each_package_says_what_lives_there_and_what_it_may_import(package: str)
     init = REPO / package / "__init__.py"
     docstring = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
     assert "import" in docstring, f"{init} must say in its docstring what it may import"
+
+
+LONG_MODULE_LINES = 500
+
+
+def test_a_long_module_says_why_it_is_long() -> None:
+    """Size follows role: past ~500 lines a module states, in its docstring, why it stays one."""
+    unexplained = []
+    for name, path in MODULES.items():
+        if not name.startswith(("node", "protocol")):
+            continue
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") <= LONG_MODULE_LINES:
+            continue
+        docstring = ast.get_docstring(ast.parse(text)) or ""
+        if f"over {LONG_MODULE_LINES} lines" not in docstring:
+            unexplained.append(f"{name} ({text.count(chr(10))} lines)")
+    assert not unexplained, (
+        f"modules over {LONG_MODULE_LINES} lines whose docstring does not say why"
+        f" ('Why one module over {LONG_MODULE_LINES} lines: ...'): {unexplained}"
+    )

@@ -9,6 +9,9 @@ that cannot even start (the target is down) reports it in ``errors``.
 The attacker holds the testnet's PSK and fresh Ed25519 identities, nothing else. Stream-level
 attacks use a py-libp2p host (:func:`node.net.host.build_host`), the layers below the streams are
 spoken by hand (:mod:`node.adversary.wire`).
+
+Why one module over 500 lines: it is a catalogue, one short function per attack sharing one
+``Outcome`` shape and the same connection helpers; reading the attacks side by side is the point.
 """
 
 from __future__ import annotations

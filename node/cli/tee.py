@@ -5,6 +5,10 @@ refused; 2 on unusable input. With ``--json`` every outcome, exit 2 included, pr
 verdict with reason codes. Without an expected binding (``--report-data``, ``--binding-hash``
 or ``--bundle``) the binding cannot be checked and the output says so ("report data: not
 checked") — it does not count as a refusal. Every file is read with a size bound.
+
+Why one module over 500 lines: one command group whose commands share the bounded input
+readers, the verdict rendering (text and JSON) and the exit-code rules; the verification itself
+lives in ``protocol.attestation``.
 """
 
 from __future__ import annotations
