@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pkgutil
+import platform
 import sys
 import time
 import traceback
@@ -48,11 +50,45 @@ def run_module(name: str) -> tuple[list[Result], str | None, float]:
 
 
 def _fmt(value: float | None) -> str:
-    if value is None:
+    if value is None or value != value:  # None or NaN
         return ""
     if value == 0 or 0.01 <= abs(value) < 100_000:
         return f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:,.1f}"
     return f"{value:.3g}"
+
+
+def _cell(value: object) -> str:
+    """Table cells are text: a float or None slipped into one must not crash the whole run."""
+    if value is None or isinstance(value, (int, float)):
+        return _fmt(value)
+    return value if isinstance(value, str) else str(value)
+
+
+def _environment() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str] = {}
+    for package in ("veilnet", "torch", "libp2p", "trio", "pynacl"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": platform.machine(),
+        "system": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "versions": versions,
+    }
+
+
+def _write(environment: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Rewritten after every module, so a later crash (or Ctrl-C) keeps what already ran."""
+    tmp = RESULTS_PATH.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"environment": environment, "results": rows}, indent=2) + "\n")
+    tmp.replace(RESULTS_PATH)
 
 
 def main(argv: list[str]) -> int:
@@ -63,6 +99,7 @@ def main(argv: list[str]) -> int:
         console.print(f"[red]no benchmark module matches {argv}[/red]")
         return 2
     rows: list[dict[str, Any]] = []
+    environment = _environment()
     failures: dict[str, str] = {}
     table = Table(title="Veilnet benchmarks")
     for column in ("module", "benchmark", "value", "unit", "baseline", "ratio", "goal"):
@@ -73,25 +110,22 @@ def main(argv: list[str]) -> int:
         if error is not None:
             failures[name] = error
             console.print(f"[red]{name} failed after {seconds:.1f}s[/red]\n{error}")
-            table.add_row(
-                name.removeprefix("bench_"),
-                "[red]FAILED[/red]",
-                "",
-                "",
-                "",
-                "",
-                error.strip().splitlines()[-1][:80],
-            )
-            rows.append({"module": name, "name": name, "error": error.strip().splitlines()[-1]})
+            last_line = (error.strip().splitlines() or ["failed"])[-1]
+            table.add_row(name.removeprefix("bench_"), "[red]FAILED[/red]", "", "", "", "", last_line[:80])
+            rows.append({"module": name, "name": name, "error": last_line})
+            _write(environment, rows)
             continue
         for r in results:
-            baseline = f"{_fmt(r.baseline)} ({r.baseline_name})" if r.baseline is not None else ""
-            table.add_row(
-                name.removeprefix("bench_"), r.name, _fmt(r.value), r.unit, baseline, _fmt(r.ratio), r.goal
-            )
+            baseline = f"{_cell(r.baseline)} ({_cell(r.baseline_name)})" if r.baseline is not None else ""
+            cells = (name.removeprefix("bench_"), r.name, r.value, r.unit, baseline, r.ratio, r.goal)
+            table.add_row(*(_cell(c) for c in cells))
             rows.append({"module": name, **r.to_dict()})
-    console.print(table)
-    RESULTS_PATH.write_text(json.dumps(rows, indent=2) + "\n")
+        _write(environment, rows)
+        console.print(f"{name}: {len(results)} result(s) in {seconds:.1f}s, written to {RESULTS_PATH}")
+    try:
+        console.print(table)
+    except Exception as exc:  # the results are already on disk; say why the table could not print
+        console.print(f"[red]could not print the table: {type(exc).__name__}: {exc}[/red]")
     console.print(f"wrote {RESULTS_PATH}")
     if failures:
         console.print(f"[red]{len(failures)} benchmark module(s) failed: {', '.join(failures)}[/red]")
