@@ -42,6 +42,8 @@ class Domain(StrEnum):
     CHALLENGE = "challenge"
     ERROR = "error"
     JOB = "job"
+    RECEIPT = "receipt"
+    OFFENCE = "offence"
 
 
 class SignatureError(ValueError):
