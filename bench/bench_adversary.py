@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from node.adversary.attacks import ATTACKS
 from node.adversary.campaign import AttackRun, observe_attack
 from node.adversary.observe import Observer, embeddings_client
 from node.config import NodeConfig
-from tests.node.cluster import Cluster
+from node.testnet import wait_for_info
+from tests.node.cluster import Cluster, ClusterTimeout
 
 ATTACK_SECONDS = 6.0
 IDLE_SECONDS = 12.0
@@ -53,30 +55,47 @@ def _nodes(cluster: Cluster) -> list[tuple[int, str]]:
     return [(node.process.pid, node.api_url) for node in cluster.honest]
 
 
-def _revive(cluster: Cluster) -> None:
+def _revive(cluster: Cluster) -> bool:
+    """Restart dead nodes (node 0 bootstraps from node 1: its OS-assigned port changed); True when
+    every executor is attested again at node 0."""
     for node in list(cluster.honest):
         if not node.alive():
-            cluster.restart_node(node)
-    cluster.wait_until(lambda: _serving(cluster), "every executor attested again", timeout=120)
+            args = ("--bootstrap", cluster.nodes[1 if node.index == 0 else 0].multiaddr)
+            wait_for_info(cluster._spawn(node.index, node.config_path, args))
+    try:
+        cluster.wait_until(lambda: _serving(cluster), "every executor attested again", timeout=90)
+    except ClusterTimeout:
+        return False
+    return True
+
+
+def _start(root: Path) -> ModelCluster:
+    cluster = ModelCluster(root, 4, reannounce_seconds=10)
+    cluster.start()
+    cluster.wait_until(lambda: _serving(cluster), "four executors serving", timeout=180)
+    honest = embeddings_client(cluster.nodes[0].api_url, EMBED, ["an honest user's sentence"])
+    for _ in range(3):
+        honest()  # warm up every path once
+    return cluster
+
+
+def _honest(cluster: Cluster) -> Callable[[], str | None]:
+    return embeddings_client(cluster.nodes[0].api_url, EMBED, ["an honest user's sentence"])
 
 
 def run() -> list[Result]:
     root = Path(tempfile.mkdtemp(prefix="veilnet-bench-adversary-"))
     previous = os.environ.get("VEILNET_TORCH_THREADS")
     os.environ["VEILNET_TORCH_THREADS"] = "1"
-    cluster = ModelCluster(root, 4, reannounce_seconds=10)
+    generation = 0
+    cluster = _start(root / f"testnet-{generation}")
     try:
-        cluster.start()
-        cluster.wait_until(lambda: _serving(cluster), "four executors serving", timeout=180)
-        assert cluster.layout is not None
-        honest = embeddings_client(cluster.nodes[0].api_url, EMBED, ["an honest user's sentence"])
-        for _ in range(3):
-            honest()  # warm up every path once
-        with Observer(_nodes(cluster), honest) as idle_observer:
+        with Observer(_nodes(cluster), _honest(cluster)) as idle_observer:
             time.sleep(IDLE_SECONDS)
         idle = idle_observer.stop()
         runs: list[AttackRun] = []
         for name in ATTACKS:
+            assert cluster.layout is not None
             target = cluster.nodes[TARGET]
             runs.append(
                 observe_attack(
@@ -84,12 +103,15 @@ def run() -> list[Result]:
                     target.multiaddr,
                     cluster.layout.testnet_path,
                     _nodes(cluster),
-                    honest,
+                    _honest(cluster),
                     duration=ATTACK_SECONDS,
                     code_root=cluster.code_root,
                 )
             )
-            _revive(cluster)
+            if not _revive(cluster):  # a node that cannot rejoin: go on with a fresh testnet
+                cluster.close()
+                generation += 1
+                cluster = _start(root / f"testnet-{generation}")
         return _rows(idle, runs)
     finally:
         cluster.close()
