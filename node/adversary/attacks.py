@@ -1258,3 +1258,34 @@ async def job_no_read(context: Context, outcome: Outcome) -> None:
 async def greedy_client(context: Context, outcome: Outcome) -> None:
     """One unattested client keeping 16 jobs of 64 texts in flight, for the whole budget."""
     await _job_streams(context, outcome, context.count(16), texts=64, read=True)
+
+
+@attack("job-replay", "jobs")
+async def job_replay(context: Context, outcome: Outcome) -> None:
+    """One valid job (2 texts) sent, then replayed 50 times on the same stream and on fresh ones."""
+    async with attacker_host(context) as host:
+        if not await connect(host, context.target):
+            outcome.errors += 1
+            return
+        bundle = await fetch_bundle(host, context.target)
+        if bundle is None:
+            outcome.errors += 1
+            return
+        frames = b"".join(sealed_embeddings_jobs(bundle, texts=2))
+        deadline = trio.current_time() + context.duration
+        for round_index in range(context.count(50)):
+            if trio.current_time() > deadline:
+                break
+            stream = await open_stream(host, context.target, JOB)
+            if stream is None:
+                outcome.refused += 1
+                continue
+            try:
+                await stream.write(frames * (1 + round_index % 3))  # replayed on the same stream too
+                outcome.sent += 1
+                outcome.bytes_sent += len(frames)
+            except Exception:
+                outcome.refused += 1
+                continue
+            tally(outcome, await read_answer(stream, timeout=2.0))
+            await reset_quietly(stream)

@@ -78,8 +78,9 @@ CASES = [
     Case("yamux-unfinished-frames", ("veilnet_limit_hits_total",), scale=0.25),
     Case("held-streams", ("veilnet_limit_hits_total", "veilnet_streams_refused_total"), scale=0.5),
     Case("half-open-handshakes", ("veilnet_connections_refused_total", "veilnet_limit_hits_total")),
-    Case("job-no-read", ("veilnet_limit_hits_total", "veilnet_jobs_refused_total"), scale=0.5),
-    Case("greedy-client", ("veilnet_limit_hits_total", "veilnet_jobs_refused_total"), scale=0.5),
+    Case("job-replay", ("veilnet_executor_job_requests", "veilnet_stream_errors_total")),
+    Case("job-no-read", ("veilnet_limit_hits_total", "veilnet_executor_job_requests"), scale=0.5),
+    Case("greedy-client", ("veilnet_limit_hits_total", "veilnet_executor_job_requests"), scale=0.5),
 ]
 
 
