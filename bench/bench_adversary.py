@@ -16,6 +16,7 @@ A node that dies is restarted before the next attack, so one fatal attack does n
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -108,6 +109,7 @@ def run() -> list[Result]:
                     code_root=cluster.code_root,
                 )
             )
+            print(f"  {name}: {json.dumps(runs[-1].row())} {json.dumps(runs[-1].outcome)}", flush=True)
             if not _revive(cluster):  # a node that cannot rejoin: go on with a fresh testnet
                 cluster.close()
                 generation += 1
