@@ -64,6 +64,7 @@ EVERY_PROTOCOL = (MESHSUB_11, MESHSUB_12, KAD, IDENTIFY, IDENTIFY_PUSH, PING, AT
 LISTEN = "/ip4/127.0.0.1/tcp/0"
 CONNECT_TIMEOUT = 5.0
 PUBSUB_SIGNING_PREFIX = b"libp2p-pubsub:"
+HALF_OPEN_SOURCE = "127.0.0.2"  # the half-open connections' source address (honest dials use 127.0.0.1)
 
 
 @dataclass
@@ -851,25 +852,30 @@ async def challenge_flood(context: Context, outcome: Outcome) -> None:
 
 @attack("stream-flood", "stream")
 async def stream_flood(context: Context, outcome: Outcome) -> None:
-    """2,000 streams opened through py-libp2p (ping and attest) and held idle, then dropped."""
+    """2,000 ping streams opened through py-libp2p, 32 at a time, and held idle, then dropped."""
     deadline = trio.current_time() + context.duration
     opening_until = trio.current_time() + context.duration / 2
     held: list[INetStream] = []
+    wanted = context.count(2000)
     async with attacker_host(context) as host:
         if not await connect(host, context.target):
             outcome.errors += 1
             return
-        for index in range(context.count(2000)):
-            if trio.current_time() > opening_until:
-                break
-            stream = await open_stream(host, context.target, PING if index % 2 else ATTEST)
-            outcome.sent += 1
-            if stream is None:
-                outcome.refused += 1
-                if not connected(host, context.target):
-                    break
-                continue
-            held.append(stream)
+
+        async def opener() -> None:
+            while outcome.sent < wanted and trio.current_time() < opening_until:
+                outcome.sent += 1
+                stream = await open_stream(host, context.target, PING)
+                if stream is None:
+                    outcome.refused += 1
+                    if not connected(host, context.target):
+                        return
+                    continue
+                held.append(stream)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(32):
+                nursery.start_soon(opener)
         outcome.answered = len(held)
         await trio.sleep(max(0.0, deadline - trio.current_time()))
         for stream in held:
@@ -1113,8 +1119,8 @@ async def held_streams(context: Context, outcome: Outcome) -> None:
 
 @attack("half-open-handshakes", "handshake")
 async def half_open_handshakes(context: Context, outcome: Outcome) -> None:
-    """288 TCP connections that never finish PSK/Noise (half send the PSK nonce), reopened when
-    closed; meanwhile a fresh honest identity tries to connect once a second."""
+    """288 TCP connections from 127.0.0.2 that never finish PSK/Noise (half send the PSK nonce),
+    reopened when closed; meanwhile a fresh identity on 127.0.0.1 tries to connect once a second."""
     count = context.count(288)
     started = trio.current_time()
     deadline = started + context.duration
@@ -1123,7 +1129,7 @@ async def half_open_handshakes(context: Context, outcome: Outcome) -> None:
     async def hold(index: int) -> None:
         while trio.current_time() < deadline:
             try:
-                stream = await wire.open_tcp(context.target)
+                stream = await wire.open_tcp(context.target, source=HALF_OPEN_SOURCE)
             except OSError:
                 outcome.refused += 1
                 await trio.sleep(0.2)

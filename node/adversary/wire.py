@@ -119,8 +119,12 @@ async def read_uvarint(read_exactly: object) -> int:
     raise Refused("varint longer than 10 bytes")
 
 
-async def open_tcp(target: Target) -> trio.SocketStream:
-    return await trio.open_tcp_stream(target.host, target.port)
+async def open_tcp(target: Target, source: str | None = None) -> trio.SocketStream:
+    """A TCP connection to the target, from ``source`` (another loopback address, e.g. 127.0.0.2,
+    so the target can tell the attacker's connections from honest ones on 127.0.0.1)."""
+    if source is not None and not ipaddress.ip_address(source).is_loopback:
+        raise ValueError(f"the adversary connects only from 127.0.0.0/8, not {source}")
+    return await trio.open_tcp_stream(target.host, target.port, local_address=source)
 
 
 async def open_psk(target: Target, psk: bytes) -> XSalsa20PskConn:

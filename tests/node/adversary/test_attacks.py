@@ -14,15 +14,18 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from node.adversary.campaign import AttackRun, observe_attack, settle
 from node.adversary.observe import embeddings_client, rss_mb
 from node.config import NodeConfig
+from node.testnet import wait_for_info
 from tests.node.cluster import Cluster
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(240)]
@@ -41,6 +44,7 @@ class Case:
     attack: str
     counted_by: tuple[str, ...]  # target metric families of which at least one must grow
     scored: bool = False  # the attacker's peer score must drop (veilnet_peer_penalties_total)
+    contained: Callable[[dict[str, Any]], bool] | None = None  # on the attacker's outcome notes
     target: int = 1
     scale: float = 1.0
 
@@ -50,37 +54,51 @@ CASES = [
     Case("meshsub-cut-field", ("veilnet_stream_errors_total",), scored=True),
     Case(
         "gossip-bad-from",
-        ("veilnet_gossip_messages_dropped_total", "veilnet_stream_errors_total"),
+        ("veilnet_gossip_messages_dropped_total", "veilnet_peer_penalties_total"),
         scored=True,
     ),
     Case(
         "gossip-flood",
-        ("veilnet_gossip_messages_dropped_total", "veilnet_bundles_rejected_total"),
+        ("veilnet_gossip_messages_dropped_total", "veilnet_peer_penalties_total"),
         scored=True,
         scale=0.5,
     ),
     Case("gossip-replay", ("veilnet_gossip_messages_dropped_total", "veilnet_bundles_rejected_total")),
-    Case("px-injection", ("veilnet_gossip_messages_dropped_total", "veilnet_peer_penalties_total")),
+    Case(
+        "px-injection", (), contained=lambda notes: notes["dials_to_fake_peers"] == 0
+    ),  # PX from a stranger: ignored
     Case("dht-put-flood", ("veilnet_dht_records_refused_total",), scored=True, scale=0.3),
     Case("dht-query-flood", ("veilnet_limit_hits_total",), scored=True),
-    Case("dht-fabricated-answers", ("veilnet_limit_hits_total", "veilnet_peer_penalties_total"), target=0),
-    Case("dht-huge-sender-record", ("veilnet_limit_hits_total", "veilnet_stream_errors_total")),
-    Case("identify-huge", ("veilnet_limit_hits_total", "veilnet_stream_errors_total"), scale=0.5),
+    Case("dht-fabricated-answers", ("veilnet_peer_penalties_total",), target=0),
+    # Peer records and identify are capped before anything is stored (node.net.peerstore); the caps
+    # are not counted in /metrics, so these assert survival, stall, honest service and memory.
+    Case("dht-huge-sender-record", ()),
+    Case("identify-huge", (), scale=0.5),
+    # Connections that look honest: there is nothing to refuse, only nothing may crash or leak.
+    Case("identity-churn", (), scale=0.5),
     Case(
-        "identity-churn", ("veilnet_connections_refused_total", "veilnet_peers_disconnected_total"), scale=0.5
+        "reconnect-flood",
+        (),
+        contained=lambda notes: notes["fresh_identity_connects_after"] is True,
+        scale=0.5,
     ),
-    Case("reconnect-flood", ("veilnet_connections_refused_total", "veilnet_limit_hits_total"), scale=0.5),
     Case("challenge-flood", ("veilnet_limit_hits_total",), scored=True),
-    Case("stream-flood", ("veilnet_limit_hits_total", "veilnet_streams_refused_total"), scale=0.5),
-    Case("mplex-malformed", ("veilnet_connections_refused_total", "veilnet_limit_hits_total")),
-    Case("yamux-malformed", ("veilnet_limit_hits_total", "veilnet_peer_penalties_total")),
-    Case("yamux-window-violation", ("veilnet_limit_hits_total", "veilnet_peer_penalties_total"), scale=0.25),
-    Case("yamux-unfinished-frames", ("veilnet_limit_hits_total",), scale=0.25),
-    Case("held-streams", ("veilnet_limit_hits_total", "veilnet_streams_refused_total"), scale=0.5),
-    Case("half-open-handshakes", ("veilnet_connections_refused_total", "veilnet_limit_hits_total")),
-    Case("job-replay", ("veilnet_executor_job_requests", "veilnet_stream_errors_total")),
-    Case("job-no-read", ("veilnet_limit_hits_total", "veilnet_executor_job_requests"), scale=0.5),
-    Case("greedy-client", ("veilnet_limit_hits_total", "veilnet_executor_job_requests"), scale=0.5),
+    Case("stream-flood", (), scale=0.5),  # py-libp2p streams: the target ends idle ones, none pile up
+    Case(
+        "mplex-malformed", (), contained=lambda notes: notes.get("refused") == "/mplex/6.7.0 refused (na)"
+    ),  # not offered
+    Case("yamux-malformed", ("veilnet_muxer_faults_total",)),
+    Case("yamux-window-violation", ("veilnet_muxer_faults_total",), scale=0.25),
+    Case("yamux-unfinished-frames", ("veilnet_muxer_faults_total",), scale=0.25),
+    Case("held-streams", ("veilnet_muxer_faults_total", "veilnet_limit_hits_total"), scale=0.5),
+    Case(
+        "half-open-handshakes",
+        ("veilnet_handshakes_refused_total", "veilnet_handshake_timeouts_total"),
+        contained=lambda notes: 2 * notes["fresh_identity_connected"] >= notes["fresh_identity_dials"] > 0,
+    ),
+    Case("job-replay", ("veilnet_executor_job_requests",)),
+    Case("job-no-read", ("veilnet_executor_job_requests",), scale=0.5),
+    Case("greedy-client", ("veilnet_executor_job_requests",), scale=0.5),
 ]
 
 
@@ -125,6 +143,25 @@ def testnet() -> Iterator[Testnet]:
             os.environ["VEILNET_TORCH_THREADS"] = previous
 
 
+@pytest.fixture(autouse=True)
+def healthy(testnet: Testnet) -> None:
+    """Each test starts from four serving executors: a node an earlier attack killed or froze is
+    restarted (node 0 from node 1's address, as its OS-assigned port changes), so one failure does
+    not cascade into every later test."""
+    cluster = testnet.cluster
+    for node in list(cluster.honest):
+        if node.alive():
+            try:
+                httpx.get(f"{node.api_url}/healthz", timeout=5.0).raise_for_status()
+                continue
+            except httpx.HTTPError:
+                node.process.kill()
+                node.process.wait()
+        args = ("--bootstrap", cluster.nodes[1 if node.index == 0 else 0].multiaddr)
+        wait_for_info(cluster._spawn(node.index, node.config_path, args))
+    cluster.wait_until(lambda: _serving(cluster), "four executors serving", timeout=120)
+
+
 def _family(metrics: dict[str, float], name: str) -> float:
     return sum(value for key, value in metrics.items() if key == name or key.startswith(name + "{"))
 
@@ -151,17 +188,21 @@ def test_attack_is_survived_contained_and_counted(testnet: Testnet, case: Case) 
         duration=ATTACK_SECONDS, scale=case.scale, code_root=cluster.code_root,
     )  # fmt: skip
     observation = run.observation
-    why = _explain(run, cluster)
+    after = cluster.metrics(target)
+    grew = sorted(name for name in after if after[name] > before.get(name, 0.0) and "_total" in name)
+    why = _explain(run, cluster) + f"\ntarget counters that grew: {grew}"
     assert run.outcome, f"the attacker printed no outcome:\n{run.attacker_output[-2000:]}"
-    assert run.outcome["sent"] > 0, why
+    assert run.outcome["sent"] + run.outcome["refused"] > 0, why
     assert observation.deaths == 0, why
     assert not observation.honest.failures, why
     assert observation.honest.latencies, f"no honest request finished during the attack\n{why}"
     assert observation.worst_stall_s <= STALL_LIMIT, why
 
-    after = cluster.metrics(target)
+    if case.contained is not None:
+        assert case.contained(run.outcome["notes"]), f"not contained: {run.outcome['notes']}\n{why}"
     grown = {name: _family(after, name) - _family(before, name) for name in case.counted_by}
-    assert any(delta > 0 for delta in grown.values()), f"nothing counted the attack: {grown}\n{why}"
+    if case.counted_by:
+        assert any(delta > 0 for delta in grown.values()), f"nothing counted the attack: {grown}\n{why}"
     if case.scored:
         penalties = _family(after, "veilnet_peer_penalties_total") - _family(
             before, "veilnet_peer_penalties_total"
