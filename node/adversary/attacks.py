@@ -584,7 +584,7 @@ async def dht_put_flood(context: Context, outcome: Outcome) -> None:
 
 @attack("dht-query-flood", "dht")
 async def dht_query_flood(context: Context, outcome: Outcome) -> None:
-    """FIND_NODE and GET_PROVIDERS queries back to back on one stream (~500/s)."""
+    """FIND_NODE and GET_PROVIDERS queries on one stream, each answer read, up to ~500/s."""
 
     def query(index: int) -> KadMessage:
         kind = KadMessage.MessageType.FIND_NODE if index % 2 else KadMessage.MessageType.GET_PROVIDERS
@@ -596,7 +596,7 @@ async def dht_query_flood(context: Context, outcome: Outcome) -> None:
         query,
         context.count(int(500 * context.duration), least=10),
         rate=500.0 * context.scale,
-        read_answers=False,
+        read_answers=True,
     )
 
 
