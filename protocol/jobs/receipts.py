@@ -13,6 +13,10 @@ What a third party cannot check from the receipt alone is the comparator itself 
 winners' results really were within its bounds): that needs the results, which are private.
 The user's signature vouches for the clustering; the executors' signatures vouch for what each
 computed. ``docs/protocol/receipts.md`` specifies the format and every check.
+
+Why one module over 500 lines: the receipt's schema and its verification are one specification
+(each check reads the fields the decoder bounded); splitting them would separate a rule from the
+field it constrains.
 """
 
 from __future__ import annotations
