@@ -186,6 +186,7 @@ class AttestationGossip:
         self.router = gossipsub_router(score_params)
         self.pubsub = Pubsub(host, self.router, max_inbound_rpc_size=MAX_BUNDLE_BYTES + (64 << 10))
         self.pubsub.set_topic_validator(ATTEST_TOPIC, self._validate, is_async_validator=True)
+        self._bridge_flood_penalties()
         self._push_msg = self.pubsub.push_msg
         self.pubsub.push_msg = self._guard_push  # type: ignore[method-assign,assignment]
 
@@ -323,6 +324,23 @@ class AttestationGossip:
         return "other"
 
     # -------------------------------------------------------------------------------- scores
+
+    def _bridge_flood_penalties(self) -> None:
+        """Gossipsub's IHAVE/IWANT rate limits penalise only its own score; make each hit a flood
+        offence in the node-wide score too, so a control-message flood can end in a ban."""
+        scorer = self.router.scorer
+        if scorer is None:
+            return
+        for name in ("penalize_iwant_spam", "penalize_ihave_spam"):
+            original = getattr(scorer, name)
+
+            def charged(
+                peer: ID, amount: float = 5.0, _original: Callable[[ID, float], None] = original
+            ) -> None:
+                _original(peer, amount)
+                self.scores.penalise(peer.to_bytes(), Offence.FLOOD)
+
+            setattr(scorer, name, charged)
 
     def _bonus(self, peer: bytes) -> float:
         return ATTESTED_BONUS if self.registry.get(peer) is not None else 0.0

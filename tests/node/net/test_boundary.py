@@ -305,3 +305,12 @@ def test_per_peer_metric_labels_stay_bounded_under_identity_rotation() -> None:
     labels = {gossip._peer_label(f"peer-{index}") for index in range(1000)}
     assert len(labels) == 257 and "other" in labels
     assert gossip._peer_label("peer-3") == "peer-3"  # a labelled peer keeps its label
+
+
+def test_gossipsub_control_floods_count_in_the_node_wide_score() -> None:
+    host = build_host(Identity.generate(), os.urandom(32), ["/ip4/127.0.0.1/tcp/0"])
+    gossip = AttestationGossip(host, refuse_everything, Registry(), Metrics(), addrs_of=lambda peer: ())
+    flooder = ID(Identity.generate().peer_id)
+    allowed = [gossip.router._check_iwant_rate_limit(flooder) for _ in range(200)]
+    assert not all(allowed), "gossipsub's own IWANT limit was reached"
+    assert gossip.scores.penalty(flooder.to_bytes()) > 0 or gossip.scores.is_banned(flooder.to_bytes())
