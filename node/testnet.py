@@ -213,10 +213,13 @@ def start_node_process(
     extra_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
     code_root: Path | None = None,
+    wrapper: Sequence[str] = (),
 ) -> NodeProcess:
     """Start a node in its own process (own session: Ctrl-C reaches the supervisor, not the node).
 
     ``code_root`` runs the ``protocol``/``node`` packages found there instead of this checkout's.
+    ``wrapper`` prefixes the command line with a launcher that places the process and then execs
+    it, e.g. ``ip netns exec NS`` (the simulation harness puts each node in its own namespace).
     """
     info_path = config_path.parent / "node-info.json"
     if info_path.exists():
@@ -227,7 +230,7 @@ def start_node_process(
     stderr_path = config_path.parent / "stderr.log"
     with open(stderr_path, "ab") as stderr:
         process = subprocess.Popen(
-            node_command(config_path, *extra_args),
+            [*wrapper, *node_command(config_path, *extra_args)],
             stdin=subprocess.DEVNULL,
             stdout=stderr,
             stderr=stderr,

@@ -1,4 +1,4 @@
-"""``make sim``: the scale model, and a live scenario on real node processes when available."""
+"""``python -m simulations``: the scale model (``make sim`` runs a live scenario: ``veilnet sim run``)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,14 @@ def main(
     out: Path = typer.Option(Path("simulations/out"), help="Where reports are written."),
     trials: int = typer.Option(4000, help="Monte Carlo trials per (f, k) cell."),
 ) -> None:
-    """Run the scale model (and, with a subcommand, a live scenario)."""
+    """Run the scale model (also ``veilnet sim scale``; live scenarios: ``veilnet sim run``)."""
     if ctx.invoked_subcommand is not None:
         return
+    print_scale_report(out, trials)
+
+
+def print_scale_report(out: Path, trials: int) -> None:
+    """Print the scale model's tables and write scale.json and scale.png under ``out``."""
     report = scale_report(trials=trials)
     table = Table(title="P(wrong answer wins the vote): colluders among the k executors")
     for column in ("f bad", "k", "exact", "simulated", "all k bad", "f^k"):

@@ -15,6 +15,7 @@ from node.cli.node import node_app
 from node.cli.peers import register_peers
 from node.cli.tee import tee_app
 from node.cli.testnet import testnet_app
+from simulations.cli import sim_app  # the only import of simulations/ from node/
 
 app = typer.Typer(
     name="veilnet",
@@ -45,6 +46,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(testnet_app, name="testnet")
 app.add_typer(tee_app, name="tee")
 app.add_typer(adversary_app, name="adversary")
+app.add_typer(sim_app, name="sim")
 register_peers(app)
 register_infer(app)
 

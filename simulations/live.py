@@ -1,0 +1,568 @@
+"""A live scenario: real node processes, a workload through their APIs, faults on time.
+
+The run goes through the same doors an operator uses: :mod:`node.testnet` writes the testnet and
+node configs and starts each node as ``veilnet node start`` in its own process (placed by the
+link layer: loopback, or a network namespace); jobs go through each node's OpenAI-compatible
+HTTP API; the registry and metrics are read from ``/veilnet/v1/peers`` and ``/metrics``.
+Adversarial nodes are ordinary nodes whose config carries a test fault (``[extra] fault`` for job
+faults, ``test_evidence_fault`` for forged evidence), which the node refuses unless its evidence
+is simulated.
+
+Order of a run:
+
+1. validate the scenario and choose the link layer (errors before any process starts);
+2. write the testnet (a snapshot of this checkout's code, so measurements cannot drift);
+3. start node 0, then every other node bootstrapping from it; wait (bounded) until every
+   honest registry holds every honest executor;
+4. for ``duration_s``: the workload, the sampler, the fault schedule and the progress display
+   run side by side in one nursery;
+5. always, also on Ctrl-C, SIGTERM or an error: stop every process, undo the links, and write
+   ``results.json`` and the plots from whatever was collected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from node.config import NodeConfig, TestEvidenceFault
+from node.testnet import (
+    NodeProcess,
+    TestnetLayout,
+    create_testnet,
+    snapshot_code,
+    start_node_process,
+    stop_processes,
+    wait_for_info,
+)
+from simulations.links import LinkLayer, LinkUnavailable
+from simulations.scenario import EVIDENCE_FAULTS, JOB_FAULTS, Action, Behaviour, Scenario
+from simulations.workload import AnswerBook, JobRecord, make_pool, next_job, send_job
+
+__all__ = ["FaultRecord", "LiveRun", "NodeState"]
+
+START_TIMEOUT = 240.0  # many nodes import torch and load a model at once on two cores
+SETTLE_TIMEOUT = 120.0  # registries complete (several re-announce periods on a loaded machine)
+SAMPLE_EVERY = 2.0
+MAX_OUTSTANDING = 64  # open-loop jobs in flight before arrivals are counted as shed
+
+
+@dataclass
+class NodeState:
+    index: int
+    role: str  # "honest" | "client" | "adversary"
+    behaviour: Behaviour | None
+    config_path: Path
+    process: NodeProcess | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    peer_ids: list[str] = field(default_factory=list)  # every identity it had (identity churn adds)
+    up: bool = False
+    churn: bool = False
+
+    @property
+    def api_url(self) -> str:
+        return str(self.info.get("api_url", ""))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index, "role": self.role,
+            "behaviour": self.behaviour.value if self.behaviour else None,
+            "peer_ids": self.peer_ids, "api_url": self.api_url or None,
+            "addrs": list(self.info.get("addrs", [])), "churn": self.churn,
+            "exit_code": self.process.process.returncode if self.process else None,
+        }
+
+
+@dataclass(frozen=True)
+class FaultRecord:
+    t: float
+    kind: str
+    nodes: tuple[int, ...]
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"t": round(self.t, 3), "kind": self.kind, "nodes": list(self.nodes), "detail": self.detail}
+
+
+class LiveRun:
+    """One run of one scenario; :meth:`run` returns the collected data whatever happened."""
+
+    def __init__(self, scenario: Scenario, out_dir: Path, links: LinkLayer,
+                 on_update: Callable[[LiveRun], None] | None = None) -> None:
+        self.scenario = scenario
+        self.out_dir = out_dir
+        self.links = links
+        self.on_update = on_update
+        self.rng = random.Random(scenario.seed)
+        self.nodes: list[NodeState] = []
+        self.layout: TestnetLayout | None = None
+        self.code_root: Path | None = None
+        self.jobs: list[JobRecord] = []
+        self.faults: list[FaultRecord] = []
+        self.detections: list[dict[str, Any]] = []
+        self.registry: list[dict[str, Any]] = []
+        self.resources: list[dict[str, Any]] = []
+        self.metrics: list[dict[str, Any]] = []
+        self.messages: list[str] = []
+        self.phase = "starting"
+        self.interrupted = ""
+        self.error = ""
+        self.setup_s = 0.0
+        self.settle_s: float | None = None
+        self.t0: float | None = None  # workload start (trio clock)
+        self.started_wall = time.time()
+        self.shed = 0
+        self._answers = AnswerBook()
+        self._cpu: dict[int, tuple[float, float]] = {}
+        self._seq = 0
+
+    # ------------------------------------------------------------------------------ clock
+
+    def now(self) -> float:
+        """Seconds since the workload began (negative during setup)."""
+        return 0.0 if self.t0 is None else trio.current_time() - self.t0
+
+    def note(self, message: str) -> None:
+        self.messages.append(f"[{self.now():7.1f}s] {message}")
+
+    # ---------------------------------------------------------------------------- roles
+
+    def _assign_roles(self) -> None:
+        s = self.scenario
+        n = s.nodes.count
+        clients = set(range(n - s.nodes.clients, n))
+        executors = [i for i in range(1, n) if i not in clients]
+        chosen = self.rng.sample(executors, s.adversary_count)
+        behaviours: dict[int, Behaviour] = {}
+        slow: dict[int, float] = {}
+        it = iter(chosen)
+        for adversary in s.adversaries:
+            for _ in range(adversary.count):
+                index = next(it)
+                behaviours[index] = adversary.behaviour
+                slow[index] = adversary.slow_seconds
+        self._slow = slow
+        honest_executors = [i for i in executors if i not in behaviours]
+        churners = set(self.rng.sample(honest_executors, s.churn.nodes)) if s.churn else set()
+        root = self.out_dir / "testnet"
+        for i in range(n):
+            role = "client" if i in clients else ("adversary" if i in behaviours else "honest")
+            self.nodes.append(NodeState(i, role, behaviours.get(i), root / f"node-{i}" / "node.toml",
+                                        churn=i in churners))
+
+    def _override(self, index: int, config: NodeConfig) -> NodeConfig:
+        s = self.scenario
+        state = self.nodes[index]
+        place = self.links.placement(index)
+        extra: dict[str, Any] = {
+            "replicas": s.workload.replicas, "mode": s.workload.mode,
+            "spot_check_probability": s.workload.spot_check_probability, "deadline_s": s.workload.deadline_s,
+        }
+        evidence_fault = None
+        if state.behaviour in JOB_FAULTS:
+            extra["fault"] = state.behaviour.value
+            extra["fault_slow_seconds"] = self._slow[index]
+        elif state.behaviour in EVIDENCE_FAULTS:
+            evidence_fault = TestEvidenceFault(state.behaviour.value)
+        return replace(
+            config,
+            listen=place.listen, api=place.api, announce=place.announce,
+            models=() if state.role == "client" else s.nodes.models,
+            reannounce_seconds=s.nodes.reannounce_seconds,
+            bundle_lifetime_seconds=s.nodes.bundle_lifetime_seconds,
+            target_peers=s.nodes.target_peers,
+            test_evidence_fault=evidence_fault,
+            extra=extra,
+        )
+
+    # --------------------------------------------------------------------------- processes
+
+    async def _start_node(self, state: NodeState, *, fresh_identity: bool = False) -> None:
+        assert self.code_root is not None
+        if fresh_identity:
+            (state.config_path.parent / "identity.key").unlink(missing_ok=True)
+        args: tuple[str, ...] = ()
+        if state.index != 0:
+            args = ("--bootstrap", self.links.bootstrap_addr(0, self.nodes[0].info))
+        place = self.links.placement(state.index)
+        process = start_node_process(state.index, state.config_path, args, code_root=self.code_root,
+                                     wrapper=place.wrapper)
+        state.process = process
+        info = await trio.to_thread.run_sync(wait_for_info, process, START_TIMEOUT, abandon_on_cancel=True)
+        state.info = info
+        if info["peer_id"] not in state.peer_ids:
+            state.peer_ids.append(info["peer_id"])
+        self.links.attach(state.index, info)
+        state.up = True
+
+    def _signal(self, state: NodeState, sig: signal.Signals) -> None:
+        state.up = False
+        if state.process is not None and state.process.alive():
+            state.process.process.send_signal(sig)
+
+    async def _wait_exit(self, state: NodeState, timeout: float = 10.0) -> None:
+        process = state.process
+        if process is None:
+            return
+        with trio.move_on_after(timeout):
+            while process.alive():
+                await trio.sleep(0.05)
+        if process.alive():
+            process.process.kill()
+
+    def peer_index(self) -> dict[str, int]:
+        return {peer: state.index for state in self.nodes for peer in state.peer_ids}
+
+    def wrong_sources(self) -> frozenset[str]:
+        wrong = {Behaviour.WRONG_OUTPUT, Behaviour.COPY}
+        return frozenset(p for s in self.nodes if s.behaviour in wrong for p in s.peer_ids)
+
+    def honest_executor_ids(self) -> set[str]:
+        return {s.info["peer_id"] for s in self.nodes if s.role == "honest" and s.up and s.info}
+
+    # ----------------------------------------------------------------------------- the run
+
+    async def run(self) -> None:
+        """Everything; returns normally after Ctrl-C, SIGTERM or a failure (see ``interrupted``/``error``)."""
+        started = trio.current_time()
+        try:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+
+                    async def watch() -> None:
+                        async for signum in signals:
+                            self.interrupted = signal.Signals(signum).name
+                            self.note(f"{self.interrupted}: stopping and writing what was collected")
+                            nursery.cancel_scope.cancel()
+                            return
+
+                    nursery.start_soon(watch)
+                    try:
+                        await self._run_inside(nursery, started)
+                    finally:
+                        nursery.cancel_scope.cancel()
+        except (LinkUnavailable, OSError, RuntimeError) as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.note(f"run failed: {self.error}")
+        finally:
+            self.phase = "stopping"
+            self._update()
+            processes = [s.process for s in self.nodes if s.process is not None]
+            stop_processes(processes)
+            for s in self.nodes:
+                s.up = False
+            self.links.close()
+            self.phase = "done"
+
+    async def _run_inside(self, nursery: trio.Nursery, started: float) -> None:
+        s = self.scenario
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._assign_roles()
+        await self.links.setup(nursery, s.nodes.count)
+        root = self.out_dir / "testnet"
+        self.code_root = snapshot_code(root / "code")
+        self.layout = create_testnet(
+            root, nodes=s.nodes.count, base_port=0, api_port=0,
+            reannounce_seconds=s.nodes.reannounce_seconds,
+            bundle_lifetime_seconds=s.nodes.bundle_lifetime_seconds,
+            node_overrides=self._override, code_root=self.code_root,
+        )
+        nursery.start_soon(self._progress_loop)
+        self.phase = "starting node 0"
+        await self._start_node(self.nodes[0])
+        self.phase = f"starting {s.nodes.count - 1} more nodes"
+        async with trio.open_nursery() as starters:
+            for state in self.nodes[1:]:
+                starters.start_soon(self._start_node, state)
+        self.phase = "waiting for registries"
+        settle_started = trio.current_time()
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            complete = await self._wait_registries(client)
+            self.settle_s = trio.current_time() - settle_started
+            if not complete:
+                self.note(f"registries still incomplete after {SETTLE_TIMEOUT:.0f} s; starting anyway")
+            self.setup_s = trio.current_time() - started
+            self.t0 = trio.current_time()
+            self.phase = "running"
+            async with trio.open_nursery() as inner:
+                inner.start_soon(self._sampler, client)
+                inner.start_soon(self._schedule, inner)
+                await self._workload(client)
+                inner.cancel_scope.cancel()
+            await self._sample_once(client)
+
+    # ----------------------------------------------------------------------------- settling
+
+    async def _wait_registries(self, client: httpx.AsyncClient) -> bool:
+        wanted = {s.info["peer_id"] for s in self.nodes if s.role != "adversary" or
+                  s.behaviour not in EVIDENCE_FAULTS}
+        with trio.move_on_after(SETTLE_TIMEOUT):
+            while True:
+                views = await self._registries(client)
+                honest = [views.get(s.index) for s in self.nodes if s.role != "adversary"]
+                if all(view is not None and wanted <= view for view in honest):
+                    return True
+                await trio.sleep(0.5)
+        return False
+
+    async def _registries(self, client: httpx.AsyncClient) -> dict[int, set[str]]:
+        views: dict[int, set[str]] = {}
+
+        async def one(state: NodeState) -> None:
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                response = await client.get(f"{state.api_url}/veilnet/v1/peers")
+                views[state.index] = {p["peer_id"] for p in response.json()["peers"]}
+
+        async with trio.open_nursery() as n:
+            for state in self.nodes:
+                if state.up:
+                    n.start_soon(one, state)
+        return views
+
+    # ----------------------------------------------------------------------------- workload
+
+    def _entry(self, seq: int) -> NodeState | None:
+        candidates = [s for s in self.nodes if s.role == "client" and s.up]
+        if not candidates:
+            candidates = [s for s in self.nodes if s.role == "honest" and s.up]
+        return candidates[seq % len(candidates)] if candidates else None
+
+    async def _one_job(self, client: httpx.AsyncClient, job_rng: random.Random, pool: list[str]) -> None:
+        seq = self._seq
+        self._seq += 1
+        spec = next_job(job_rng, pool, self.scenario.workload)
+        entry = self._entry(seq)
+        started_s = self.now()
+        if entry is None:
+            record = JobRecord(seq, spec.kind, -1, started_s, 0.0, "no_entry_node", None,
+                               "no honest node is up to take the job", None)
+            await trio.sleep(0.5)
+        else:
+            record = await send_job(
+                client, entry.api_url, spec, self.scenario.workload, seq=seq, entry_node=entry.index,
+                started_s=started_s, clock=trio.current_time, peer_index=self.peer_index(),
+                wrong_sources=self.wrong_sources(), answers=self._answers,
+            )
+        self.jobs.append(record)
+        for offender in record.offenders:
+            self.detections.append({
+                "t": round(self.now(), 3), "node": offender.get("node"), "peer_id": offender.get("peer_id"),
+                "offence": offender.get("offence"), "banned_until": offender.get("banned_until"),
+                "reporter": record.entry_node, "job_seq": seq,
+            })
+
+    async def _workload(self, client: httpx.AsyncClient) -> None:
+        w = self.scenario.workload
+        job_rng = random.Random(self.rng.getrandbits(64))
+        pool = make_pool(random.Random(self.scenario.seed ^ 0x5EED))
+        end = self.t0 + w.duration_s if self.t0 is not None else trio.current_time() + w.duration_s
+        if w.concurrency is not None:
+
+            async def worker() -> None:
+                while trio.current_time() < end:
+                    await self._one_job(client, job_rng, pool)
+
+            async with trio.open_nursery() as n:
+                for _ in range(w.concurrency):
+                    n.start_soon(worker)
+            return
+        assert w.rate_per_s is not None
+        outstanding = {"n": 0}
+
+        async def tracked() -> None:
+            outstanding["n"] += 1
+            try:
+                await self._one_job(client, job_rng, pool)
+            finally:
+                outstanding["n"] -= 1
+
+        async with trio.open_nursery() as n:
+            next_at = trio.current_time()
+            while True:
+                next_at += job_rng.expovariate(w.rate_per_s)
+                if next_at >= end:
+                    break
+                await trio.sleep_until(next_at)
+                if outstanding["n"] >= MAX_OUTSTANDING:
+                    self.shed += 1
+                    continue
+                n.start_soon(tracked)
+
+    # ----------------------------------------------------------------------------- faults
+
+    def _plan(self) -> list[tuple[float, str, tuple[int, ...]]]:
+        s = self.scenario
+        plan: list[tuple[float, str, tuple[int, ...]]] = [(e.at_s, e.action.value, e.nodes) for e in s.events]
+        if s.churn is not None:
+            churners = [st.index for st in self.nodes if st.churn]
+            t, turn = s.churn.start_s, 0
+            while t < s.workload.duration_s and churners:
+                index = churners[turn % len(churners)]
+                plan.append((t, Action.CRASH.value, (index,)))
+                if t + s.churn.down_s < s.workload.duration_s:
+                    plan.append((t + s.churn.down_s, Action.RESTART.value, (index,)))
+                t += s.churn.interval_s
+                turn += 1
+        for p_index, p in enumerate(s.network.partitions):
+            plan.append((p.at_s, "partition", (p_index,)))
+            if p.heal_s < s.workload.duration_s:
+                plan.append((p.heal_s, "heal", (p_index,)))
+        for adversary_state in self.nodes:
+            if adversary_state.behaviour is Behaviour.IDENTITY_CHURN:
+                interval = next(a.interval_s for a in s.adversaries if a.behaviour is Behaviour.IDENTITY_CHURN)
+                t = interval
+                while t < s.workload.duration_s:
+                    plan.append((t, "identity-churn", (adversary_state.index,)))
+                    t += interval
+        return sorted(plan, key=lambda item: item[0])
+
+    async def _schedule(self, nursery: trio.Nursery) -> None:
+        assert self.t0 is not None
+        for at, kind, targets in self._plan():
+            await trio.sleep_until(self.t0 + at)
+            nursery.start_soon(self._apply, kind, targets)
+
+    async def _apply(self, kind: str, targets: tuple[int, ...]) -> None:
+        now = self.now()
+        if kind in ("partition", "heal"):
+            partition = self.scenario.network.partitions[targets[0]]
+            if kind == "partition":
+                await self.links.partition(partition.groups)
+                self.faults.append(FaultRecord(now, kind, tuple(i for g in partition.groups for i in g),
+                                               " | ".join(",".join(map(str, g)) for g in partition.groups)))
+            else:
+                await self.links.heal()
+                self.faults.append(FaultRecord(now, kind, ()))
+            self.note(f"{kind} applied")
+            return
+        for index in targets:
+            state = self.nodes[index]
+            if kind in (Action.CRASH.value, Action.STOP.value):
+                if not state.up:
+                    continue
+                self.faults.append(FaultRecord(now, kind, (index,)))
+                self._signal(state, signal.SIGKILL if kind == Action.CRASH.value else signal.SIGTERM)
+                await self._wait_exit(state)
+                self.note(f"node {index}: {kind}")
+            elif kind == Action.RESTART.value:
+                if state.up or (state.process is not None and state.process.alive()):
+                    continue
+                self.faults.append(FaultRecord(now, kind, (index,)))
+                await self._restart(state)
+            elif kind == "identity-churn":
+                self.faults.append(FaultRecord(now, kind, (index,)))
+                self._signal(state, signal.SIGTERM)
+                await self._wait_exit(state)
+                await self._restart(state, fresh_identity=True)
+
+    async def _restart(self, state: NodeState, *, fresh_identity: bool = False) -> None:
+        try:
+            await self._start_node(state, fresh_identity=fresh_identity)
+            self.note(f"node {state.index}: back as {state.info['peer_id'][-8:]}")
+        except Exception as exc:
+            self.note(f"node {state.index}: restart failed: {exc}")
+
+    # ----------------------------------------------------------------------------- sampling
+
+    async def _sampler(self, client: httpx.AsyncClient) -> None:
+        while True:
+            await self._sample_once(client)
+            await trio.sleep(SAMPLE_EVERY)
+
+    async def _sample_once(self, client: httpx.AsyncClient) -> None:
+        t = round(self.now(), 3)
+        sizes: dict[str, int | None] = {}
+        members: dict[str, list[int]] = {}
+        index = self.peer_index()
+
+        async def one(state: NodeState) -> None:
+            key = str(state.index)
+            sizes[key] = None
+            if not state.up:
+                return
+            try:
+                peers = (await client.get(f"{state.api_url}/veilnet/v1/peers")).json()["peers"]
+                text = (await client.get(f"{state.api_url}/metrics")).text
+            except (httpx.HTTPError, ValueError, KeyError):
+                return
+            sizes[key] = len(peers)
+            members[key] = sorted(index.get(p["peer_id"], -1) for p in peers)
+            self.metrics.append({"t": t, "node": state.index, "values": _veilnet_metrics(text)})
+            usage = self._usage(state)
+            if usage is not None:
+                self.resources.append({"t": t, "node": state.index, **usage})
+
+        async with trio.open_nursery() as n:
+            for state in self.nodes:
+                n.start_soon(one, state)
+        self.registry.append({"t": t, "sizes": sizes, "members": members})
+
+    def _usage(self, state: NodeState) -> dict[str, float] | None:
+        """CPU % since the last sample and RSS, from /proc (Linux); None elsewhere."""
+        if state.process is None:
+            return None
+        pid = state.process.process.pid
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+                rss_kb = next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
+        except (OSError, StopIteration, IndexError, ValueError):
+            return None
+        import os
+
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu_s = (int(fields[11]) + int(fields[12])) / ticks
+        wall = time.monotonic()
+        previous = self._cpu.get(pid)
+        self._cpu[pid] = (wall, cpu_s)
+        percent = 0.0
+        if previous is not None and wall > previous[0]:
+            percent = 100.0 * (cpu_s - previous[1]) / (wall - previous[0])
+        return {"cpu_percent": round(percent, 1), "rss_bytes": rss_kb * 1024}
+
+    # ----------------------------------------------------------------------------- progress
+
+    def _update(self) -> None:
+        if self.on_update is not None:
+            self.on_update(self)
+
+    async def _progress_loop(self) -> None:
+        while True:
+            self._update()
+            await trio.sleep(0.5)
+
+    # ----------------------------------------------------------------------------- views
+
+    def latencies(self, ok_only: bool = True) -> list[float]:
+        return [j.latency_ms for j in self.jobs if (j.status == "ok" or not ok_only)]
+
+    def offenders(self) -> dict[int, set[str]]:
+        """Node index → offences it was penalised for (as seen in job reports)."""
+        out: dict[int, set[str]] = {}
+        for d in self.detections:
+            if d["node"] is not None:
+                out.setdefault(int(d["node"]), set()).add(str(d["offence"]))
+        return out
+
+
+def _veilnet_metrics(text: str) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("veilnet_"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                number = float(value)
+                if math.isfinite(number):
+                    values[name] = number
+    return values
