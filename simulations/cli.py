@@ -43,7 +43,7 @@ def run_scenario(path: Path, out: Path, *, seed: int | None = None, duration_s: 
     from simulations.results import build_results, validate, write_results
     from simulations.scenario import load_scenario
 
-    console = console or Console()
+    console = console or Console(width=None if Console().is_terminal else 110)
     scenario = load_scenario(path)
     if seed is not None:
         scenario = scenario.with_seed(seed)

@@ -27,6 +27,7 @@ import math
 import random
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,8 +46,16 @@ from node.testnet import (
     stop_processes,
     wait_for_info,
 )
-from simulations.links import LinkLayer, LinkUnavailable
-from simulations.scenario import EVIDENCE_FAULTS, JOB_FAULTS, Action, Behaviour, Scenario
+from simulations.links import LinkLayer
+from simulations.scenario import (
+    CHAT_MODEL,
+    EMBEDDINGS_MODEL,
+    EVIDENCE_FAULTS,
+    JOB_FAULTS,
+    Action,
+    Behaviour,
+    Scenario,
+)
 from simulations.workload import AnswerBook, JobRecord, make_pool, next_job, send_job
 
 __all__ = ["FaultRecord", "LiveRun", "NodeState"]
@@ -54,6 +63,7 @@ __all__ = ["FaultRecord", "LiveRun", "NodeState"]
 START_TIMEOUT = 240.0  # many nodes import torch and load a model at once on two cores
 SETTLE_TIMEOUT = 120.0  # registries complete (several re-announce periods on a loaded machine)
 SAMPLE_EVERY = 2.0
+FAILURE_BACKOFF_S = 0.5  # a client backs off after a failed job instead of spinning on errors
 MAX_OUTSTANDING = 64  # open-loop jobs in flight before arrivals are counted as shed
 
 
@@ -117,9 +127,11 @@ class LiveRun:
         self.phase = "starting"
         self.interrupted = ""
         self.error = ""
+        self.traceback = ""
         self.setup_s = 0.0
         self.settle_s: float | None = None
-        self.t0: float | None = None  # workload start (trio clock)
+        self.t0: float | None = None  # workload start (time.monotonic)
+        self.t_end: float | None = None  # when the run stopped (workload over, or interrupted)
         self.started_wall = time.time()
         self.shed = 0
         self._answers = AnswerBook()
@@ -129,8 +141,10 @@ class LiveRun:
     # ------------------------------------------------------------------------------ clock
 
     def now(self) -> float:
-        """Seconds since the workload began (negative during setup)."""
-        return 0.0 if self.t0 is None else trio.current_time() - self.t0
+        """Seconds since the workload began (0 during setup; frozen once the run stopped)."""
+        if self.t0 is None:
+            return 0.0
+        return (self.t_end if self.t_end is not None else time.monotonic()) - self.t0
 
     def note(self, message: str) -> None:
         self.messages.append(f"[{self.now():7.1f}s] {message}")
@@ -234,7 +248,7 @@ class LiveRun:
 
     async def run(self) -> None:
         """Everything; returns normally after Ctrl-C, SIGTERM or a failure (see ``interrupted``/``error``)."""
-        started = trio.current_time()
+        started = time.monotonic()
         try:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with trio.open_nursery() as nursery:
@@ -251,10 +265,13 @@ class LiveRun:
                         await self._run_inside(nursery, started)
                     finally:
                         nursery.cancel_scope.cancel()
-        except (LinkUnavailable, OSError, RuntimeError) as exc:
+        except Exception as exc:  # recorded, and the results are still written
             self.error = f"{type(exc).__name__}: {exc}"
             self.note(f"run failed: {self.error}")
+            self.traceback = traceback.format_exc()
         finally:
+            if self.t0 is not None and self.t_end is None:
+                self.t_end = time.monotonic()
             self.phase = "stopping"
             self._update()
             processes = [s.process for s in self.nodes if s.process is not None]
@@ -285,35 +302,59 @@ class LiveRun:
             for state in self.nodes[1:]:
                 starters.start_soon(self._start_node, state)
         self.phase = "waiting for registries"
-        settle_started = trio.current_time()
+        settle_started = time.monotonic()
         async with httpx.AsyncClient(timeout=5.0) as client:
             complete = await self._wait_registries(client)
-            self.settle_s = trio.current_time() - settle_started
+            self.settle_s = time.monotonic() - settle_started
             if not complete:
                 self.note(f"registries still incomplete after {SETTLE_TIMEOUT:.0f} s; starting anyway")
-            self.setup_s = trio.current_time() - started
-            self.t0 = trio.current_time()
+            self.setup_s = time.monotonic() - started
+            self.t0 = time.monotonic()
             self.phase = "running"
             async with trio.open_nursery() as inner:
                 inner.start_soon(self._sampler, client)
                 inner.start_soon(self._schedule, inner)
                 await self._workload(client)
+                self.t_end = time.monotonic()
                 inner.cancel_scope.cancel()
             await self._sample_once(client)
 
     # ----------------------------------------------------------------------------- settling
 
     async def _wait_registries(self, client: httpx.AsyncClient) -> bool:
-        wanted = {s.info["peer_id"] for s in self.nodes if s.role != "adversary" or
-                  s.behaviour not in EVIDENCE_FAULTS}
+        """Until every honest registry holds every node with valid evidence, and every entry node
+        sees every provider of the workload's models (models load after start-up)."""
+        wanted = {s.info["peer_id"] for s in self.nodes if s.behaviour not in EVIDENCE_FAULTS}
+        providers = sum(1 for s in self.nodes if s.role != "client" and s.behaviour not in EVIDENCE_FAULTS)
         with trio.move_on_after(SETTLE_TIMEOUT):
             while True:
                 views = await self._registries(client)
                 honest = [views.get(s.index) for s in self.nodes if s.role != "adversary"]
                 if all(view is not None and wanted <= view for view in honest):
-                    return True
+                    models = await self._providers(client)
+                    needed = self._workload_models()
+                    if all(all(m.get(name, 0) >= providers for name in needed) for m in models.values()):
+                        return True
                 await trio.sleep(0.5)
         return False
+
+    def _workload_models(self) -> list[str]:
+        w = self.scenario.workload
+        return [name for name, share in ((EMBEDDINGS_MODEL, 1 - w.chat_fraction), (CHAT_MODEL, w.chat_fraction))
+                if share > 0]
+
+    async def _providers(self, client: httpx.AsyncClient) -> dict[int, dict[str, int]]:
+        """Entry node → model name → attested providers (from ``GET /v1/models``)."""
+        out: dict[int, dict[str, int]] = {}
+        for state in self.nodes:
+            if state.role == "adversary" or not state.up:
+                continue
+            try:
+                data = (await client.get(f"{state.api_url}/v1/models")).json()["data"]
+                out[state.index] = {m["id"]: int(m["veilnet"]["attested_providers"]) for m in data}
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                out[state.index] = {}
+        return out
 
     async def _registries(self, client: httpx.AsyncClient) -> dict[int, set[str]]:
         views: dict[int, set[str]] = {}
@@ -350,10 +391,12 @@ class LiveRun:
         else:
             record = await send_job(
                 client, entry.api_url, spec, self.scenario.workload, seq=seq, entry_node=entry.index,
-                started_s=started_s, clock=trio.current_time, peer_index=self.peer_index(),
+                started_s=started_s, clock=time.monotonic, peer_index=self.peer_index(),
                 wrong_sources=self.wrong_sources(), answers=self._answers,
             )
         self.jobs.append(record)
+        if record.status != "ok":
+            await trio.sleep(FAILURE_BACKOFF_S)
         for offender in record.offenders:
             self.detections.append({
                 "t": round(self.now(), 3), "node": offender.get("node"), "peer_id": offender.get("peer_id"),
@@ -365,11 +408,12 @@ class LiveRun:
         w = self.scenario.workload
         job_rng = random.Random(self.rng.getrandbits(64))
         pool = make_pool(random.Random(self.scenario.seed ^ 0x5EED))
-        end = self.t0 + w.duration_s if self.t0 is not None else trio.current_time() + w.duration_s
+        assert self.t0 is not None
+        end = self.t0 + w.duration_s
         if w.concurrency is not None:
 
             async def worker() -> None:
-                while trio.current_time() < end:
+                while time.monotonic() < end:
                     await self._one_job(client, job_rng, pool)
 
             async with trio.open_nursery() as n:
@@ -387,12 +431,12 @@ class LiveRun:
                 outstanding["n"] -= 1
 
         async with trio.open_nursery() as n:
-            next_at = trio.current_time()
+            next_at = time.monotonic()
             while True:
                 next_at += job_rng.expovariate(w.rate_per_s)
                 if next_at >= end:
                     break
-                await trio.sleep_until(next_at)
+                await trio.sleep(max(0.0, next_at - time.monotonic()))
                 if outstanding["n"] >= MAX_OUTSTANDING:
                     self.shed += 1
                     continue
@@ -429,7 +473,7 @@ class LiveRun:
     async def _schedule(self, nursery: trio.Nursery) -> None:
         assert self.t0 is not None
         for at, kind, targets in self._plan():
-            await trio.sleep_until(self.t0 + at)
+            await trio.sleep(max(0.0, self.t0 + at - time.monotonic()))
             nursery.start_soon(self._apply, kind, targets)
 
     async def _apply(self, kind: str, targets: tuple[int, ...]) -> None:

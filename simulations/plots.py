@@ -114,7 +114,8 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_xlabel("time since the workload began (s)")
     ax.set_ylabel("penalties in job reports (cumulative)")
     ax.set_title(f"{name}: detection of adversarial executors (x = first ban)")
-    ax.legend(fontsize=7, loc="upper left")
+    if adversaries or faults:
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     paths.append(out_dir / "detection.png")
     fig.savefig(paths[-1], dpi=110)
