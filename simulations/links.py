@@ -158,7 +158,7 @@ def choose_links(scenario: Scenario, *, force_loopback: bool = False) -> LinkLay
                 f"loss = {network.loss} needs iptables (statistic match), which is not installed;"
                 " install it (apt-get install -y iptables) or set loss = 0"
             )
-        return RelayLinks(network, caps, namespaces=True)
+        return RelayLinks(network, caps, namespaces=True, seed=scenario.seed)
     if network.partitions:
         raise LinkUnavailable(
             "partitions need network namespaces (run as root on Linux): on loopback the relay cannot"
@@ -166,4 +166,4 @@ def choose_links(scenario: Scenario, *, force_loopback: bool = False) -> LinkLay
         )
     if network.loss:
         raise LinkUnavailable("loss needs network namespaces and iptables (run as root on Linux)")
-    return RelayLinks(network, caps, namespaces=False)
+    return RelayLinks(network, caps, namespaces=False, seed=scenario.seed)

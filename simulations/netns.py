@@ -17,6 +17,7 @@ harness left behind (names start with ``vsn``/``vsb``/``vsv``).
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import subprocess
 from collections.abc import Sequence
@@ -115,12 +116,26 @@ class Namespaces:
             _run("ip", "netns", "exec", self.name(index), "tc", "qdisc", "add", "dev", "eth0", "root", *spec)
             _run("tc", "qdisc", "add", "dev", f"vsv{self.tag}-{index}", "root", *spec)
 
-    def drop_randomly(self, probability: float) -> None:
-        """Drop inbound node-to-node packets (libp2p port only) with ``probability`` in every namespace."""
+    def isolate(self) -> None:
+        """Nodes accept libp2p connections only from the relays (the bridge address), so no link
+        bypasses the emulation even if a node learnt another node's namespace address."""
         for index in range(self.count):
             _run("ip", "netns", "exec", self.name(index), "iptables", "-A", "INPUT", "-p", "tcp", "--dport",
-                 str(NODE_PORT), "-m", "statistic", "--mode", "random", "--probability", f"{probability:.4f}",
-                 "-j", "DROP")
+                 str(NODE_PORT), "!", "-s", self.hub_ip, "-j", "DROP")
+
+    def drop_randomly(self, probability: float) -> None:
+        """Lose ``probability`` of the packets of every node-to-node direction (not the API's).
+
+        A relayed direction A → B crosses two segments (A → relay in A's namespace, relay → B in
+        B's), each dropping with q, so q = 1 - sqrt(1 - p) gives p end to end. The statistic
+        match is per packet; TCP retransmits, which is what a lossy link does to libp2p.
+        """
+        q = 1.0 - math.sqrt(1.0 - probability)
+        for index in range(self.count):
+            for chain, peer, port in (("INPUT", "-s", "--dport"), ("OUTPUT", "-d", "--sport")):
+                _run("ip", "netns", "exec", self.name(index), "iptables", "-A", chain, peer, self.hub_ip,
+                     "-p", "tcp", "!", port, str(API_PORT), "-m", "statistic", "--mode", "random",
+                     "--probability", f"{q:.6f}", "-j", "DROP")
 
     def close(self) -> list[str]:
         """Remove every namespace and interface this object created; returns what failed (if anything)."""

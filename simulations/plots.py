@@ -134,6 +134,8 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     _mark_faults(ax, faults)
     ax.set_xlabel("time since the workload began (s)")
     ax.set_ylabel("attested peers in registry")
+    ax.set_ylim(-0.5, len(results["nodes"]) + 0.5)
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title(f"{name}: registry size per node (gaps: node down)")
     ax.legend(fontsize=6, ncol=4, loc="lower left")
     fig.tight_layout()
