@@ -266,9 +266,11 @@ class LiveRun:
                     finally:
                         nursery.cancel_scope.cancel()
         except Exception as exc:  # recorded, and the results are still written
-            self.error = f"{type(exc).__name__}: {exc}"
+            leaves = _leaves(exc)
+            self.error = "; ".join(f"{type(e).__name__}: {e}" for e in leaves)
             self.note(f"run failed: {self.error}")
-            self.traceback = traceback.format_exc()
+            self.traceback = "".join(traceback.format_exception(leaves[0]))
+            self.messages.append(self.traceback)
         finally:
             if self.t0 is not None and self.t_end is None:
                 self.t_end = time.monotonic()
@@ -598,6 +600,13 @@ class LiveRun:
             if d["node"] is not None:
                 out.setdefault(int(d["node"]), set()).add(str(d["offence"]))
         return out
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, so the message names the real failure."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def _veilnet_metrics(text: str) -> dict[str, float]:

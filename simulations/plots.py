@@ -63,9 +63,10 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_xlabel("job latency (ms)")
     ax.set_ylabel("jobs")
     ax.set_title(f"{name}: latency distribution")
-    if not jobs:
+    if jobs:
+        ax.legend(fontsize=8)
+    else:
         ax.text(0.5, 0.5, "no jobs completed", transform=ax.transAxes, ha="center")
-    ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append(out_dir / "latency.png")
     fig.savefig(paths[-1], dpi=110)

@@ -63,7 +63,7 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
-@dataclass
+@dataclass(eq=False)  # identity: each connection is its own entry in the set
 class _Connection:
     source: int | None
     target: int
@@ -85,6 +85,7 @@ class RelayLinks:
         self.groups: dict[int, int] | None = None
         self.connections: set[_Connection] = set()
         self.relayed_bytes = 0
+        self.accepted = 0
         bandwidth = "none"
         if network.bandwidth_kbit:
             bandwidth = "tbf" if namespaces and caps.tbf else "relay"
@@ -153,6 +154,8 @@ class RelayLinks:
         self.targets[index] = ("127.0.0.1", ports.pop())
 
     def close(self) -> None:
+        self.description["relayed_bytes"] = self.relayed_bytes
+        self.description["relayed_connections"] = self.accepted
         for connection in list(self.connections):
             connection.scope.cancel()
         if self.ns is not None:
@@ -193,6 +196,7 @@ class RelayLinks:
             return
         connection = _Connection(source, target)
         self.connections.add(connection)
+        self.accepted += 1
         try:
             with connection.scope:
                 with trio.move_on_after(DIAL_TIMEOUT_S) as dial:

@@ -89,6 +89,7 @@ def _summary(run: LiveRun) -> dict[str, Any]:
         "adversaries_banned": sorted(i for i in banned if run.nodes[i].role == "adversary"),
         "honest_flagged": honest_flagged,
         "forged_admitted": _forged_admitted(run),
+        "merged_after_heal_s": _merged_after_heal(run),
     }
 
 
@@ -101,6 +102,23 @@ def _forged_admitted(run: LiveRun) -> list[int]:
             if run.nodes[int(node)].role != "adversary":
                 seen.update(i for i in members if i in forged)
     return sorted(seen)
+
+
+def _merged_after_heal(run: LiveRun) -> float | None:
+    """Seconds from the last heal to the first sample where every up honest node's registry held
+    every up node with valid evidence; None if that never happened."""
+    heal = max((p.heal_s for p in run.scenario.network.partitions), default=None)
+    if heal is None:
+        return None
+    valid = {s.index for s in run.nodes if s.behaviour not in EVIDENCE_FAULTS}
+    for sample in run.registry:
+        if sample["t"] < heal:
+            continue
+        up = {int(node) for node, size in sample["sizes"].items() if size is not None}
+        honest = [int(node) for node in sample["members"] if run.nodes[int(node)].role != "adversary"]
+        if honest and all(set(sample["members"][str(node)]) >= (valid & up) for node in honest):
+            return float(sample["t"] - heal)
+    return None
 
 
 def _checks(run: LiveRun, summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -119,6 +137,13 @@ def _checks(run: LiveRun, summary: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"name": "all_wrong_flagged", "passed": not missing,
                     "detail": f"wrong-output nodes {wrong}; not flagged: {missing or 'none'};"
                               f" banned: {summary['adversaries_banned']}"})
+    if c.merge_within_s is not None:
+        merged = _merged_after_heal(run)
+        heal = max((p.heal_s for p in run.scenario.network.partitions), default=0.0)
+        out.append({"name": "merge_within_s", "passed": merged is not None and merged <= c.merge_within_s,
+                    "detail": (f"registries whole again {merged:.1f} s after the heal at {heal:.0f} s"
+                               if merged is not None else f"registries not whole again after the heal at {heal:.0f} s")
+                              + f" (need {c.merge_within_s:.0f} s)"})
     if c.forged_never_admitted:
         admitted = summary["forged_admitted"]
         out.append({"name": "forged_never_admitted", "passed": not admitted,

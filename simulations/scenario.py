@@ -177,6 +177,7 @@ class Checks:
     no_wrong_accepted: bool
     all_wrong_flagged: bool
     forged_never_admitted: bool
+    merge_within_s: float | None  # after the last heal, every honest registry is whole again within this
 
 
 @dataclass(frozen=True)
@@ -412,6 +413,9 @@ def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     network = _network(top.sub("network"), nodes, workload)
     checks = _checks(top.sub("checks"))
     top.done()
+    if checks.merge_within_s is not None and not network.partitions:
+        raise top.error("checks", "merge_within_s needs a [[network.partitions]] entry",
+                        path=("checks", "merge_within_s"))
     if checks.all_wrong_flagged and not any(a.behaviour is Behaviour.WRONG_OUTPUT for a in adversaries):
         raise top.error("checks", "all_wrong_flagged needs a wrong-output adversary", path=("checks",
                         "all_wrong_flagged"))
@@ -558,6 +562,7 @@ def _checks(r: _Reader) -> Checks:
         no_wrong_accepted=r.boolean("no_wrong_accepted", False),
         all_wrong_flagged=r.boolean("all_wrong_flagged", False),
         forged_never_admitted=r.boolean("forged_never_admitted", False),
+        merge_within_s=r.number("merge_within_s", None, low=0, high=3600, low_open=True),
     )
     r.done()
     return checks
