@@ -105,20 +105,28 @@ def _forged_admitted(run: LiveRun) -> list[int]:
 
 
 def _merged_after_heal(run: LiveRun) -> float | None:
-    """Seconds from the last heal to the first sample where every up honest node's registry held
-    every up node with valid evidence; None if that never happened."""
+    """Seconds from the last heal until every up honest node's registry holds every up node with
+    valid evidence *and stays so* to the end of the run; None if it is not whole at the end.
+
+    "Stays so" matters: bundles learnt before the split outlive a short partition, so registries
+    can look whole right after the heal and only fall apart once those bundles expire.
+    """
     heal = max((p.heal_s for p in run.scenario.network.partitions), default=None)
     if heal is None:
         return None
     valid = {s.index for s in run.nodes if s.behaviour not in EVIDENCE_FAULTS}
+    whole_since: float | None = None
     for sample in run.registry:
         if sample["t"] < heal:
             continue
         up = {int(node) for node, size in sample["sizes"].items() if size is not None}
         honest = [int(node) for node in sample["members"] if run.nodes[int(node)].role != "adversary"]
-        if honest and all(set(sample["members"][str(node)]) >= (valid & up) for node in honest):
-            return float(sample["t"] - heal)
-    return None
+        whole = bool(honest) and all(set(sample["members"][str(node)]) >= (valid & up) for node in honest)
+        if not whole:
+            whole_since = None
+        elif whole_since is None:
+            whole_since = float(sample["t"])
+    return None if whole_since is None else max(0.0, whole_since - heal)
 
 
 def _checks(run: LiveRun, summary: dict[str, Any]) -> list[dict[str, Any]]:
