@@ -25,8 +25,10 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	$(BIN)/python -m fuzz
 
+# The smoke scenario on real node processes (about 1.5 min on 2 cores); `veilnet sim scale` or
+# `python -m simulations` runs the scale model.
 sim: $(STAMP)
-	$(BIN)/python -m simulations
+	$(BIN)/veilnet sim run smoke --out sim-out/smoke
 
 lint: $(STAMP)
 	$(BIN)/ruff check protocol node simulations tests bench

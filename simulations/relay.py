@@ -145,13 +145,21 @@ class RelayLinks:
     def attach(self, index: int, info: dict[str, Any]) -> None:
         """Learn where node ``index`` really listens (its advertised address is the relay's)."""
         if self.ns is not None:
-            self.targets[index] = (self.ns.ip(index), NODE_PORT)
+            self.route(index, self.ns.ip(index), NODE_PORT)
             return
         api_port = int(str(info["api_url"]).rsplit(":", 1)[1].split("/")[0])
         ports = listening_ports(int(info["pid"])) - {api_port}
         if len(ports) != 1:
             raise RuntimeError(f"node {index}: cannot tell its libp2p port among listening ports {sorted(ports)}")
-        self.targets[index] = ("127.0.0.1", ports.pop())
+        self.route(index, "127.0.0.1", ports.pop())
+
+    def route(self, index: int, host: str, port: int) -> None:
+        """Relay ``index`` forwards to ``host:port`` from now on."""
+        self.targets[index] = (host, port)
+
+    def relay_address(self, index: int) -> tuple[str, int]:
+        """Where others reach node ``index`` (through its relay)."""
+        return self.host, self.ports[index]
 
     def close(self) -> None:
         self.description["relayed_bytes"] = self.relayed_bytes

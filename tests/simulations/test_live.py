@@ -1,0 +1,93 @@
+"""Live scenarios end to end on real node processes (shortened to fit CI on two cores).
+
+* smoke: every job accepted, ``results.json`` valid against its schema, four non-empty PNGs;
+* byzantine (6 nodes, 2 wrong-output): no accepted answer is wrong, every wrong-output node is
+  flagged and banned by the routers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+from pathlib import Path
+
+import jsonschema
+import pytest
+from rich.console import Console
+
+from simulations.cli import SCENARIO_DIR, run_scenario
+from simulations.results import validate
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.network
+
+
+def _quiet() -> Console:
+    return Console(file=io.StringIO(), width=120)
+
+
+def test_smoke_runs_end_to_end_and_writes_valid_results_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "smoke"
+    document, code = run_scenario(SCENARIO_DIR / "smoke.toml", out, duration_s=15, console=_quiet())
+    assert code == 0, document.get("error") or document["checks"]
+    saved = json.loads((out / "results.json").read_text())
+    validate(saved)
+    summary = saved["summary"]
+    assert summary["jobs"] > 0 and summary["ok"] == summary["jobs"]
+    assert summary["latency_ms"]["p50"] > 0
+    assert saved["links"]["mode"] == "loopback"
+    for job in saved["jobs"]:
+        assert job["report"]["job_id"] == job["job_id"]
+        assert len([e for e in job["executors"] if e["in_majority"]]) >= 2
+    assert {s["node"] for s in saved["timeline"]["resources"]} == {0, 1, 2, 3}
+    assert all(s["sizes"] == {"0": 4, "1": 4, "2": 4, "3": 4} for s in saved["timeline"]["registry"])
+    assert sorted(saved["plots"]) == ["detection.png", "latency.png", "registry.png", "throughput.png"]
+    for name in saved["plots"]:
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 5000
+    # Every node process was stopped.
+    assert all(node["exit_code"] is not None for node in saved["nodes"])
+
+
+BYZANTINE = textwrap.dedent("""\
+    name = "byzantine-ci"
+    seed = 3
+    [nodes]
+    count = 6
+    models = ["all-MiniLM-L6-v2"]
+    [workload]
+    duration_s = 30
+    concurrency = 2
+    replicas = 3
+    texts_per_job = 2
+    [[adversaries]]
+    behaviour = "wrong-output"
+    count = 2
+    [checks]
+    no_wrong_accepted = true
+    all_wrong_flagged = true
+    """)
+
+
+def test_byzantine_no_wrong_answer_accepted_and_every_wrong_node_flagged(tmp_path: Path) -> None:
+    path = tmp_path / "byzantine-ci.toml"
+    path.write_text(BYZANTINE)
+    document, code = run_scenario(path, tmp_path / "out", console=_quiet())
+    summary = document["summary"]
+    assert code == 0, (document.get("error"), document["checks"])
+    wrong = sorted(n["index"] for n in document["nodes"] if n["behaviour"] == "wrong-output")
+    assert len(wrong) == 2
+    assert summary["ok"] > 0 and summary["wrong_accepted"] == 0
+    assert summary["adversaries_flagged"] == wrong
+    assert summary["adversaries_banned"] == wrong
+    assert all(job["consistent"] for job in document["jobs"] if job["status"] == "ok")
+
+
+def test_the_schema_refuses_a_job_without_a_status() -> None:
+    document = json.loads((SCENARIO_DIR.parent / "results.schema.json").read_text())
+    assert document["$id"] == "veilnet-sim-results/1"
+    broken = {"schema": "veilnet-sim-results/1", "jobs": [{"seq": 0}]}
+    with pytest.raises(jsonschema.ValidationError):
+        validate(broken)
