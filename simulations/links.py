@@ -106,7 +106,8 @@ def detect() -> Capabilities:
         _quiet("ip", "netns", "del", probe)
     iptables = shutil.which("iptables") is not None and _quiet("iptables", "-V")
     if not netem:
-        notes.append("tc netem is not available in this kernel: delay and jitter come from a user-space relay")
+        notes.append("tc netem is not available in this kernel: delay and jitter come from a user-space"
+                     " relay")
     if not iptables:
         notes.append("iptables is not installed: random loss is unavailable")
     return Capabilities(True, netns, netem, tbf, iptables, tuple(notes))
@@ -151,7 +152,8 @@ def choose_links(scenario: Scenario, *, force_loopback: bool = False) -> LinkLay
         return Direct("the scenario asks for no network conditions: plain loopback")
     from simulations.relay import RelayLinks
 
-    caps = Capabilities(False, False, False, False, False, ("--loopback given",)) if force_loopback else detect()
+    loopback = Capabilities(False, False, False, False, False, ("--loopback given",))
+    caps = loopback if force_loopback else detect()
     if caps.netns:
         if network.loss and not caps.iptables:
             raise LinkUnavailable(

@@ -212,7 +212,10 @@ class LiveRun:
         process = start_node_process(state.index, state.config_path, args, code_root=self.code_root,
                                      wrapper=place.wrapper)
         state.process = process
-        info = await trio.to_thread.run_sync(wait_for_info, process, START_TIMEOUT, abandon_on_cancel=True)
+        # Abandoned on Ctrl-C: the wait is a bounded poll of a file; trio-stubs lack the keyword.
+        info = await trio.to_thread.run_sync(  # type: ignore[call-arg]
+            wait_for_info, process, START_TIMEOUT, abandon_on_cancel=True
+        )
         state.info = info
         if info["peer_id"] not in state.peer_ids:
             state.peer_ids.append(info["peer_id"])
@@ -342,8 +345,8 @@ class LiveRun:
 
     def _workload_models(self) -> list[str]:
         w = self.scenario.workload
-        return [name for name, share in ((EMBEDDINGS_MODEL, 1 - w.chat_fraction), (CHAT_MODEL, w.chat_fraction))
-                if share > 0]
+        shares = ((EMBEDDINGS_MODEL, 1 - w.chat_fraction), (CHAT_MODEL, w.chat_fraction))
+        return [name for name, share in shares if share > 0]
 
     async def _providers(self, client: httpx.AsyncClient) -> dict[int, dict[str, int]]:
         """Entry node → model name → attested providers (from ``GET /v1/models``)."""
@@ -465,7 +468,9 @@ class LiveRun:
                 plan.append((p.heal_s, "heal", (p_index,)))
         for adversary_state in self.nodes:
             if adversary_state.behaviour is Behaviour.IDENTITY_CHURN:
-                interval = next(a.interval_s for a in s.adversaries if a.behaviour is Behaviour.IDENTITY_CHURN)
+                interval = next(
+                    a.interval_s for a in s.adversaries if a.behaviour is Behaviour.IDENTITY_CHURN
+                )
                 t = interval
                 while t < s.workload.duration_s:
                     plan.append((t, "identity-churn", (adversary_state.index,)))

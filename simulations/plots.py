@@ -38,6 +38,7 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out_dir.mkdir(parents=True, exist_ok=True)
     name = results["scenario"]["name"]
@@ -103,7 +104,7 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     for node in adversaries:
         mine = sorted((d for d in detections if d["node"] == node["index"]), key=lambda d: d["t"])
         times = [0.0] + [d["t"] for d in mine] + [duration]
-        counts = [0] + list(range(1, len(mine) + 1)) + [len(mine)]
+        counts = [0, *range(1, len(mine) + 1), len(mine)]
         line = ax.step(times, counts, where="post", label=f"node {node['index']} ({node['behaviour']})")
         bans = [d for d in mine if d["banned_until"]]
         if bans:
@@ -136,7 +137,7 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_xlabel("time since the workload began (s)")
     ax.set_ylabel("attested peers in registry")
     ax.set_ylim(-0.5, len(results["nodes"]) + 0.5)
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"{name}: registry size per node (gaps: node down)")
     ax.legend(fontsize=6, ncol=4, loc="lower left")
     fig.tight_layout()

@@ -150,7 +150,9 @@ class RelayLinks:
         api_port = int(str(info["api_url"]).rsplit(":", 1)[1].split("/")[0])
         ports = listening_ports(int(info["pid"])) - {api_port}
         if len(ports) != 1:
-            raise RuntimeError(f"node {index}: cannot tell its libp2p port among listening ports {sorted(ports)}")
+            raise RuntimeError(
+                f"node {index}: cannot tell its libp2p port among listening ports {sorted(ports)}"
+            )
         self.route(index, "127.0.0.1", ports.pop())
 
     def route(self, index: int, host: str, port: int) -> None:
@@ -190,7 +192,8 @@ class RelayLinks:
     # ------------------------------------------------------------------------ relaying
 
     def _delay(self) -> float:
-        jitter = self.rng.uniform(-self.network.jitter_ms, self.network.jitter_ms) if self.network.jitter_ms else 0
+        spread = self.network.jitter_ms
+        jitter = self.rng.uniform(-spread, spread) if spread else 0.0
         return max(0.0, self.network.delay_ms + jitter) / 1000.0
 
     async def _handle(self, target: int, downstream: trio.SocketStream) -> None:
@@ -221,7 +224,9 @@ class RelayLinks:
             with contextlib.suppress(Exception):
                 await trio.aclose_forcefully(downstream)
 
-    async def _pipe(self, source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope) -> None:
+    async def _pipe(
+        self, source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope
+    ) -> None:
         """Copy one direction, holding each chunk for the link delay; closes both ends when done."""
         send, receive = trio.open_memory_channel[tuple[float, bytes]](QUEUE_CHUNKS)
         rate = self.network.bandwidth_kbit * 1000 / 8 if self.description["bandwidth"] == "relay" else 0.0

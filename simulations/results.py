@@ -137,7 +137,8 @@ def _checks(run: LiveRun, summary: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"name": "min_success_rate", "passed": rate is not None and rate >= c.min_success_rate,
                     "detail": f"{summary['ok']}/{summary['jobs']} ok (need {c.min_success_rate:.0%})"})
     if c.no_wrong_accepted:
-        out.append({"name": "no_wrong_accepted", "passed": summary["wrong_accepted"] == 0 and summary["ok"] > 0,
+        passed = summary["wrong_accepted"] == 0 and summary["ok"] > 0
+        out.append({"name": "no_wrong_accepted", "passed": passed,
                     "detail": f"{summary['wrong_accepted']} wrong of {summary['ok']} accepted"})
     if c.all_wrong_flagged:
         wrong = sorted(s.index for s in run.nodes if s.behaviour is Behaviour.WRONG_OUTPUT)
@@ -150,7 +151,8 @@ def _checks(run: LiveRun, summary: dict[str, Any]) -> list[dict[str, Any]]:
         heal = max((p.heal_s for p in run.scenario.network.partitions), default=0.0)
         out.append({"name": "merge_within_s", "passed": merged is not None and merged <= c.merge_within_s,
                     "detail": (f"registries whole again {merged:.1f} s after the heal at {heal:.0f} s"
-                               if merged is not None else f"registries not whole again after the heal at {heal:.0f} s")
+                               if merged is not None
+                               else f"registries not whole again after the heal at {heal:.0f} s")
                               + f" (need {c.merge_within_s:.0f} s)"})
     if c.forged_never_admitted:
         admitted = summary["forged_admitted"]

@@ -291,7 +291,9 @@ class _Reader:
         self.text = text
         self.source = source
 
-    def error(self, key: str | int | None, reason: str, path: tuple[str | int, ...] | None = None) -> ScenarioError:
+    def error(
+        self, key: str | int | None, reason: str, path: tuple[str | int, ...] | None = None
+    ) -> ScenarioError:
         full = path if path is not None else (self.path + ((key,) if key is not None else ()))
         dotted = ".".join(f"[{p}]" if isinstance(p, int) else p for p in full).replace(".[", "[")
         line = _find_line(self.text, full) if full else None
@@ -307,8 +309,8 @@ class _Reader:
     def tables(self, key: str) -> list[_Reader]:
         value = self.data.pop(key, [])
         if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
-            raise self.error(key, "must be an array of tables ([[" + ".".join(map(str, self.path + (key,)))
-                             + "]])")
+            dotted = ".".join(map(str, (*self.path, key)))
+            raise self.error(key, f"must be an array of tables ([[{dotted}]])")
         return [_Reader(item, (*self.path, key, i), self.text, self.source) for i, item in enumerate(value)]
 
     def number(self, key: str, default: float | None, *, low: float, high: float,
@@ -392,7 +394,8 @@ def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
-        raise ScenarioError(source, "", int(match.group(1)) if match else None, f"invalid TOML: {exc}") from None
+        line = int(match.group(1)) if match else None
+        raise ScenarioError(source, "", line, f"invalid TOML: {exc}") from None
     top = _Reader(raw, (), text, source)
     name = top.require("name", top.string("name", None))
     if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", name):
@@ -469,7 +472,8 @@ def _workload(r: _Reader, nodes: Nodes) -> Workload:
     replicas = r.integer("replicas", 3, low=1, high=15) or 3
     executors = nodes.count - nodes.clients
     if replicas > executors:
-        raise r.error("replicas", f"{replicas} replicas need {replicas} executors; the scenario has {executors}")
+        raise r.error("replicas",
+                      f"{replicas} replicas need {replicas} executors; the scenario has {executors}")
     mode = r.string("mode", "consensus", ("consensus", "spot-check")) or "consensus"
     spot = r.number("spot_check_probability", 0.1, low=0, high=1)
     texts = r.integer("texts_per_job", 4, low=1, high=64) or 4
@@ -477,7 +481,9 @@ def _workload(r: _Reader, nodes: Nodes) -> Workload:
     deadline = r.number("deadline_s", 30.0, low=0, high=600, low_open=True)
     r.done()
     assert spot is not None and deadline is not None
-    return Workload(duration, concurrency, rate, chat_fraction, replicas, mode, spot, texts, max_tokens, deadline)
+    return Workload(
+        duration, concurrency, rate, chat_fraction, replicas, mode, spot, texts, max_tokens, deadline
+    )
 
 
 def _adversary(r: _Reader, nodes: Nodes) -> Adversary:

@@ -29,11 +29,12 @@ __all__ = ["AnswerBook", "JobRecord", "JobSpec", "make_pool", "next_job", "send_
 # noise (cosine > 0.99999, docs/CALIBRATION.md); the wrong-output fault lands near 0.999.
 CONSISTENT_COSINE = 0.9999
 
-_WORDS = (
-    "network peer node model vector answer secure enclave attested evidence quorum vote result river "
-    "mountain city market coffee winter summer train station library museum garden kitchen window "
-    "quickly slowly carefully compute verify encrypt gossip route batch queue stream token prompt"
-).split()
+_WORDS = [
+    "network", "peer", "node", "model", "vector", "answer", "secure", "enclave", "attested", "evidence",
+    "quorum", "vote", "result", "river", "mountain", "city", "market", "coffee", "winter", "summer",
+    "train", "station", "library", "museum", "garden", "kitchen", "window", "quickly", "slowly",
+    "carefully", "compute", "verify", "encrypt", "gossip", "route", "batch", "queue", "stream", "token",
+]
 
 
 def make_pool(rng: random.Random, size: int = 48) -> list[str]:

@@ -100,7 +100,8 @@ def test_partition_groups_must_cover_every_node_once() -> None:
     assert "nodes [3] are in no group" in missing.reason
     assert missing.line == len(base.splitlines()) + 1
     assert "appears in two groups" in _error(base + "groups = [[0, 1], [1, 2, 3]]\n").reason
-    assert "must be after at_s" in _error(base.replace("heal_s = 5", "heal_s = 1") + "groups = [[0,1],[2,3]]\n").reason
+    early = base.replace("heal_s = 5", "heal_s = 1") + "groups = [[0, 1], [2, 3]]\n"
+    assert "must be after at_s" in _error(early).reason
 
 
 def test_chat_mix_needs_the_chat_model() -> None:
