@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import shutil
 import signal
 import time
 import traceback
@@ -292,6 +293,7 @@ class LiveRun:
         self._assign_roles()
         await self.links.setup(nursery, s.nodes.count)
         root = self.out_dir / "testnet"
+        _fresh(root)
         self.code_root = snapshot_code(root / "code")
         self.layout = create_testnet(
             root, nodes=s.nodes.count, base_port=0, api_port=0,
@@ -605,6 +607,17 @@ class LiveRun:
             if d["node"] is not None:
                 out.setdefault(int(d["node"]), set()).add(str(d["offence"]))
         return out
+
+
+def _fresh(root: Path) -> None:
+    """Start from an empty testnet dir: a previous run's identities and reputation files (bans!)
+    would otherwise leak into this one. Only a dir an earlier run made (it has testnet.toml) is
+    removed; anything else in the way is an error."""
+    if not root.exists():
+        return
+    if not (root / "testnet.toml").exists() and any(root.iterdir()):
+        raise RuntimeError(f"{root} exists and is not a simulation testnet; choose another --out")
+    shutil.rmtree(root)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
