@@ -10,7 +10,9 @@ is printed and recorded); 2 the scenario is invalid (nothing was started); 3 a c
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -32,7 +34,7 @@ def resolve_scenario(name_or_path: str) -> Path:
 
 
 def run_scenario(path: Path, out: Path, *, seed: int | None = None, duration_s: float | None = None,
-                 loopback: bool = False, console: Console | None = None) -> tuple[dict[str, object], int]:
+                 loopback: bool = False, console: Console | None = None) -> tuple[dict[str, Any], int]:
     """Run one scenario end to end; returns (results document, exit code). Writes into ``out``."""
     import trio
 
@@ -132,10 +134,81 @@ def clean() -> None:
 
 @sim_app.command("scale")
 def scale(
-    out: Path = typer.Option(Path("simulations/out"), help="Where the report is written."),
-    trials: int = typer.Option(4000, help="Monte Carlo trials per (f, k) cell."),
+    out: Path = typer.Option(Path("simulations/out"), help="Where the reports are written."),
+    trials: int = typer.Option(4000, help="Monte Carlo trials per (f, k) cell of the selection check."),
+    calibration: Path | None = typer.Option(
+        None, "--calibration", help="Calibration file (default: the one shipped, measured on 2 cores)."
+    ),
+    quick: bool = typer.Option(False, "--quick", help="Fewer sizes and jobs (about 10 s)."),
+    seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """The scale model: exact odds and a Monte Carlo over the router's real peer selection."""
+    """The scale model: exact odds, a Monte Carlo over the router's real peer selection, and the
+    calibrated discrete-event model of 1,000-10,000 nodes (propagation, churn, wrong answers)."""
+    from rich.console import Console
+    from rich.table import Table
+
     from simulations.__main__ import print_scale_report
+    from simulations.scale import DEFAULT_CALIBRATION, load_calibration, run_scale, write_scale_plots
 
     print_scale_report(out, trials)
+    console = Console()
+    try:
+        data = load_calibration(calibration or DEFAULT_CALIBRATION)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    report = run_scale(data, quick=quick, seed=seed)
+    table = Table(title="Bundle propagation (discrete-event model, calibrated)")
+    for column in ("nodes", "50 %", "95 %", "all", "copies/node/announce", "copies/node/s"):
+        table.add_column(column, justify="right")
+    for row in report["propagation"]:
+        table.add_row(
+            str(row["nodes"]), f"{row['t50_s'] * 1000:.0f} ms", f"{row['t95_s'] * 1000:.0f} ms",
+            f"{row['t100_s'] * 1000:.0f} ms", f"{row['messages_per_node_per_announce']:.1f}",
+            f"{row['messages_per_node_per_s']:.1f}",
+        )
+    console.print(table)
+    check = report["propagation_check"]
+    if check["measured_mean_s"]:
+        verdict = "within 25 %" if check["within_25_percent"] else "NOT within 25 %"
+        console.print(f"20 nodes: model mean {check['model_mean_s'] * 1000:.1f} ms, measured"
+                      f" {check['measured_mean_s'] * 1000:.1f} ms ({check['relative_error']:.0%}, {verdict})")
+    wrong = Table(title=f"P(wrong answer accepted), consensus, {report['network_for_jobs']} nodes")
+    for column in ("f", "k", "exact", "model", "model + bans", "within 4σ"):
+        wrong.add_column(column, justify="right")
+    for row in report["consensus"]:
+        wrong.add_row(
+            f"{row['f']:.2f}", str(row["k"]), f"{row['exact']:.2e}", f"{row['no_bans']['p_wrong']:.2e}",
+            f"{row['bans']['p_wrong']:.2e}", "yes" if row["within_4_sigma"] else "NO",
+        )
+    console.print(wrong)
+    churn = Table(title="Jobs under churn (k=3; down 60 s each time)")
+    for column in ("mean up", "accepted", "p50", "p95"):
+        churn.add_column(column, justify="right")
+    for row in report["churn"]:
+        churn.add_row(
+            "no churn" if row["mean_up_s"] is None else f"{row['mean_up_s']:.0f} s",
+            f"{row['p_success']:.1%}", f"{row['latency_p50_s']:.2f} s", f"{row['latency_p95_s']:.2f} s",
+        )
+    console.print(churn)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "scale-model.json"
+    path.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    plots = write_scale_plots(report, out)
+    console.print(f"wrote {path}, " + ", ".join(str(p) for p in plots))
+
+
+@sim_app.command("calibrate")
+def calibrate(
+    out: Path = typer.Option(
+        Path("sim-out/calibration"), "--out", help="Where the runs and calibration.json go."
+    ),
+    seconds: float = typer.Option(30.0, "--seconds", help="How long each propagation measurement samples."),
+    check_nodes: int = typer.Option(20, "--check-nodes", help="Nodes of the propagation run the model is"
+                                    " checked against."),
+) -> None:
+    """Measure the scale model's parameters on real nodes of this machine (per-hop time, propagation
+    on 20 nodes, job latency); writes calibration.json for `veilnet sim scale --calibration`."""
+    from simulations.measure import calibrate as measure
+
+    measure(out, check_nodes=check_nodes, seconds=seconds)

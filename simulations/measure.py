@@ -1,0 +1,152 @@
+"""``veilnet sim calibrate``: measure the scale model's parameters on real nodes of this machine.
+
+Three measurements, each on real ``veilnet node start`` processes started through
+:mod:`node.testnet`:
+
+1. **Per-hop time** (transport + decoding + appraisal of a bundle): ``hop_nodes`` nodes that serve
+   no model (so no torch), re-announcing every few seconds. With at most D+1 nodes every peer is in
+   every mesh, so each delivery is one hop. A delay is ``verified_at`` of a bundle in a receiver's
+   registry minus ``announced_at`` of the same bundle (same digest) at its publisher; both are
+   wall-clock times on this machine.
+2. **Propagation on a larger mesh** (default 20 nodes), measured the same way: what the model's
+   N=20 prediction is checked against (within 25 %).
+3. **Job latency**: a short live run (4 nodes, k=3 consensus embeddings) through the API; its
+   accepted jobs' latencies are what the model draws job latencies from.
+
+Configured values that are not measured (gossip mesh degree and heartbeat, router timeouts) are
+copied from the node's sources and recorded beside the measurements, with where they come from.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from node.config import NodeConfig
+from node.testnet import create_testnet, snapshot_code, start_node_process, stop_processes, wait_for_info
+
+__all__ = ["GOSSIP", "ROUTER", "calibrate", "measure_propagation"]
+
+# node/net/gossip.py: GossipSub(degree=6, degree_low=4, degree_high=12, heartbeat_interval=1).
+GOSSIP = {"degree": 6, "degree_low": 4, "degree_high": 12, "heartbeat_s": 1.0, "source": "node/net/gossip.py"}
+# node/jobs/router.py RouterSettings defaults.
+ROUTER = {"commit_timeout_s": 10.0, "deadline_s": 30.0, "source": "node/jobs/router.py RouterSettings"}
+REANNOUNCE_S = 3
+SETTLE_TIMEOUT_S = 120.0
+
+JOB_SCENARIO = """\
+name = "calibration-jobs"
+description = "job latencies for the scale model: 4 nodes, k=3 consensus embeddings"
+[nodes]
+count = 4
+[workload]
+duration_s = {duration}
+concurrency = 1
+replicas = 3
+texts_per_job = 2
+"""
+
+
+def _snapshot(
+    client: httpx.Client, urls: list[str]
+) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
+    infos, registries = [], []
+    for url in urls:
+        infos.append(client.get(f"{url}/veilnet/v1/node").json())
+        registries.append(client.get(f"{url}/veilnet/v1/peers").json()["peers"])
+    return infos, registries
+
+
+def measure_propagation(root: Path, nodes: int, seconds: float) -> dict[str, Any]:
+    """Delays (s) from a bundle's publication to its verification at every other node."""
+    code_root = snapshot_code(root / "code")
+
+    def no_models(index: int, config: NodeConfig) -> NodeConfig:
+        return replace(config, models=(), reannounce_seconds=REANNOUNCE_S, bundle_lifetime_seconds=30)
+
+    layout = create_testnet(root, nodes=nodes, api_port=0, node_overrides=no_models, code_root=code_root)
+    processes = []
+    delays: dict[tuple[str, str], float] = {}  # (bundle digest, receiver) -> seconds
+    try:
+        first = start_node_process(0, layout.node_configs[0], code_root=code_root)
+        processes.append(first)
+        wait_for_info(first, 120)
+        for index, path in enumerate(layout.node_configs[1:], start=1):
+            bootstrap = ("--bootstrap", first.multiaddr)
+            processes.append(start_node_process(index, path, bootstrap, code_root=code_root))
+        for process in processes[1:]:
+            wait_for_info(process, 240)
+        urls = [p.api_url for p in processes]
+        with httpx.Client(timeout=5.0) as client:
+            deadline = time.monotonic() + SETTLE_TIMEOUT_S
+            while time.monotonic() < deadline:
+                _, registries = _snapshot(client, urls)
+                if all(len(r) >= nodes for r in registries):
+                    break
+                time.sleep(0.5)
+            settled = time.monotonic()
+            end = settled + seconds
+            while time.monotonic() < end:
+                infos, registries = _snapshot(client, urls)
+                published = {i["bundle_digest"]: i["announced_at"] for i in infos if i.get("announced_at")}
+                for receiver, entries in zip(infos, registries, strict=True):
+                    for entry in entries:
+                        digest = entry.get("bundle_digest")
+                        if entry["peer_id"] == receiver["peer_id"] or digest not in published:
+                            continue
+                        delay = float(entry["verified_at"]) - float(published[digest])
+                        if 0 <= delay < REANNOUNCE_S * 10:  # a stale pairing would be negative or huge
+                            delays.setdefault((str(digest), str(receiver["peer_id"])), delay)
+                time.sleep(0.5)
+    finally:
+        stop_processes(processes)
+    values = sorted(delays.values())
+    return {
+        "nodes": nodes, "samples": len(values), "delays_s": [round(v, 6) for v in values],
+        "mean_s": statistics.fmean(values) if values else None,
+        "median_s": statistics.median(values) if values else None,
+    }
+
+
+def calibrate(out: Path, *, hop_nodes: int = 6, check_nodes: int = 20, seconds: float = 30.0,
+              job_seconds: float = 30.0) -> dict[str, Any]:
+    """Run the three measurements under ``out`` and return the calibration document."""
+    from rich.console import Console
+
+    from simulations.cli import run_scenario
+
+    out.mkdir(parents=True, exist_ok=True)
+    console = Console()
+    console.print(f"1/3 per-hop time: {hop_nodes} nodes without models, {seconds:.0f} s")
+    hop = measure_propagation(out / "hop", hop_nodes, seconds)
+    console.print(f"    {hop['samples']} deliveries, median {hop['median_s']}")
+    console.print(f"2/3 propagation: {check_nodes} nodes without models, {seconds:.0f} s")
+    check = measure_propagation(out / "check", check_nodes, seconds)
+    console.print(f"    {check['samples']} deliveries, mean {check['mean_s']}")
+    console.print(f"3/3 job latency: 4 nodes, k=3, {job_seconds:.0f} s")
+    scenario = out / "jobs.toml"
+    scenario.write_text(JOB_SCENARIO.format(duration=job_seconds), encoding="utf-8")
+    document, _ = run_scenario(scenario, out / "jobs", console=Console(quiet=True))
+    jobs = [j for j in document["jobs"] if j["status"] == "ok"]
+    latencies = sorted(round(j["latency_ms"] / 1000, 6) for j in jobs)
+    calibration = {
+        "schema": "veilnet-scale-calibration/1",
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": document["machine"],
+        "hop_latency_s": hop["delays_s"],
+        "hop_nodes": hop_nodes,
+        "propagation_check": {k: v for k, v in check.items() if k != "delays_s"},
+        "job_latency_s": latencies,
+        "gossip": GOSSIP,
+        "router": ROUTER,
+    }
+    path = out / "calibration.json"
+    path.write_text(json.dumps(calibration, indent=1), encoding="utf-8")
+    console.print(f"wrote {path}")
+    return calibration
