@@ -91,6 +91,7 @@ class NodeState:
             "peer_ids": self.peer_ids, "api_url": self.api_url or None,
             "addrs": list(self.info.get("addrs", [])), "churn": self.churn,
             "exit_code": self.process.process.returncode if self.process else None,
+            "pid": self.process.process.pid if self.process else None,
         }
 
 
@@ -138,6 +139,7 @@ class LiveRun:
         self._answers = AnswerBook()
         self._cpu: dict[int, tuple[float, float]] = {}
         self._seq = 0
+        self._slow: dict[int, float] = {}
 
     # ------------------------------------------------------------------------------ clock
 

@@ -33,6 +33,28 @@ def _mark_faults(ax: Any, faults: list[dict[str, Any]]) -> None:
                         rotation=90, va="top", ha="right", color=_FAULT_COLOURS.get(kind, "grey"))
 
 
+EVIDENCE_BEHAVIOURS = ("forged-signature", "measurement-outside-policy", "wrong-platform-key")
+_REFUSED = 'veilnet_bundles_rejected_by_peer_total{peer="'
+
+
+def _refusals_over_time(results: dict[str, Any]) -> dict[int, list[tuple[float, float]]]:
+    """Adversary index → (t, bundles of it refused by honest nodes so far, summed over them)."""
+    owner = {peer: n["index"] for n in results["nodes"] for peer in n["peer_ids"]}
+    honest = {n["index"] for n in results["nodes"] if n["role"] != "adversary"}
+    latest: dict[int, dict[int, float]] = {}  # adversary -> honest node -> count
+    by_time: dict[int, dict[float, float]] = {}  # adversary -> t -> total (last write per t wins)
+    for sample in results["timeline"]["metrics"]:
+        if sample["node"] not in honest:
+            continue
+        for name, value in sample["values"].items():
+            if name.startswith(_REFUSED):
+                index = owner.get(name[len(_REFUSED):].split('"', 1)[0])
+                if index is not None:
+                    latest.setdefault(index, {})[sample["node"]] = value
+                    by_time.setdefault(index, {})[sample["t"]] = sum(latest[index].values())
+    return {index: sorted(points.items()) for index, points in by_time.items()}
+
+
 def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -101,7 +123,14 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(8, 4))
     adversaries = [n for n in results["nodes"] if n["role"] == "adversary"]
     detections = results["timeline"]["detections"]
+    refusals = _refusals_over_time(results)
     for node in adversaries:
+        if node["behaviour"] in EVIDENCE_BEHAVIOURS:
+            # Forged evidence never reaches a job: its detection is honest nodes refusing its bundles.
+            points = refusals.get(node["index"], [])
+            ax.plot([t for t, _ in points], [v for _, v in points], linestyle=":",
+                    label=f"node {node['index']} ({node['behaviour']}): bundles refused")
+            continue
         mine = sorted((d for d in detections if d["node"] == node["index"]), key=lambda d: d["t"])
         times = [0.0] + [d["t"] for d in mine] + [duration]
         counts = [0, *range(1, len(mine) + 1), len(mine)]
@@ -114,7 +143,7 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.text(0.5, 0.5, "no adversarial executors in this scenario", transform=ax.transAxes, ha="center")
     _mark_faults(ax, faults)
     ax.set_xlabel("time since the workload began (s)")
-    ax.set_ylabel("penalties in job reports (cumulative)")
+    ax.set_ylabel("penalties in job reports / bundles refused")
     ax.set_title(f"{name}: detection of adversarial executors (x = first ban)")
     if adversaries or faults:
         ax.legend(fontsize=7, loc="upper left")

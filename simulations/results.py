@@ -90,7 +90,25 @@ def _summary(run: LiveRun) -> dict[str, Any]:
         "honest_flagged": honest_flagged,
         "forged_admitted": _forged_admitted(run),
         "merged_after_heal_s": _merged_after_heal(run),
+        "bundles_rejected": _rejections(run),
     }
+
+
+def _rejections(run: LiveRun) -> dict[str, float]:
+    """Bundles honest nodes refused, by reason, summed over their last metrics sample: how
+    forged evidence shows up (it never reaches a job, so job reports never mention it)."""
+    last: dict[int, dict[str, float]] = {}
+    for sample in run.metrics:
+        if run.nodes[sample["node"]].role != "adversary":
+            last[sample["node"]] = sample["values"]
+    totals: dict[str, float] = {}
+    prefix = 'veilnet_bundles_rejected_total{reason="'
+    for values in last.values():
+        for name, value in values.items():
+            if name.startswith(prefix):
+                reason = name[len(prefix):].split('"', 1)[0]
+                totals[reason] = totals.get(reason, 0.0) + value
+    return totals
 
 
 def _forged_admitted(run: LiveRun) -> list[int]:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -18,6 +22,7 @@ from rich.console import Console
 
 from simulations.cli import SCENARIO_DIR, run_scenario
 from simulations.results import validate
+from tests.node.cluster import read_until
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -91,3 +96,29 @@ def test_the_schema_refuses_a_job_without_a_status() -> None:
     broken = {"schema": "veilnet-sim-results/1", "jobs": [{"seq": 0}]}
     with pytest.raises(jsonschema.ValidationError):
         validate(broken)
+
+
+def test_ctrl_c_stops_every_node_and_still_writes_the_results(tmp_path: Path) -> None:
+    out = tmp_path / "interrupted"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from node.cli.main import main; main()", "sim", "run", "smoke",
+         "--out", str(out), "--duration", "600"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+    )
+    try:
+        read_until(process, "running", timeout=240)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    saved = json.loads((out / "results.json").read_text())
+    validate(saved)
+    assert saved["interrupted"] == "SIGINT"
+    assert saved["duration_s"] < 600
+    pids = [node["pid"] for node in saved["nodes"]]
+    assert len(pids) == 4 and all(pids)
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
