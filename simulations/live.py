@@ -64,6 +64,7 @@ __all__ = ["FaultRecord", "LiveRun", "NodeState"]
 START_TIMEOUT = 240.0  # many nodes import torch and load a model at once on two cores
 SETTLE_TIMEOUT = 120.0  # registries complete (several re-announce periods on a loaded machine)
 SAMPLE_EVERY = 2.0
+READY_TIMEOUT = 60.0  # a restarted node's registry refills within a few re-announce periods
 FAILURE_BACKOFF_S = 0.5  # a client backs off after a failed job instead of spinning on errors
 MAX_OUTSTANDING = 64  # open-loop jobs in flight before arrivals are counted as shed
 
@@ -78,6 +79,7 @@ class NodeState:
     info: dict[str, Any] = field(default_factory=dict)
     peer_ids: list[str] = field(default_factory=list)  # every identity it had (identity churn adds)
     up: bool = False
+    ready: bool = False  # up, and its registry lists enough providers to take jobs
     churn: bool = False
 
     @property
@@ -226,7 +228,7 @@ class LiveRun:
         state.up = True
 
     def _signal(self, state: NodeState, sig: signal.Signals) -> None:
-        state.up = False
+        state.up = state.ready = False
         if state.process is not None and state.process.alive():
             state.process.process.send_signal(sig)
 
@@ -318,6 +320,8 @@ class LiveRun:
             if not complete:
                 self.note(f"registries still incomplete after {SETTLE_TIMEOUT:.0f} s; starting anyway")
             self.setup_s = time.monotonic() - started
+            for state in self.nodes:
+                state.ready = state.up
             self.t0 = time.monotonic()
             self.phase = "running"
             async with trio.open_nursery() as inner:
@@ -352,10 +356,12 @@ class LiveRun:
         shares = ((EMBEDDINGS_MODEL, 1 - w.chat_fraction), (CHAT_MODEL, w.chat_fraction))
         return [name for name, share in shares if share > 0]
 
-    async def _providers(self, client: httpx.AsyncClient) -> dict[int, dict[str, int]]:
+    async def _providers(
+        self, client: httpx.AsyncClient, only: NodeState | None = None
+    ) -> dict[int, dict[str, int]]:
         """Entry node → model name → attested providers (from ``GET /v1/models``)."""
         out: dict[int, dict[str, int]] = {}
-        for state in self.nodes:
+        for state in self.nodes if only is None else [only]:
             if state.role == "adversary" or not state.up:
                 continue
             try:
@@ -382,9 +388,9 @@ class LiveRun:
     # ----------------------------------------------------------------------------- workload
 
     def _entry(self, seq: int) -> NodeState | None:
-        candidates = [s for s in self.nodes if s.role == "client" and s.up]
+        candidates = [s for s in self.nodes if s.role == "client" and s.ready]
         if not candidates:
-            candidates = [s for s in self.nodes if s.role == "honest" and s.up]
+            candidates = [s for s in self.nodes if s.role == "honest" and s.ready]
         return candidates[seq % len(candidates)] if candidates else None
 
     async def _one_job(self, client: httpx.AsyncClient, job_rng: random.Random, pool: list[str]) -> None:
@@ -526,6 +532,23 @@ class LiveRun:
             self.note(f"node {state.index}: back as {state.info['peer_id'][-8:]}")
         except Exception as exc:
             self.note(f"node {state.index}: restart failed: {exc}")
+            return
+        state.ready = await self._wait_ready(state)
+
+    async def _wait_ready(self, state: NodeState) -> bool:
+        """A restarted node takes jobs once it sees ``replicas`` providers of every workload model
+        (a client would not send jobs to a node that cannot place them yet). Bounded."""
+        needed = min(self.scenario.workload.replicas, self.scenario.nodes.count)
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            with trio.move_on_after(READY_TIMEOUT):
+                while state.up:
+                    models = (await self._providers(client, only=state)).get(state.index, {})
+                    if all(models.get(name, 0) >= needed for name in self._workload_models()):
+                        return True
+                    await trio.sleep(0.5)
+        if state.up:
+            self.note(f"node {state.index}: not ready within {READY_TIMEOUT:.0f} s; taking jobs anyway")
+        return state.up
 
     # ----------------------------------------------------------------------------- sampling
 
