@@ -11,7 +11,8 @@ machines, see simulations/README.md); they come from the relay. This module adds
 (tbf on both ends of a node's veth) and random loss (an iptables ``statistic`` rule in the
 node's namespace) when asked, and removes everything it created in :meth:`Namespaces.close`,
 which runs on normal exit, on Ctrl-C and on errors; :func:`clean_leftovers` removes what a killed
-harness left behind (names start with ``vsn``/``vsb``/``vsv``).
+harness left behind (names start with ``vsn``/``vsb``/``vsv`` and the harness's pid; a live
+harness's names are kept).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,7 +55,7 @@ def _free_subnet() -> int:
 @dataclass
 class Namespaces:
     count: int
-    tag: str = field(default_factory=lambda: f"{os.getpid() % 100000:05d}")
+    tag: str = field(default_factory=lambda: str(os.getpid()))  # the owner: `sim clean` spares live ones
     subnet: int = -1
     created: list[str] = field(default_factory=list)  # namespaces, in creation order
     links: list[str] = field(default_factory=list)  # root-side interfaces (bridge, veth ends)
@@ -156,14 +158,30 @@ def _names(output: str) -> list[str]:
     return [line.split()[0].split("@")[0].rstrip(":") for line in output.splitlines() if line.strip()]
 
 
+def _owner_alive(name: str) -> bool:
+    """Names carry the pid of the harness that made them; a live one is still using them."""
+    match = re.match(r"vs[nbv](\d+)", name)
+    if not match:
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 def clean_leftovers(prefixes: Sequence[str] = NAME_PREFIXES) -> list[str]:
-    """Delete namespaces and interfaces a previous run left behind; returns one line per action."""
+    """Delete namespaces and interfaces whose harness is gone; returns one line per action."""
     lines: list[str] = []
     if os.geteuid() != 0:
         return ["not root: a harness without root creates no namespaces, nothing to clean"]
     namespaces = _names(_run("ip", "netns", "list", check=False).stdout)
     for ns in namespaces:
-        if ns.startswith("vsn"):
+        if ns.startswith("vsn") and _owner_alive(ns):
+            lines.append(f"kept namespace {ns}: its harness is still running")
+        elif ns.startswith("vsn"):
             result = _run("ip", "netns", "del", ns, check=False)
             lines.append(f"removed namespace {ns}" if result.returncode == 0 else
                          f"could not remove namespace {ns}: {result.stderr.strip()}")
@@ -173,7 +191,9 @@ def clean_leftovers(prefixes: Sequence[str] = NAME_PREFIXES) -> list[str]:
         if len(parts) < 2:
             continue
         name = parts[1].strip().split("@")[0]
-        if name.startswith(tuple(p for p in prefixes if p != "vsn")):
+        if name.startswith(tuple(p for p in prefixes if p != "vsn")) and _owner_alive(name):
+            lines.append(f"kept interface {name}: its harness is still running")
+        elif name.startswith(tuple(p for p in prefixes if p != "vsn")):
             result = _run("ip", "link", "del", name, check=False)
             lines.append(f"removed interface {name}" if result.returncode == 0 else
                          f"could not remove interface {name}: {result.stderr.strip()}")

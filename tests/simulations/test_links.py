@@ -165,3 +165,23 @@ async def test_namespaces_partition_cuts_links_and_close_removes_everything() ->
             server.wait()
         links.close()
     assert _netns_list() == before
+
+
+@pytest.mark.network
+def test_sim_clean_removes_leftover_namespaces_and_bridges() -> None:
+    from simulations.netns import clean_leftovers
+
+    if os.geteuid() != 0:
+        assert clean_leftovers() == ["not root: a harness without root creates no namespaces, nothing to clean"]
+        return
+    before = _netns_list()
+    dead = 9_999_999  # above any pid_max: the harness that made these is certainly gone
+    leftover_ns, leftover_bridge = f"vsn{dead}-left", f"vsb{dead}"
+    subprocess.run(["ip", "netns", "add", leftover_ns], check=True)
+    subprocess.run(["ip", "link", "add", leftover_bridge, "type", "bridge"], check=True)
+    lines = clean_leftovers()
+    assert f"removed namespace {leftover_ns}" in lines
+    assert f"removed interface {leftover_bridge}" in lines
+    assert _netns_list() == before
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    assert leftover_bridge not in links
