@@ -162,6 +162,10 @@ def scale(
     for column in ("nodes", "50 %", "95 %", "all", "copies/node/announce", "copies/node/s"):
         table.add_column(column, justify="right")
     for row in report["propagation"]:
+        if row["saturated"]:
+            load = f"appraisal load {row['appraisal_utilisation']:.0%}"
+            table.add_row(str(row["nodes"]), "saturated", load, "-", "-", "-")
+            continue
         table.add_row(
             str(row["nodes"]), f"{row['t50_s'] * 1000:.0f} ms", f"{row['t95_s'] * 1000:.0f} ms",
             f"{row['t100_s'] * 1000:.0f} ms", f"{row['messages_per_node_per_announce']:.1f}",
@@ -169,10 +173,12 @@ def scale(
         )
     console.print(table)
     check = report["propagation_check"]
-    if check["measured_mean_s"]:
+    if check["measured_mean_s"] and check["model_mean_s"] is not None:
         verdict = "within 25 %" if check["within_25_percent"] else "NOT within 25 %"
-        console.print(f"20 nodes: model mean {check['model_mean_s'] * 1000:.1f} ms, measured"
-                      f" {check['measured_mean_s'] * 1000:.1f} ms ({check['relative_error']:.0%}, {verdict})")
+        console.print(f"{check['nodes']} nodes on {check['cores']} cores: model mean"
+                      f" {check['model_mean_s'] * 1000:.1f} ms, measured"
+                      f" {check['measured_mean_s'] * 1000:.1f} ms"
+                      f" ({check['relative_error']:.0%} apart, {verdict})")
     wrong = Table(title=f"P(wrong answer accepted), consensus, {report['network_for_jobs']} nodes")
     for column in ("f", "k", "exact", "model", "model + bans", "within 4σ"):
         wrong.add_column(column, justify="right")

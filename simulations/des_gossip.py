@@ -6,9 +6,12 @@ What it models, and why that much:
   D_low=4, D_high=12). The graph is built by each node linking to random peers until it has D,
   never past D_high — what GRAFT does in a steady state;
 * a hop: a node that receives the bundle for the first time appraises it, then forwards it to
-  its mesh peers except the one it came from (gossipsub validates before forwarding). The time of
-  a hop — transport, decoding and appraisal together — is drawn from samples measured on a local
-  run (:mod:`simulations.measure`), so the model needs no guess about any of its parts;
+  its mesh peers except the one it came from (gossipsub validates before forwarding). Transport
+  times are drawn from one-hop delays measured on a local run (:mod:`simulations.measure`) less
+  the appraisal; the appraisal costs the CPU time per received bundle measured on that run;
+* load: every node appraises every other node's bundle once per re-announce period, so its CPU
+  is busy ρ = N·appraisal/R of the time; a bundle waits the M/D/1 queue's mean before its
+  appraisal starts, and at ρ ≥ 1 the node cannot keep up at all (reported as saturated);
 * duplicates: a node receiving a copy it already has counts a message and drops it.
 
 What it leaves out, on purpose: IHAVE/IWANT gossip to non-mesh peers (it repairs misses; in a
@@ -19,6 +22,7 @@ re-announces every R seconds multiplies the per-node message rate by N/R.
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from collections.abc import Sequence
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 
 import simpy
 
-__all__ = ["Propagation", "build_mesh", "simulate_propagation"]
+__all__ = ["Propagation", "appraisal_wait", "build_mesh", "simulate_propagation"]
 
 
 @dataclass(frozen=True)
@@ -70,11 +74,23 @@ def _percentile(ordered: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
+def appraisal_wait(utilisation: float, appraisal_s: float) -> float:
+    """Mean wait before a node gets to appraise a bundle, its CPU busy ``utilisation`` of the
+    time with other bundles: the M/D/1 queue (Poisson arrivals, fixed service time)."""
+    if utilisation >= 1.0:
+        return math.inf
+    return utilisation * appraisal_s / (2.0 * (1.0 - utilisation))
+
+
 def simulate_propagation(
     n: int, hop_samples: Sequence[float], *, degree: int = 6, degree_high: int = 12,
-    seed: int = 0, source: int | None = None,
+    seed: int = 0, source: int | None = None, appraisal_s: float = 0.0, wait_s: float = 0.0,
 ) -> Propagation:
-    """One announce from ``source`` (random by default): when each node has the bundle."""
+    """One announce from ``source`` (random by default): when each node has the bundle.
+
+    ``hop_samples`` are transport times; a node forwards a bundle ``wait_s + appraisal_s`` after
+    its first copy arrived (queue behind the other bundles it is appraising, then appraise).
+    """
     if not hop_samples:
         raise ValueError("hop_samples is empty: calibrate first")
     rng = random.Random(seed)
@@ -93,6 +109,13 @@ def simulate_propagation(
         if received_at[node] is not None:
             return
         received_at[node] = env.now
+        if appraisal_s or wait_s:
+            event = env.timeout(wait_s + appraisal_s)
+            event.callbacks.append(lambda _event: forward(node, sender))
+        else:
+            forward(node, sender)
+
+    def forward(node: int, sender: int) -> None:
         for peer in mesh[node]:
             if peer != sender:
                 deliver(peer, node)

@@ -20,6 +20,7 @@ copied from the node's sources and recorded beside the measurements, with where 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from dataclasses import replace
@@ -63,6 +64,20 @@ def _snapshot(
     return infos, registries
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _messages_in(client: httpx.Client, url: str) -> float:
+    for line in client.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("veilnet_gossip_messages_in_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def measure_propagation(root: Path, nodes: int, seconds: float) -> dict[str, Any]:
     """Delays (s) from a bundle's publication to its verification at every other node."""
     code_root = snapshot_code(root / "code")
@@ -91,6 +106,8 @@ def measure_propagation(root: Path, nodes: int, seconds: float) -> dict[str, Any
                     break
                 time.sleep(0.5)
             settled = time.monotonic()
+            cpu_before = sum(_cpu_seconds(p.process.pid) for p in processes)
+            messages_before = sum(_messages_in(client, url) for url in urls)
             end = settled + seconds
             while time.monotonic() < end:
                 infos, registries = _snapshot(client, urls)
@@ -104,11 +121,18 @@ def measure_propagation(root: Path, nodes: int, seconds: float) -> dict[str, Any
                         if 0 <= delay < REANNOUNCE_S * 10:  # a stale pairing would be negative or huge
                             delays.setdefault((str(digest), str(receiver["peer_id"])), delay)
                 time.sleep(0.5)
+            cpu_spent = sum(_cpu_seconds(p.process.pid) for p in processes) - cpu_before
+            messages = sum(_messages_in(client, url) for url in urls) - messages_before
     finally:
         stop_processes(processes)
     values = sorted(delays.values())
     return {
-        "nodes": nodes, "samples": len(values), "delays_s": [round(v, 6) for v in values],
+        "nodes": nodes, "reannounce_s": REANNOUNCE_S, "window_s": seconds,
+        "cpu_seconds": round(cpu_spent, 3), "messages_in": messages,
+        # Upper bound of the CPU one received bundle costs: all of the nodes' CPU over the
+        # window (idle work included, ~0.3 % per node) divided by the bundles they received.
+        "cpu_per_message_s": round(cpu_spent / messages, 6) if messages else None,
+        "samples": len(values), "delays_s": [round(v, 6) for v in values],
         "mean_s": statistics.fmean(values) if values else None,
         "median_s": statistics.median(values) if values else None,
     }
@@ -141,6 +165,8 @@ def calibrate(out: Path, *, hop_nodes: int = 6, check_nodes: int = 20, seconds: 
         "machine": document["machine"],
         "hop_latency_s": hop["delays_s"],
         "hop_nodes": hop_nodes,
+        "hop_run": {k: v for k, v in hop.items() if k != "delays_s"},
+        "appraisal_s": hop["cpu_per_message_s"],
         "propagation_check": {k: v for k, v in check.items() if k != "delays_s"},
         "job_latency_s": latencies,
         "gossip": GOSSIP,

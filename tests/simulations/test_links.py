@@ -172,7 +172,7 @@ def test_sim_clean_removes_leftover_namespaces_and_bridges() -> None:
     from simulations.netns import clean_leftovers
 
     if os.geteuid() != 0:
-        assert clean_leftovers() == ["not root: a harness without root creates no namespaces, nothing to clean"]
+        assert clean_leftovers()[0].startswith("not root")
         return
     before = _netns_list()
     dead = 9_999_999  # above any pid_max: the harness that made these is certainly gone

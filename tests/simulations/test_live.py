@@ -2,7 +2,10 @@
 
 * smoke: every job accepted, ``results.json`` valid against its schema, four non-empty PNGs;
 * byzantine (6 nodes, 2 wrong-output): no accepted answer is wrong, every wrong-output node is
-  flagged and banned by the routers.
+  flagged and banned by the routers;
+* partition (root: network namespaces, relayed 20 ± 5 ms links): jobs inside the split succeed
+  with executors of the entry node's side, and no namespace is left behind;
+* Ctrl-C: every node stops, the results are written anyway.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pytest
 from rich.console import Console
 
 from simulations.cli import SCENARIO_DIR, run_scenario
+from simulations.links import LinkUnavailable
 from simulations.results import validate
 from tests.node.cluster import read_until
 
@@ -122,3 +126,53 @@ def test_ctrl_c_stops_every_node_and_still_writes_the_results(tmp_path: Path) ->
     assert len(pids) == 4 and all(pids)
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+PARTITION = textwrap.dedent("""\
+    name = "partition-ci"
+    [nodes]
+    count = 6
+    reannounce_seconds = 10
+    bundle_lifetime_seconds = 40
+    [workload]
+    duration_s = 40
+    concurrency = 2
+    replicas = 3
+    texts_per_job = 2
+    [network]
+    delay_ms = 20
+    jitter_ms = 5
+    [[network.partitions]]
+    at_s = 10
+    heal_s = 30
+    groups = [[0, 1, 2], [3, 4, 5]]
+    """)
+
+
+def test_partition_jobs_on_each_side_use_that_sides_executors(tmp_path: Path) -> None:
+    path = tmp_path / "partition-ci.toml"
+    path.write_text(PARTITION)
+    if os.geteuid() != 0:
+        with pytest.raises(LinkUnavailable, match="network namespaces"):
+            run_scenario(path, tmp_path / "out", console=_quiet())
+        return
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    document, code = run_scenario(path, tmp_path / "out", console=_quiet())
+    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert after == before
+    assert document["error"] is None and code == 0
+    assert document["links"]["mode"] == "netns" and document["links"]["delay"] == "relay"
+    assert document["links"]["relayed_bytes"] > 0
+    kinds = [f["kind"] for f in document["timeline"]["faults"]]
+    assert kinds == ["partition", "heal"]
+    side = {i: 0 if i < 3 else 1 for i in range(6)}
+    split, healed = document["timeline"]["faults"][0]["t"], document["timeline"]["faults"][1]["t"]
+    # Jobs sent well inside the split (after in-flight ones settled, before the heal).
+    inside = [j for j in document["jobs"] if split + 1 <= j["started_s"] and
+              j["started_s"] + j["latency_ms"] / 1000 < healed]
+    assert inside, "no job ran inside the partition"
+    assert all(j["status"] == "ok" for j in inside), [j["status"] for j in inside]
+    for job in inside:
+        winners = [e["node"] for e in job["executors"] if e["in_majority"]]
+        assert len(winners) >= 2
+        assert all(side[w] == side[job["entry_node"]] for w in winners)
