@@ -249,9 +249,6 @@ class LiveRun:
         wrong = {Behaviour.WRONG_OUTPUT, Behaviour.COPY}
         return frozenset(p for s in self.nodes if s.behaviour in wrong for p in s.peer_ids)
 
-    def honest_executor_ids(self) -> set[str]:
-        return {s.info["peer_id"] for s in self.nodes if s.role == "honest" and s.up and s.info}
-
     # ----------------------------------------------------------------------------- the run
 
     async def run(self) -> None:

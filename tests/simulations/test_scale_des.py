@@ -75,3 +75,20 @@ def test_the_model_uses_the_gossip_parameters_of_the_node() -> None:
     for name, key in (("degree", "degree"), ("degree_low", "degree_low"), ("degree_high", "degree_high")):
         assert re.search(rf"\b{name}={GOSSIP[key]}\b", source), name
     assert re.search(rf"heartbeat_interval={int(GOSSIP['heartbeat_s'])}\b", source)
+
+
+def test_the_shipped_calibration_drives_the_whole_scale_report() -> None:
+    from simulations.scale import DEFAULT_CALIBRATION, load_calibration, run_scale
+
+    calibration = load_calibration(DEFAULT_CALIBRATION)
+    assert calibration["appraisal_s"] > 0 and calibration["hop_latency_s"] and calibration["job_latency_s"]
+    report = run_scale(calibration, quick=True, seed=1)
+    assert all(row["within_4_sigma"] for row in report["consensus"])
+    assert all(row["within_4_sigma"] for row in report["spot_check"])
+    for row in report["propagation"]:
+        assert row["saturated"] or row["reached_all"]
+    loads = [row["appraisal_utilisation"] for row in report["propagation"]]
+    assert loads == sorted(loads)  # appraisal load grows with N
+    churn = [row["p_success"] for row in report["churn"]]
+    assert churn[0] == 1.0 and churn[-1] < churn[0]
+    assert report["propagation_check"]["measured_mean_s"] is not None
