@@ -173,7 +173,12 @@ def scale(
         )
     console.print(table)
     check = report["propagation_check"]
-    if check["measured_mean_s"] and check["model_mean_s"] is not None:
+    if check["measured_mean_s"] and check["model_mean_s"] is None:
+        console.print(f"{check['nodes']} nodes on {check['cores']} cores: the model says the machine"
+                      " saturates"
+                      f" (appraisal load {check['appraisal_utilisation']:.0%}); measured mean"
+                      f" {check['measured_mean_s'] * 1000:.1f} ms")
+    elif check["measured_mean_s"] and check["model_mean_s"] is not None:
         verdict = "within 25 %" if check["within_25_percent"] else "NOT within 25 %"
         console.print(f"{check['nodes']} nodes on {check['cores']} cores: model mean"
                       f" {check['model_mean_s'] * 1000:.1f} ms, measured"
