@@ -153,6 +153,11 @@ def choose_links(scenario: Scenario, *, force_loopback: bool = False) -> LinkLay
     from simulations.relay import RelayLinks
 
     loopback = Capabilities(False, False, False, False, False, ("--loopback given",))
+    if scenario.hostile_peers():
+        # node/adversary attacks 127.0.0.0/8 only, so its targets must stay on loopback.
+        force_loopback = True
+        loopback = Capabilities(False, False, False, False, False,
+                                ("hostile peers attack 127.0.0.0/8 only: loopback links",))
     caps = loopback if force_loopback else detect()
     if caps.netns:
         if network.loss and not caps.iptables:

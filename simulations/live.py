@@ -23,10 +23,13 @@ Order of a run:
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import random
 import shutil
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -52,8 +55,10 @@ from simulations.scenario import (
     CHAT_MODEL,
     EMBEDDINGS_MODEL,
     EVIDENCE_FAULTS,
+    HOSTILE_PEERS,
     JOB_FAULTS,
     Action,
+    Attacks,
     Behaviour,
     Scenario,
 )
@@ -128,6 +133,7 @@ class LiveRun:
         self.resources: list[dict[str, Any]] = []
         self.metrics: list[dict[str, Any]] = []
         self.messages: list[str] = []
+        self.attacks: list[dict[str, Any]] = []  # one per hostile-peer attack run, with its outcome
         self.phase = "starting"
         self.interrupted = ""
         self.error = ""
@@ -166,6 +172,8 @@ class LiveRun:
         slow: dict[int, float] = {}
         it = iter(chosen)
         for adversary in s.adversaries:
+            if adversary.behaviour in HOSTILE_PEERS:
+                continue  # extra attacker processes, not nodes (see _hostile_peer)
             for _ in range(adversary.count):
                 index = next(it)
                 behaviours[index] = adversary.behaviour
@@ -473,6 +481,8 @@ class LiveRun:
             plan.append((p.at_s, "partition", (p_index,)))
             if p.heal_s < s.workload.duration_s:
                 plan.append((p.heal_s, "heal", (p_index,)))
+        for peer, spec in enumerate(s.hostile_peers()):
+            plan.append((spec.at_s, "attack", (peer,)))
         for adversary_state in self.nodes:
             if adversary_state.behaviour is Behaviour.IDENTITY_CHURN:
                 interval = next(
@@ -492,6 +502,9 @@ class LiveRun:
 
     async def _apply(self, kind: str, targets: tuple[int, ...]) -> None:
         now = self.now()
+        if kind == "attack":
+            await self._hostile_peer(targets[0], self.scenario.hostile_peers()[targets[0]])
+            return
         if kind in ("partition", "heal"):
             partition = self.scenario.network.partitions[targets[0]]
             if kind == "partition":
@@ -522,6 +535,49 @@ class LiveRun:
                 self._signal(state, signal.SIGTERM)
                 await self._wait_exit(state)
                 await self._restart(state, fresh_identity=True)
+
+    async def _hostile_peer(self, peer: int, spec: Attacks) -> None:
+        """One hostile peer (``veilnet adversary run``, its own process, holding only the PSK):
+        its attacks in turn against its targets, again until the workload ends if ``repeat``."""
+        assert self.layout is not None and self.code_root is not None and self.t0 is not None
+        end = self.t0 + self.scenario.workload.duration_s
+        turn = 0
+        while True:
+            for name in spec.attacks:
+                remaining = end - time.monotonic()
+                if remaining < 1.0:
+                    return
+                targets = [self.nodes[i] for i in spec.targets if self.nodes[i].up] if spec.targets else [
+                    s for s in self.nodes if s.role != "adversary" and s.up]
+                if not targets:
+                    await trio.sleep(1.0)
+                    continue
+                target = targets[(peer + turn) % len(targets)]
+                turn += 1
+                duration = min(spec.duration_s, remaining)
+                started = self.now()
+                self.faults.append(FaultRecord(started, "attack", (target.index,), f"peer {peer}: {name}"))
+                command = [
+                    sys.executable, "-c", "from node.cli.main import main; main()", "adversary", "run",
+                    "--target", self.links.bootstrap_addr(target.index, target.info), "--attack", name,
+                    "--testnet-config", str(self.layout.testnet_path), "--duration", f"{duration:.1f}",
+                    "--scale", str(spec.scale),
+                ]
+                env = dict(os.environ, PYTHONPATH=str(self.code_root))
+                result = await trio.run_process(
+                    command, capture_stdout=True, capture_stderr=True, check=False, env=env,
+                    cwd=str(self.out_dir),
+                )
+                outcome: dict[str, Any] = {}
+                for line in result.stdout.decode(errors="replace").splitlines():
+                    with contextlib.suppress(ValueError):
+                        outcome = json.loads(line)
+                if result.returncode != 0 and not outcome:
+                    outcome = {"attack": name, "failure": result.stderr.decode(errors="replace")[-300:]}
+                self.attacks.append({"t": round(started, 3), "peer": peer, "target": target.index,
+                                     "attack": name, "exit_code": result.returncode, "outcome": outcome})
+            if not spec.repeat:
+                return
 
     async def _restart(self, state: NodeState, *, fresh_identity: bool = False) -> None:
         try:
@@ -563,6 +619,11 @@ class LiveRun:
         async def one(state: NodeState) -> None:
             key = str(state.index)
             sizes[key] = None
+            if state.up and state.process is not None and not state.process.alive():
+                code = state.process.process.returncode
+                state.up = state.ready = False
+                self.faults.append(FaultRecord(self.now(), "exit", (state.index,), f"exit code {code}"))
+                self.note(f"node {state.index} exited unexpectedly (code {code})")
             if not state.up:
                 return
             try:
@@ -594,8 +655,6 @@ class LiveRun:
                 rss_kb = next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
         except (OSError, StopIteration, IndexError, ValueError):
             return None
-        import os
-
         ticks = os.sysconf("SC_CLK_TCK")
         cpu_s = (int(fields[11]) + int(fields[12])) / ticks
         wall = time.monotonic()

@@ -16,7 +16,7 @@ __all__ = ["write_plots"]
 
 BIN_S = 5.0
 _FAULT_COLOURS = {"crash": "red", "stop": "darkred", "restart": "green", "partition": "purple",
-                  "heal": "teal", "identity-churn": "orange"}
+                  "heal": "teal", "identity-churn": "orange", "attack": "black", "exit": "magenta"}
 
 
 def _mark_faults(ax: Any, faults: list[dict[str, Any]]) -> None:

@@ -113,6 +113,8 @@ def summary_table(results: dict[str, Any]) -> Table:
         ("latency p50 / p95", f"{_fmt_ms(latency['p50'])} / {_fmt_ms(latency['p95'])}"),
         ("throughput", "-" if s["throughput_per_s"] is None else f"{s['throughput_per_s']:.2f} jobs/s"),
         ("wrong answers accepted", str(s["wrong_accepted"])),
+        ("hostile-peer attack runs", str(s["attack_runs"])),
+        ("nodes that died unexpectedly", ", ".join(map(str, s["unexpected_exits"])) or "none"),
         ("bundles refused (honest nodes)",
          ", ".join(f"{k}: {v:.0f}" for k, v in s["bundles_rejected"].items()) or "none"),
         ("adversaries (flagged / banned)",

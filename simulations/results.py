@@ -91,6 +91,9 @@ def _summary(run: LiveRun) -> dict[str, Any]:
         "forged_admitted": _forged_admitted(run),
         "merged_after_heal_s": _merged_after_heal(run),
         "bundles_rejected": _rejections(run),
+        "attack_runs": len(run.attacks),
+        "attack_outcomes": _attack_totals(run),
+        "unexpected_exits": sorted({n for f in run.faults if f.kind == "exit" for n in f.nodes}),
     }
 
 
@@ -108,6 +111,22 @@ def _rejections(run: LiveRun) -> dict[str, float]:
             if name.startswith(prefix):
                 reason = name[len(prefix):].split('"', 1)[0]
                 totals[reason] = totals.get(reason, 0.0) + value
+    return totals
+
+
+def _attack_totals(run: LiveRun) -> dict[str, dict[str, float]]:
+    """Per attack: runs, and the sums of what it sent and how the targets answered."""
+    totals: dict[str, dict[str, float]] = {}
+    for entry in run.attacks:
+        row = totals.setdefault(entry["attack"], {"runs": 0, "sent": 0, "answered": 0, "refused": 0,
+                                                  "errors": 0, "cut_off": 0})
+        row["runs"] += 1
+        outcome = entry["outcome"]
+        for key in ("sent", "answered", "refused", "errors"):
+            value = outcome.get(key)
+            if isinstance(value, (int, float)):
+                row[key] += value
+        row["cut_off"] += outcome.get("cut_off_after") is not None
     return totals
 
 
@@ -204,6 +223,7 @@ def build_results(run: LiveRun, scenario_text: str) -> dict[str, Any]:
             "faults": [f.to_json() for f in run.faults], "resources": run.resources,
             "metrics": run.metrics,
         },
+        "attacks": run.attacks,
         "messages": run.messages,
         "summary": summary,
         "checks": _checks(run, summary),

@@ -32,6 +32,7 @@ __all__ = [
     "EMBEDDINGS_MODEL",
     "Action",
     "Adversary",
+    "Attacks",
     "Behaviour",
     "Checks",
     "Churn",
@@ -88,12 +89,26 @@ JOB_FAULTS = frozenset({
 EVIDENCE_FAULTS = frozenset({
     Behaviour.FORGED_SIGNATURE, Behaviour.MEASUREMENT_OUTSIDE_POLICY, Behaviour.WRONG_PLATFORM_KEY,
 })
-# Hostile-peer behaviours that need an attacker module in node/; this build has none, so a
-# scenario asking for them is refused (a silent no-op would make a "hostile" run look survived).
-UNAVAILABLE = {
-    Behaviour.GARBAGE: "garbage frames need the hostile-peer adversary module, not available in this build",
-    Behaviour.FLOOD: "floods need the hostile-peer adversary module, not available in this build",
+# Hostile peers (node/adversary, run as `veilnet adversary run`): extra peers holding only the
+# testnet's PSK. Each garbage or flood adversary is one such peer cycling through its family's
+# attacks against the honest nodes in turn for the whole workload.
+HOSTILE_PEERS = frozenset({Behaviour.GARBAGE, Behaviour.FLOOD})
+ATTACK_FAMILIES = {
+    Behaviour.GARBAGE: ("garbage-streams", "meshsub-cut-field", "gossip-bad-from", "yamux-malformed",
+                        "identify-huge"),
+    Behaviour.FLOOD: ("gossip-flood", "dht-put-flood", "dht-query-flood", "stream-flood", "reconnect-flood",
+                      "challenge-flood"),
 }
+ATTACK_ROUND_S = 10.0  # each attack of a hostile peer's cycle runs this long
+
+
+def known_attacks() -> frozenset[str] | None:
+    """The attack names of this build's hostile peer (node/adversary), or None without one."""
+    try:
+        from node.adversary.attacks import ATTACKS
+    except ModuleNotFoundError:
+        return None
+    return frozenset(ATTACKS)
 
 
 class Action(StrEnum):
@@ -132,6 +147,20 @@ class Adversary:
     count: int
     slow_seconds: float
     interval_s: float  # identity-churn: how often a fresh identity rejoins
+
+
+@dataclass(frozen=True)
+class Attacks:
+    """A hostile peer's run: ``attacks`` one after another against ``targets`` (node indexes; empty:
+    the honest nodes in turn), from ``at_s``, each for ``duration_s``; again until the workload
+    ends when ``repeat``."""
+
+    attacks: tuple[str, ...]
+    targets: tuple[int, ...]
+    at_s: float
+    duration_s: float
+    scale: float
+    repeat: bool
 
 
 @dataclass(frozen=True)
@@ -192,11 +221,21 @@ class Scenario:
     churn: Churn | None
     network: Network
     checks: Checks
+    attacks: tuple[Attacks, ...] = ()
     source: str = "<scenario>"
 
     @property
     def adversary_count(self) -> int:
-        return sum(a.count for a in self.adversaries)
+        """Adversarial *nodes* (hostile peers are extra processes, not nodes)."""
+        return sum(a.count for a in self.adversaries if a.behaviour not in HOSTILE_PEERS)
+
+    def hostile_peers(self) -> tuple[Attacks, ...]:
+        """Every hostile peer: one per garbage/flood adversary, then each [[attacks]] entry."""
+        peers = [
+            Attacks(ATTACK_FAMILIES[a.behaviour], (), 2.0, ATTACK_ROUND_S, 1.0, True)
+            for a in self.adversaries if a.behaviour in HOSTILE_PEERS for _ in range(a.count)
+        ]
+        return (*peers, *self.attacks)
 
     def with_seed(self, seed: int) -> Scenario:
         from dataclasses import replace
@@ -406,7 +445,7 @@ def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     nodes = _nodes(top.sub("nodes"))
     workload = _workload(top.sub("workload"), nodes)
     adversaries = tuple(_adversary(r, nodes) for r in top.tables("adversaries"))
-    bad = sum(a.count for a in adversaries)
+    bad = sum(a.count for a in adversaries if a.behaviour not in HOSTILE_PEERS)
     executors = nodes.count - nodes.clients - 1  # node 0 bootstraps the others and stays honest
     if bad > executors:
         raise top.error("adversaries", f"{bad} adversarial nodes do not fit: only {executors} executors"
@@ -415,6 +454,7 @@ def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     churn = _churn(top.sub("churn"), nodes, workload, bad) if "churn" in top.data else None
     network = _network(top.sub("network"), nodes, workload)
     checks = _checks(top.sub("checks"))
+    attacks = tuple(_attacks(r, nodes, workload) for r in top.tables("attacks"))
     top.done()
     if checks.merge_within_s is not None and not network.partitions:
         raise top.error("checks", "merge_within_s needs a [[network.partitions]] entry",
@@ -424,7 +464,8 @@ def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
                         "all_wrong_flagged"))
     return Scenario(
         name=name, description=description, seed=seed, nodes=nodes, workload=workload,
-        adversaries=adversaries, events=events, churn=churn, network=network, checks=checks, source=source,
+        adversaries=adversaries, events=events, churn=churn, network=network, checks=checks,
+        attacks=attacks, source=source,
     )
 
 
@@ -489,8 +530,9 @@ def _workload(r: _Reader, nodes: Nodes) -> Workload:
 def _adversary(r: _Reader, nodes: Nodes) -> Adversary:
     text = r.require("behaviour", r.string("behaviour", None, [b.value for b in Behaviour]))
     behaviour = Behaviour(text)
-    if behaviour in UNAVAILABLE:
-        raise r.error("behaviour", UNAVAILABLE[behaviour])
+    if behaviour in HOSTILE_PEERS and known_attacks() is None:
+        raise r.error("behaviour", f"{behaviour.value} needs the hostile-peer module (node/adversary),"
+                      " not available in this build")
     fraction = r.number("fraction", None, low=0, high=1, low_open=True)
     count = r.integer("count", None, low=1, high=nodes.count)
     if (fraction is None) == (count is None):
@@ -559,6 +601,27 @@ def _network(r: _Reader, nodes: Nodes, workload: Workload) -> Network:
         partitions.append(Partition(at, heal, tuple(tuple(g) for g in groups_raw)))
     r.done()
     return Network(delay, jitter, loss, bandwidth, tuple(partitions))
+
+
+def _attacks(r: _Reader, nodes: Nodes, workload: Workload) -> Attacks:
+    known = known_attacks()
+    raw = r.data.pop("attack", None)
+    names = [raw] if isinstance(raw, str) else raw
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise r.error("attack", "is required: an attack name or a list of them (`veilnet adversary list`)")
+    if known is None:
+        raise r.error("attack", "hostile-peer attacks need node/adversary, not available in this build")
+    for name in names:
+        if name not in known:
+            raise r.error("attack", f"unknown attack {name!r}; known: {', '.join(sorted(known))}")
+    targets = r.int_list("targets", high=nodes.count) or ()
+    at = r.number("at_s", 0.0, low=0, high=workload.duration_s)
+    duration = r.number("duration_s", ATTACK_ROUND_S, low=0.5, high=600)
+    scale = r.number("scale", 1.0, low=0.001, high=4.0)
+    repeat = r.boolean("repeat", False)
+    r.done()
+    assert at is not None and duration is not None and scale is not None
+    return Attacks(tuple(names), targets, at, duration, scale, repeat)
 
 
 def _checks(r: _Reader) -> Checks:

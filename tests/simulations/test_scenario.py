@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from simulations.cli import SCENARIO_DIR
-from simulations.scenario import Behaviour, ScenarioError, load_scenario, parse_scenario
+from simulations.scenario import Behaviour, ScenarioError, known_attacks, load_scenario, parse_scenario
 
 MINIMAL = """\
 name = "t"
@@ -86,12 +86,34 @@ def test_more_adversaries_than_executors_is_refused() -> None:
     assert "do not fit" in _error(text).reason
 
 
-def test_hostile_peer_behaviours_without_the_module_are_refused_by_name() -> None:
+def test_garbage_and_flood_adversaries_become_hostile_peers_not_nodes() -> None:
+    text = MINIMAL + "\n[[adversaries]]\nbehaviour = 'flood'\ncount = 2\n"
+    text += "\n[[adversaries]]\nbehaviour = 'garbage'\ncount = 1\n"
+    scenario = parse_scenario(text)
+    assert scenario.adversary_count == 0  # no node misbehaves: the attackers are extra peers
+    peers = scenario.hostile_peers()
+    assert len(peers) == 3 and all(p.repeat and not p.targets for p in peers)
+    assert set(peers[0].attacks) <= known_attacks()  # type: ignore[operator]
+
+
+def test_hostile_peer_behaviours_without_the_module_are_refused_by_name(monkeypatch) -> None:
+    import simulations.scenario as scenario_module
+
+    monkeypatch.setattr(scenario_module, "known_attacks", lambda: None)
     for behaviour in (Behaviour.FLOOD, Behaviour.GARBAGE):
         text = MINIMAL + f"\n[[adversaries]]\nbehaviour = '{behaviour.value}'\ncount = 1\n"
         error = _error(text)
         assert "not available in this build" in error.reason
         assert error.line == text.splitlines().index(f"behaviour = '{behaviour.value}'") + 1
+
+
+def test_attacks_are_checked_against_the_adversary_module() -> None:
+    text = MINIMAL + "\n[[attacks]]\nattack = ['gossip-replay', 'no-such-attack']\ntargets = [1]\n"
+    error = _error(text)
+    assert error.key == "attacks[0].attack" and "unknown attack 'no-such-attack'" in error.reason
+    assert error.line == len(MINIMAL.splitlines()) + 3
+    good = parse_scenario(MINIMAL + "\n[[attacks]]\nattack = 'gossip-replay'\nat_s = 3\nrepeat = true\n")
+    assert good.hostile_peers()[0].attacks == ("gossip-replay",) and good.hostile_peers()[0].at_s == 3
 
 
 def test_partition_groups_must_cover_every_node_once() -> None:
