@@ -17,7 +17,9 @@ def test_sim_check_accepts_a_shipped_scenario() -> None:
 
 def test_sim_run_refuses_a_bad_scenario_with_its_line_and_starts_nothing(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('name = "bad"\n[nodes]\ncount = 4\n[workload]\nduration_s = 5\nconcurrency = 1\nspeed = 9\n')
+    bad.write_text(
+        'name = "bad"\n[nodes]\ncount = 4\n[workload]\nduration_s = 5\nconcurrency = 1\nspeed = 9\n'
+    )
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["sim", "run", str(bad), "--out", str(out)])
     assert result.exit_code == 2
