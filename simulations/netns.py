@@ -1,6 +1,7 @@
 """Network namespaces for a live run: one per node, joined by veth pairs to one bridge.
 
-Layout (``<run>`` is a short per-run tag, so two runs never share names)::
+Layout (``<run>`` is the harness's pid, so two runs never share names and ``sim clean`` can tell
+a live run's names from leftovers)::
 
     root namespace:  bridge  vsb<run>  10.213.<k>.254/24   (the harness, its relays, its HTTP client)
     namespace vsn<run>-<i>:  eth0 (veth)  10.213.<k>.<i+1>/24   node i: libp2p on :4001, API on :8700
