@@ -185,3 +185,33 @@ def test_sim_clean_removes_leftover_namespaces_and_bridges() -> None:
     assert _netns_list() == before
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
     assert leftover_bridge not in links
+
+
+@pytest.mark.network
+def test_loss_bandwidth_and_isolation_rules_are_installed_and_removed() -> None:
+    from simulations.links import detect
+    from simulations.netns import Namespaces
+
+    caps = detect()
+    if not (caps.netns and caps.iptables and caps.tbf):
+        # Without them choose_links refuses loss with the reason (see the loopback test above).
+        assert caps.notes
+        return
+    before = _netns_list()
+    spaces = Namespaces(2)
+    try:
+        spaces.create()
+        spaces.isolate()
+        spaces.drop_randomly(0.19)
+        spaces.cap_bandwidth(2000)
+        rules = subprocess.run([*spaces.wrapper(1), "iptables", "-S"], capture_output=True, text=True,
+                               check=True).stdout
+        # Two segments per direction, each dropping q = 1 - sqrt(1 - 0.19) = 0.1.
+        assert rules.count("--probability 0.10000") == 2
+        assert f"! -s {spaces.hub_ip}/32" in rules and "--dport 4001" in rules
+        qdisc = subprocess.run([*spaces.wrapper(0), "tc", "qdisc", "show", "dev", "eth0"], capture_output=True,
+                               text=True, check=True).stdout
+        assert "tbf" in qdisc and "rate 2Mbit" in qdisc
+    finally:
+        assert spaces.close() == []
+    assert _netns_list() == before
