@@ -209,8 +209,8 @@ def test_loss_bandwidth_and_isolation_rules_are_installed_and_removed() -> None:
         # Two segments per direction, each dropping q = 1 - sqrt(1 - 0.19) = 0.1.
         assert rules.count("--probability 0.10000") == 2
         assert f"! -s {spaces.hub_ip}/32" in rules and "--dport 4001" in rules
-        qdisc = subprocess.run([*spaces.wrapper(0), "tc", "qdisc", "show", "dev", "eth0"], capture_output=True,
-                               text=True, check=True).stdout
+        qdisc = subprocess.run([*spaces.wrapper(0), "tc", "qdisc", "show", "dev", "eth0"],
+                               capture_output=True, text=True, check=True).stdout
         assert "tbf" in qdisc and "rate 2Mbit" in qdisc
     finally:
         assert spaces.close() == []
