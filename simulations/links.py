@@ -12,8 +12,9 @@ nothing); then it shapes and cuts the links between nodes while the run goes on.
   which node dialled, so the delay is per destination and partitions are refused; in network
   namespaces (root) it sees each node's own address and shapes and cuts each directed link.
 
-:func:`choose_links` detects what the machine offers and says what it picked; the choice is
-recorded in ``results.json`` under ``links`` so a reader knows what a figure was measured with.
+:func:`detect` measures what the machine offers; :func:`simulations.link_choice.choose_links`
+picks a layer for a scenario and says what it picked; the choice is recorded in ``results.json``
+under ``links`` so a reader knows what a figure was measured with.
 """
 
 from __future__ import annotations
@@ -27,9 +28,7 @@ from typing import Any, Protocol
 
 import trio
 
-from simulations.scenario import Network, Scenario
-
-__all__ = ["Capabilities", "Direct", "LinkLayer", "LinkUnavailable", "Placement", "choose_links", "detect"]
+__all__ = ["Capabilities", "Direct", "LinkLayer", "LinkUnavailable", "Placement", "detect"]
 
 
 class LinkUnavailable(RuntimeError):
@@ -142,35 +141,3 @@ class Direct:
 
     def close(self) -> None:
         return None
-
-
-def choose_links(scenario: Scenario, *, force_loopback: bool = False) -> LinkLayer:
-    """The link layer for ``scenario`` on this machine; raises LinkUnavailable with the reason when
-    the scenario asks for something neither path can do (never a silent no-op)."""
-    network: Network = scenario.network
-    if not network.shaped:
-        return Direct("the scenario asks for no network conditions: plain loopback")
-    from simulations.relay import RelayLinks
-
-    loopback = Capabilities(False, False, False, False, False, ("--loopback given",))
-    if scenario.hostile_peers():
-        # node/adversary attacks 127.0.0.0/8 only, so its targets must stay on loopback.
-        force_loopback = True
-        loopback = Capabilities(False, False, False, False, False,
-                                ("hostile peers attack 127.0.0.0/8 only: loopback links",))
-    caps = loopback if force_loopback else detect()
-    if caps.netns:
-        if network.loss and not caps.iptables:
-            raise LinkUnavailable(
-                f"loss = {network.loss} needs iptables (statistic match), which is not installed;"
-                " install it (apt-get install -y iptables) or set loss = 0"
-            )
-        return RelayLinks(network, caps, namespaces=True, seed=scenario.seed)
-    if network.partitions:
-        raise LinkUnavailable(
-            "partitions need network namespaces (run as root on Linux): on loopback the relay cannot"
-            " tell which node dialled. " + "; ".join(caps.notes)
-        )
-    if network.loss:
-        raise LinkUnavailable("loss needs network namespaces and iptables (run as root on Linux)")
-    return RelayLinks(network, caps, namespaces=False, seed=scenario.seed)

@@ -153,7 +153,7 @@ def calibrate(out: Path, *, hop_nodes: int = 6, check_nodes: int = 20, seconds: 
     """Run the three measurements under ``out`` and return the calibration document."""
     from rich.console import Console
 
-    from simulations.cli import run_scenario
+    from simulations.runner import run_scenario
 
     out.mkdir(parents=True, exist_ok=True)
     console = Console()

@@ -12,7 +12,7 @@ own relay, and every byte another node sends it passes through that relay:
 * with network namespaces (root) the relay sees which node dialled (each namespace has its own
   address), so partitions cut exactly the links between groups: open connections are closed and
   new ones refused until the heal. On loopback every dial comes from 127.0.0.1, so partitions are
-  refused there (see :func:`simulations.links.choose_links`);
+  refused there (see :func:`simulations.link_choice.choose_links`);
 * bandwidth: ``tbf`` on the veths when the kernel has it (namespaces), else the relay paces each
   direction to ``bandwidth_kbit``.
 

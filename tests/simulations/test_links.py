@@ -14,7 +14,8 @@ import textwrap
 import pytest
 import trio
 
-from simulations.links import Capabilities, LinkUnavailable, choose_links
+from simulations.link_choice import choose_links
+from simulations.links import Capabilities, LinkUnavailable
 from simulations.relay import RelayLinks
 from simulations.scenario import Network, Partition, parse_scenario
 

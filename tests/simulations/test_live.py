@@ -23,9 +23,9 @@ import jsonschema
 import pytest
 from rich.console import Console
 
-from simulations.cli import SCENARIO_DIR, run_scenario
 from simulations.links import LinkUnavailable
 from simulations.results import validate
+from simulations.runner import SCENARIO_DIR, run_scenario
 from tests.node.cluster import read_until
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.cli import SCENARIO_DIR
+from simulations.runner import SCENARIO_DIR
 from simulations.scenario import Behaviour, ScenarioError, known_attacks, load_scenario, parse_scenario
 
 MINIMAL = """\
