@@ -18,6 +18,10 @@ Order of a run:
    run side by side in one nursery;
 5. always, also on Ctrl-C, SIGTERM or an error: stop every process, undo the links, and write
    ``results.json`` and the plots from whatever was collected.
+
+Why one module over 500 lines: the workload, the sampler, the fault schedule and the hostile
+peers all read and change the same per-node state (up, ready, identities) inside one nursery;
+split apart they would pass that state around for no gain.
 """
 
 from __future__ import annotations
