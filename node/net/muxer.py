@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from libp2p.abc import IHost, ISecureConn
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
+from libp2p.protocol_muxer.exceptions import MultiselectClientError, MultiselectError
 from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 
@@ -146,6 +147,9 @@ class StreamBudget:
         # The connection's reservation in the node's resource manager, once admitted: unread
         # bytes are charged to its memory scopes (connection, peer, system) as well.
         self.reservation_of: Callable[[object], ConnectionReservation | None] = lambda muxed: None
+        # Called when a peer proposes only muxers we do not offer (mplex): not an offence (an
+        # old honest peer may), but counted, since it is what an attack on mplex now meets.
+        self.on_unoffered_muxer: Callable[[ID], None] = lambda peer: None
 
     def inbound_of(self, peer: ID) -> int:
         return self._per_peer.get(peer, 0)
@@ -191,7 +195,11 @@ class GuardedMuxerMultistream(MuxerMultistream):
         self._yamux_class = yamux_class  # node.net.yamux.GuardedYamux (passed in: yamux imports us)
 
     async def new_conn(self, conn: ISecureConn, peer_id: ID) -> IMuxedConn:
-        protocol, _transport = await self._selector.select(conn, conn.is_initiator, self.negotiate_timeout)
+        try:
+            protocol, _ = await self._selector.select(conn, conn.is_initiator, self.negotiate_timeout)
+        except (MultiselectError, MultiselectClientError):
+            self.budget.on_unoffered_muxer(peer_id)
+            raise
         if protocol != YAMUX_PROTOCOL_ID:  # the selector only knows yamux; kept as a guard
             raise RuntimeError(f"negotiated an unoffered muxer {protocol}")
         muxed = self._yamux_class(conn, peer_id, budget=self.budget, is_initiator=conn.is_initiator)
@@ -235,6 +243,8 @@ def install_muxer(host: IHost, yamux_class: Any, limits: MuxerLimits | None = No
             "veilnet_muxer_faults_total", "Muxer violations (connection closed) and refusals", ("fault",)
         )
         budget.add_listener(lambda _peer, fault: faults.inc(fault=fault.value))
+        refused = guard.admission.refused
+        budget.on_unoffered_muxer = lambda _peer: refused.inc(reason="muxer")
     upgrader.muxer_multistream = GuardedMuxerMultistream(budget, current.negotiate_timeout, yamux_class)
     # One global semaphore for all peers and both directions is what let held streams block
     # everyone; per-peer limits replace it (see the module docstring).
