@@ -5,7 +5,9 @@ is known about it; py-libp2p then gives the PSK nonce, multistream-select, Noise
 negotiation ``inbound_upgrade_timeout`` (10 s) together. Holding the key was not needed to hold a
 slot: idle TCP connections, reopened as they were dropped, kept 12 of 16 new honest peers out.
 
-Rules, applied by :class:`HandshakeGate` to every inbound connection before its upgrade starts:
+Rules, applied by :class:`HandshakeGate` to every inbound connection before its upgrade starts
+(the budget is checked first thing when the connection is accepted, so a refused peer that
+reconnects in a loop costs an accept and a close, nothing more):
 
 1. At most ``pending_per_ip`` connections from one source address, and ``pending_total`` from all,
    may be in the handshake at once. Over either, the connection is closed at once (counted in
@@ -53,13 +55,14 @@ _BACKSTOP_SLACK = 2.0  # our own deadline, past the swarm's, in case its timeout
 @dataclass(frozen=True)
 class HandshakeLimits:
     """Defaults: a loopback handshake takes ~0.1 s and a WAN one (4 round trips: PSK nonces,
-    multistream, Noise XX, muxer) ~1.5 s at 300 ms RTT, so 4 s leaves room for a loaded machine.
+    multistream, Noise XX, muxer) ~1.5 s at 300 ms RTT; under a reconnect storm on a loaded 2-core
+    machine honest loopback handshakes took up to 4.5 s, so 6 s (py-libp2p: 10 s).
     16 per address lets a whole local testnet (one address) start at once; 64 in all leaves 224
     of the Swarm's 288 inbound slots to established connections."""
 
     pending_per_ip: int = 16
     pending_total: int = 64
-    deadline: float = 4.0
+    deadline: float = 6.0
 
     def __post_init__(self) -> None:
         if self.pending_per_ip < 1 or self.pending_total < self.pending_per_ip:
@@ -69,6 +72,7 @@ class HandshakeLimits:
 
 
 Upgrade = Callable[[IRawConnection, Multiaddr], Awaitable[IMuxedConn]]
+Accept = Callable[[Any, Multiaddr], Awaitable[None]]
 
 
 class HandshakeGate:
@@ -139,12 +143,31 @@ class HandshakeGate:
 
         return gated
 
+    def turn_away(self, accept: Accept) -> Accept:
+        """``accept`` (the swarm's inbound connection handler), closing at once a connection whose
+        address (or the node) has no handshake slot free: before an inbound slot, a task or a
+        multiaddr is spent on it, since a refused peer reconnecting in a loop is the attack."""
+
+        async def early(read_write_closer: Any, maddr: Multiaddr) -> None:
+            ip = remote_ip(read_write_closer) or "unknown"
+            if self.pending_total >= self.limits.pending_total or (
+                self._pending.get(ip, 0) >= self.limits.pending_per_ip
+            ):
+                full = "system" if self.pending_total >= self.limits.pending_total else "ip"
+                self.refused.inc(scope=full)
+                await _close_quietly(read_write_closer)
+                return
+            await accept(read_write_closer, maddr)
+
+        return early
+
     def install(self, swarm: Any) -> None:
         """Gate ``swarm``'s inbound upgrades and give them ``deadline`` (once per swarm)."""
         if getattr(swarm, "_veilnet_handshake_gate", None) is not None:
             return
         swarm.connection_config.inbound_upgrade_timeout = self.limits.deadline
         swarm.upgrade_inbound_raw_conn = self.wrap(swarm.upgrade_inbound_raw_conn)
+        swarm._handle_inbound_connection = self.turn_away(swarm._handle_inbound_connection)
         swarm._veilnet_handshake_gate = self
 
 

@@ -176,7 +176,7 @@ def build_host(
         raise IdentityFileError("libp2p host peer id differs from the node identity")
     net_guard.install(host, limits, metrics)
     install_muxer(host, GuardedYamux)  # yamux only, strict frames; faults and buffers go to the guard
-    install_handshake_gate(host)  # keyless connections: a small budget per address, 4 s
+    install_handshake_gate(host)  # keyless connections: a small budget per address, 6 s
     network = host.get_network()
     peerstore.set_protection(lambda peer: bool(network.get_connections(peer)))
     return host

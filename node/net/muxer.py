@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 from libp2p.abc import IHost, ISecureConn
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
-from libp2p.protocol_muxer.exceptions import MultiselectClientError, MultiselectError
 from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 
@@ -197,7 +196,7 @@ class GuardedMuxerMultistream(MuxerMultistream):
     async def new_conn(self, conn: ISecureConn, peer_id: ID) -> IMuxedConn:
         try:
             protocol, _ = await self._selector.select(conn, conn.is_initiator, self.negotiate_timeout)
-        except (MultiselectError, MultiselectClientError):
+        except Exception:  # "na" to every proposal, or the peer gave up: no muxer in common
             self.budget.on_unoffered_muxer(peer_id)
             raise
         if protocol != YAMUX_PROTOCOL_ID:  # the selector only knows yamux; kept as a guard
