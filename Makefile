@@ -31,7 +31,7 @@ sim: $(STAMP)
 	$(BIN)/veilnet sim run smoke --out sim-out/smoke
 
 lint: $(STAMP)
-	$(BIN)/ruff check protocol node simulations tests bench
+	$(BIN)/ruff check protocol node simulations tests bench fuzz
 	$(BIN)/mypy
 
 clean:
