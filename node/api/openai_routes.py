@@ -5,7 +5,8 @@ server-sent events) follow OpenAI's request and response shapes closely enough f
 ``openai`` client; errors use OpenAI's ``{"error": {message, type, param, code}}`` format. Every
 answer carries a ``veilnet`` object — the verification report: job id, mode, executors (peer id,
 TEE kind and label, role, agreement), agreement figures and timings. ``GET /veilnet/v1/jobs/{id}``
-returns the report of a recent job.
+returns the report of a recent job, ``GET /veilnet/v1/jobs/{id}/receipt`` its signed receipt
+(``node/api/receipt_route.py``).
 
 Veilnet options ride in the request body (``extra_body`` in the openai client)::
 
@@ -29,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from node.api.receipt_route import receipt_route
 from node.jobs.errors import RouterError, RouterErrorCode
 from node.jobs.router import JobResult
 from protocol.jobs.messages import Mode
@@ -228,6 +230,7 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/veilnet/v1/jobs/{job_id}", job_report, methods=["GET"]),
+        receipt_route(router),
     ]
 
 

@@ -7,7 +7,9 @@ majority answer with a verification report, which this command prints.
 
 from __future__ import annotations
 
+import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,6 +37,10 @@ def infer(
     challenge: bool = typer.Option(False, "--challenge", help="Demand fresh attestation first."),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for the answer."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw API answer."),
+    receipt: Path | None = typer.Option(
+        None, "--receipt", help="Write the job's signed receipt here (msgpack), and beside it FILE.answer, "
+        "FILE.input and FILE.salt, the private parts that prove it is about your input and answer.",
+    ),
 ) -> None:
     """Run one confidential inference on attested executors and print the verification report."""
     if mode not in ("consensus", "spot-check"):
@@ -63,6 +69,8 @@ def infer(
     except json.JSONDecodeError:
         typer.echo(f"error: HTTP {response.status_code}: {response.text[:500]}", err=True)
         raise typer.Exit(1) from None
+    if receipt is not None and response.status_code == 200:
+        _save_receipt(base, answer["veilnet"]["job_id"], receipt, timeout)
     if as_json:
         typer.echo(json.dumps(answer, indent=2))
         raise typer.Exit(0 if response.status_code == 200 else 1)
@@ -79,6 +87,30 @@ def infer(
         head = ", ".join(f"{x:+.4f}" for x in vector[:6])
         typer.echo(f"embedding ({len(vector)} dimensions): [{head}, …]")
     typer.echo(format_report(answer["veilnet"]))
+
+
+def _save_receipt(base: str, job_id: str, path: Path, timeout: float) -> None:
+    """Fetch the job's receipt from the node and write it with its private parts beside it."""
+    try:
+        response = httpx.get(f"{base}/veilnet/v1/jobs/{job_id}/receipt", timeout=timeout)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot fetch the receipt: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if response.status_code != 200:
+        typer.echo(f"error: no receipt (HTTP {response.status_code}): {response.text[:300]}", err=True)
+        raise typer.Exit(1)
+    body = response.json()
+    private = body["private"]
+    try:
+        path.write_bytes(base64.b64decode(body["wire"]))
+        Path(f"{path}.answer").write_bytes(base64.b64decode(private["answer"]))
+        Path(f"{path}.input").write_bytes(base64.b64decode(private["input"]))
+        Path(f"{path}.salt").write_text(private["input_salt"] + "\n")
+    except OSError as exc:
+        typer.echo(f"error: cannot write the receipt: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"receipt written to {path} (check it: veilnet receipt verify {path} --answer {path}.answer "
+               f"--input {path}.input --salt {private['input_salt']})", err=True)
 
 
 def _task_of(client: httpx.Client, base: str, model: str) -> str:

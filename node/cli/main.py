@@ -13,6 +13,7 @@ from node.cli.adversary import adversary_app
 from node.cli.infer import register as register_infer
 from node.cli.node import node_app
 from node.cli.peers import register_peers
+from node.cli.receipt import receipt_app
 from node.cli.tee import tee_app
 from node.cli.testnet import testnet_app
 from simulations.cli import sim_app  # the only import of simulations/ from node/
@@ -47,6 +48,7 @@ app.add_typer(testnet_app, name="testnet")
 app.add_typer(tee_app, name="tee")
 app.add_typer(adversary_app, name="adversary")
 app.add_typer(sim_app, name="sim")
+app.add_typer(receipt_app, name="receipt")
 register_peers(app)
 register_infer(app)
 

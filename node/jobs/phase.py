@@ -85,6 +85,7 @@ class Phase:
     sessions: dict[bytes, JobSession] = field(default_factory=dict)
     timings: dict[bytes, dict[str, float]] = field(default_factory=dict)
     challenged: dict[bytes, str] = field(default_factory=dict)
+    reveals: dict[bytes, Revealed] = field(default_factory=dict)  # openings, for the receipt
     started: float = 0.0
 
     @classmethod
@@ -114,6 +115,7 @@ class Revealed:
     salt: bytes
     digest: bytes
     value: Any
+    plaintext: bytes = b""  # kept for the receipt's answer (the user's private copy)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ async def open_reveal(
         value = phase.decode(plaintext)
     except (PayloadError, consensus.ConsensusError, ValueError) as exc:
         return Failed(peer, Failure.MALFORMED, f"result: {exc}")
-    return Revealed(peer, reveal.salt, digest, value)
+    return Revealed(peer, reveal.salt, digest, value, plaintext)
 
 
 async def read_result_stream(

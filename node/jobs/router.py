@@ -38,11 +38,12 @@ from node.jobs.frames import EndOfStream
 from node.jobs.links import Broken, JobLink, LinkPool
 from node.jobs.network_view import Network
 from node.jobs.phase import Committed, Decoder, Failed, Phase, PhaseSpec, Revealed, Submission
+from node.jobs.receipts import ReceiptBook
 from node.jobs.reports import Reports, error_for, executor_report
 from node.jobs.reveals import open_reveal
 from node.jobs.standing import Standing
 from node.jobs.voters import embeddings_voter, single_voter
-from protocol.identity import peer_id_to_text
+from protocol.identity import Identity, peer_id_to_text
 from protocol.jobs import consensus
 from protocol.jobs.jobflow import Failure, Finished, JobFlow, Outcome, RequestReveal, Send
 from protocol.jobs.messages import (
@@ -161,6 +162,7 @@ class Router:
         data_dir: Path | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self.network = network
         self.settings = settings or RouterSettings()
@@ -170,6 +172,7 @@ class Router:
         self.standing = Standing(data_dir, clock)
         self.links = LinkPool(network.open_job_stream, open_timeout_s=self.settings.open_stream_timeout_s)
         self.reports = Reports(clock, self.standing.book)
+        self.receipts = ReceiptBook(identity) if identity is not None else None  # signed by the user's key
         self._chat = ChatFlow(self.run_phase, self.reports, self.standing, escalate=self.settings.escalate)
 
     @property
@@ -314,6 +317,8 @@ class Router:
         ))
         report["executors"] = executor_report(outcome, phase, role="replica")
         self.reports.finish(report, outcome, sub.started)
+        if self.receipts is not None:
+            self.receipts.record(sub, outcome, phase, quorum=quorum, finished=self._clock())
         if not outcome.ok:
             raise error_for(outcome, report)
         winner, vectors = outcome.value
@@ -372,6 +377,7 @@ class Router:
                 if isinstance(event, Committed):
                     actions = flow.on_commit(event.peer, event.commitment.commitment, event.statement, now)
                 elif isinstance(event, Revealed):
+                    phase.reveals[event.peer] = event
                     actions = flow.on_reveal(event.peer, event.salt, event.digest, event.value, now)
                 elif isinstance(event, Failed):
                     self.standing.note_failure(event.peer, event.failure, now)

@@ -90,7 +90,8 @@ class JobService:
             challenge=self._challenge_evidence if source is not None else None,
         )
         self.router = Router(
-            _NodeNetwork(self), settings=RouterSettings.from_extra(extra), data_dir=node.config.data_dir
+            _NodeNetwork(self), settings=RouterSettings.from_extra(extra), data_dir=node.config.data_dir,
+            identity=node.identity,
         )
         self.ready = trio.Event()
         self._nursery: trio.Nursery | None = None

@@ -1,0 +1,115 @@
+"""Receipt assembly: a finished job's phase and outcome → a receipt signed by this node's key.
+
+The router keeps what a receipt needs while the job runs (each executor's signed commitment in
+its ``Attempt``, each opening in ``Phase.reveals``, each executor's epoch key and bundle in
+``Phase.infos``); this module turns that into a ``protocol.jobs.receipts.Receipt`` and keeps the
+recent ones for ``GET /veilnet/v1/jobs/{id}/receipt``. Beside each receipt it keeps the user's
+private parts (the input salt, the input and answer bytes), which never go into the receipt:
+they let the user prove the receipt is about *their* input and answer, if they choose to.
+
+Receipts cover single-phase jobs (embeddings). Building one never fails a job: a receipt that
+cannot be built is logged and left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from node.jobs.phase import Phase, Submission
+from protocol.identity import Identity
+from protocol.jobs.jobflow import AttemptState, Outcome, majority_of
+from protocol.jobs.messages import SALT_LEN
+from protocol.jobs.receipts import MAX_RECEIPT_SIZE, ExecutorEntry, Receipt, ReceiptError, input_digest
+
+__all__ = ["MAX_RECEIPTS", "KeptReceipt", "ReceiptBook"]
+
+log = logging.getLogger(__name__)
+
+MAX_RECEIPTS = 256  # receipts (with their private parts) kept for look-up, oldest dropped first
+_EMBED_BUDGET = MAX_RECEIPT_SIZE - (256 << 10)  # room for everything but the bundles
+
+
+@dataclass(frozen=True)
+class KeptReceipt:
+    """A signed receipt and the private parts only the user holds."""
+
+    receipt: Receipt
+    wire: bytes
+    input_salt: bytes
+    job_input: bytes
+    answer: bytes  # the returned answer's plaintext (empty when the job had none)
+
+
+class ReceiptBook:
+    """Builds receipts signed by ``identity`` and keeps the last ``MAX_RECEIPTS``."""
+
+    def __init__(self, identity: Identity) -> None:
+        self._identity = identity
+        self._kept: OrderedDict[str, KeptReceipt] = OrderedDict()
+
+    def get(self, job_id_hex: str) -> KeptReceipt | None:
+        return self._kept.get(job_id_hex)
+
+    def record(
+        self, sub: Submission, outcome: Outcome, phase: Phase, *, quorum: int, finished: float
+    ) -> KeptReceipt | None:
+        """Build, sign and keep the receipt of a finished single-phase job."""
+        try:
+            kept = self._build(sub, outcome, phase, quorum=quorum, finished=finished)
+        except (ReceiptError, KeyError, ValueError) as exc:
+            log.warning("no receipt for job %s: %s", sub.job_id.hex(), exc)
+            return None
+        self._kept[sub.job_id.hex()] = kept
+        while len(self._kept) > MAX_RECEIPTS:
+            self._kept.popitem(last=False)
+        return kept
+
+    def _build(
+        self, sub: Submission, outcome: Outcome, phase: Phase, *, quorum: int, finished: float
+    ) -> KeptReceipt:
+        penalties = {peer: offence.value for peer, offence, _ in outcome.penalties}
+        bundles = {a.peer_id: phase.infos[a.peer_id].bundle for a in outcome.attempts}
+        embed = sum(len(b) for b in bundles.values()) <= _EMBED_BUDGET
+        entries = []
+        for attempt in outcome.attempts:
+            info = phase.infos[attempt.peer_id]
+            opened = phase.reveals.get(attempt.peer_id)
+            revealed = attempt.state is AttemptState.REVEALED and opened is not None
+            bundle = bundles[attempt.peer_id]
+            if not bundle:
+                raise ReceiptError("no_bundle", f"no bundle for {info.label or attempt.peer_id.hex()}")
+            entries.append(ExecutorEntry(
+                peer_id=attempt.peer_id, round=attempt.round, state="revealed" if revealed else "failed",
+                enc_pubkey=info.enc_pubkey, commitment=attempt.statement,
+                salt=opened.salt if revealed and opened else b"",
+                result_digest=opened.digest if revealed and opened else b"",
+                bundle=bundle if embed else b"",
+                bundle_digest=b"" if embed else hashlib.sha256(bundle).digest(),
+                offence=penalties.get(attempt.peer_id, ""),
+            ))
+        answer = b""
+        answer_digest = b""
+        if outcome.ok:
+            winner = outcome.value[0]
+            answer = phase.reveals[winner].plaintext
+            answer_digest = phase.reveals[winner].digest
+        bounds = outcome.vote_detail.get("bounds", {})
+        salt = os.urandom(SALT_LEN)
+        job_input = sub.job.to_bytes()
+        receipt = Receipt.create(
+            self._identity, job_id=sub.job_id, model_id=sub.model_id, task=sub.task.value,
+            mode=sub.mode.value,
+            input_digest=input_digest(salt, job_input), status=outcome.status.value, quorum=quorum,
+            needed=majority_of(quorum), escalated=outcome.escalated,
+            comparator=str(outcome.vote_detail.get("comparator", "none")),
+            bounds={str(k): repr(v) for k, v in bounds.items()} if isinstance(bounds, dict) else {},
+            executors=tuple(entries), winners=tuple(sorted(outcome.winners)),
+            created_ms=int(sub.started * 1000),
+            finished_ms=max(int(finished * 1000), int(sub.started * 1000)),
+            answer_digest=answer_digest,
+        )
+        return KeptReceipt(receipt, receipt.to_wire(), salt, job_input, answer)
