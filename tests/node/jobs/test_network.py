@@ -9,8 +9,11 @@ attestation. Each test leaves the network usable for the next.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,8 +26,11 @@ import numpy as np
 import pytest
 import trio
 
+from node.attest.appraisal import load_policy
 from node.config import NodeConfig, TestEvidenceFault, load_node_config, load_testnet_config
 from node.testnet import NodeProcess, wait_for_info
+from protocol.identity import peer_id_from_text
+from protocol.jobs.receipts import Receipt, ReceiptError, verify_receipt
 from tests.node.cluster import Cluster
 from tests.node.jobs.harness import TEXTS, models
 
@@ -148,6 +154,95 @@ def test_embeddings_through_the_api_equal_in_process_and_name_three_executors(cl
     challenged = cluster.embed(TEXTS[:1], challenge=True)["veilnet"]
     assert challenged["status"] == "ok" and challenged["challenge"] is True
     assert all(e["challenge"] == "challenge answered with fresh evidence" for e in challenged["executors"])
+
+
+def _veilnet_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The ``veilnet`` command in a fresh process (no node, no network needed)."""
+    code = "from node.cli.main import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def _tampered(rendering: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The JSON rendering with one field changed, for every field (executor entries' fields too)."""
+
+    def changed(value: Any) -> Any:
+        if isinstance(value, bool):
+            return not value
+        if isinstance(value, int):
+            return value + 1
+        if isinstance(value, str):
+            try:
+                bytes.fromhex(value)
+                return value[:-1] + ("0" if value[-1] != "0" else "1")
+            except ValueError:
+                return value + "x" if value not in ("embeddings", "consensus", "ok") else {
+                    "embeddings": "chat", "consensus": "spot-check", "ok": "no_consensus"}[value]
+        if isinstance(value, dict):
+            return {**value, "extra": "1"}
+        if isinstance(value, list):
+            return value[1:]
+        raise AssertionError(type(value))
+
+    for key, value in rendering.items():
+        if key == "executors":
+            for name in value[0]:
+                entries = [dict(e) for e in value]
+                entries[0][name] = changed(entries[0][name])
+                yield f"executors[0].{name}", {**rendering, "executors": entries}
+        else:
+            yield key, {**rendering, key: changed(value)}
+
+
+def test_a_receipt_verifies_offline_and_any_tampering_is_refused(cluster, tmp_path):
+    answer = cluster.embed(TEXTS[:2], replicas=3)
+    job_id = answer["veilnet"]["job_id"]
+    user = cluster.nodes[0]
+    url = f"{user.api_url}/veilnet/v1/jobs/{job_id}/receipt"
+    fetched = httpx.get(url, timeout=30).json()
+    wire = httpx.get(url, headers={"Accept": "application/msgpack"}, timeout=30)
+    assert wire.headers["content-type"] == "application/msgpack"
+    assert wire.content == base64.b64decode(fetched["wire"])
+    receipt = Receipt.from_wire(wire.content)
+    assert receipt.job_id.hex() == job_id and len(receipt.executors) == 3 and len(receipt.winners) == 3
+    assert receipt.user == peer_id_from_text(user.info["peer_id"])
+    assert all(e.bundle for e in receipt.executors)  # embedded
+
+    path = tmp_path / "job.receipt"
+    path.write_bytes(wire.content)
+    (tmp_path / "answer").write_bytes(base64.b64decode(fetched["private"]["answer"]))
+    (tmp_path / "input").write_bytes(base64.b64decode(fetched["private"]["input"]))
+    assert cluster.layout is not None
+    policy = str(cluster.layout.testnet_path)
+    salt = fetched["private"]["input_salt"]
+    checked = _veilnet_cli(
+        "receipt", "verify", str(path), "--policy", policy, "--answer", str(tmp_path / "answer"),
+        "--input", str(tmp_path / "input"), "--salt", salt, "--json",
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    verdict = json.loads(checked.stdout)
+    assert verdict["ok"] and verdict["simulated"]
+    assert {s["status"] for s in verdict["steps"]} == {"pass", "simulated"}
+
+    # every field, changed, is refused (as undecodable input, or by a failing step)
+    policy_object = load_policy(load_testnet_config(cluster.layout.testnet_path))
+    answer_bytes = (tmp_path / "answer").read_bytes()
+    rendering = receipt.to_json()
+    for name, tampered in _tampered(rendering):
+        try:
+            mutated = Receipt.from_json(tampered)
+        except ReceiptError:
+            continue
+        assert not verify_receipt(mutated, policy=policy_object, answer=answer_bytes).ok, name
+    bad = tmp_path / "tampered.json"
+    bad.write_text(json.dumps({**rendering, "model_id": rendering["model_id"] + "x"}))
+    refused = _veilnet_cli("receipt", "verify", str(bad), "--policy", policy, "--json")
+    assert refused.returncode == 1 and json.loads(refused.stdout)["reasons"] == ["bad_receipt_signature"]
+    swapped = tmp_path / "other-answer"
+    swapped.write_bytes(answer_bytes[:-1] + bytes([answer_bytes[-1] ^ 1]))
+    refused = _veilnet_cli("receipt", "verify", str(path), "--policy", policy, "--answer", str(swapped))
+    assert refused.returncode == 1 and "answer_mismatch" in refused.stdout
 
 
 def test_the_official_openai_client_works(cluster, models):
