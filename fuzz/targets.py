@@ -252,6 +252,51 @@ def libp2p_peer_record(data: bytes) -> None:
         return
 
 
+_RECORD_KEY_SEED = bytes(range(32, 64))
+_record_key: Any = None
+
+
+@target("peerstore-record")
+def peerstore_record(data: bytes) -> None:
+    """The node's peerstore (node.net.peerstore) fed what a peer's identify, identify push, DHT
+    message or PX carries: addresses and protocols split from the input, as a validly signed record
+    (so the input reaches the store, not just the signature check) and as plain lists. Whatever
+    arrives, the per-peer caps hold."""
+    import multiaddr
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.envelope import consume_envelope, seal_record
+    from libp2p.peer.id import ID
+    from libp2p.peer.peer_record import PeerRecord
+
+    from node.net.peerstore import SafePeerStore
+
+    addrs = []
+    for chunk in data.split(b"\xfe")[:64]:  # twice the per-peer cap is enough to test the cap
+        try:
+            addrs.append(multiaddr.Multiaddr(chunk))
+        except Exception:
+            continue
+    protocols = [chunk.decode("utf-8", "replace") for chunk in data.split(b"\xfd")[:128]]
+    global _record_key
+    if _record_key is None:
+        _record_key = create_new_key_pair(_RECORD_KEY_SEED)
+    key_pair = _record_key
+    peer = ID.from_pubkey(key_pair.public_key)
+    store = SafePeerStore(max_peers=8)
+    store.add_addrs(peer, addrs, ttl=120)
+    store.add_protocols(peer, protocols)
+    try:
+        envelope_bytes = seal_record(PeerRecord(peer, addrs), key_pair.private_key).marshal_envelope()
+    except Exception:
+        envelope_bytes = b""  # a record py-libp2p cannot even encode is not one a peer can send
+    if envelope_bytes:
+        envelope, _record = consume_envelope(envelope_bytes, "libp2p-peer-record")
+        store.consume_peer_record(envelope, ttl=120)
+    limits = store.limits
+    assert len(store.addrs(peer)) <= limits.max_addrs_per_peer, "more addresses stored than the cap"
+    assert len(store.get_protocols(peer)) <= limits.max_protocols_per_peer, "more protocols than the cap"
+
+
 # ------------------------------------------------------------------------------------ seeds
 
 
@@ -276,8 +321,18 @@ def seeds(name: str) -> list[bytes]:
         "der": lambda: [bytes.fromhex("300d06092a864886f70d01010b0500")],
         "pnet": lambda: [b"\x07" + os.urandom(24) + b"hello, private network"],
         "libp2p-peer-record": lambda: [_peer_record_seed()],
+        "peerstore-record": lambda: [
+            b"\xfe".join(multiaddr_bytes(f"/ip4/10.0.0.{i}/tcp/4001") for i in range(40))
+            + b"\xfd/ipfs/id/1.0.0\xfd/veilnet/job/1.0.0"
+        ],
     }
     return builders[name]()
+
+
+def multiaddr_bytes(text: str) -> bytes:
+    import multiaddr
+
+    return bytes(multiaddr.Multiaddr(text).to_bytes())
 
 
 def _message_seeds() -> list[bytes]:
