@@ -133,7 +133,7 @@ class OffenceRecord:
         if not isinstance(raw, dict) or raw.get("v") != OFFENCE_VERSION or raw.get("t") != OFFENCE_TAG:
             raise OffenceError("malformed", "not a version-1 offence record")
         try:
-            kind = OffenceKind(raw.get("kind"))
+            kind = OffenceKind(str(raw.get("kind")))
         except ValueError:
             raise OffenceError("malformed", "unknown offence kind") from None
         proof_field = _PROOF_FIELD[kind]
