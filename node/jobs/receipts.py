@@ -13,14 +13,16 @@ cannot be built is logged and left out.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from node.jobs.phase import Phase, Submission
-from protocol.identity import Identity
+from protocol.identity import Domain, Identity
 from protocol.jobs.jobflow import AttemptState, Outcome, majority_of
 from protocol.jobs.messages import SALT_LEN
 from protocol.jobs.receipts import MAX_RECEIPT_SIZE, ExecutorEntry, Receipt, ReceiptError, input_digest
@@ -50,6 +52,7 @@ class ReceiptBook:
     def __init__(self, identity: Identity) -> None:
         self._identity = identity
         self._kept: OrderedDict[str, KeptReceipt] = OrderedDict()
+        self.listeners: list[Callable[[KeptReceipt], None]] = []  # told of every new receipt
 
     def get(self, job_id_hex: str) -> KeptReceipt | None:
         return self._kept.get(job_id_hex)
@@ -66,7 +69,18 @@ class ReceiptBook:
         self._kept[sub.job_id.hex()] = kept
         while len(self._kept) > MAX_RECEIPTS:
             self._kept.popitem(last=False)
+        for listener in self.listeners:
+            listener(kept)
         return kept
+
+    def slim(self, receipt: Receipt) -> Receipt:
+        """The same receipt with every bundle named by digest, signed anew (for gossip)."""
+        entries = tuple(
+            dataclasses.replace(e, bundle=b"", bundle_digest=e.bundle_hash()) if e.bundle else e
+            for e in receipt.executors
+        )
+        unsigned = dataclasses.replace(receipt, executors=entries, sig=b"")
+        return dataclasses.replace(unsigned, sig=self._identity.sign(Domain.RECEIPT, unsigned.signed_body()))
 
     def _build(
         self, sub: Submission, outcome: Outcome, phase: Phase, *, quorum: int, finished: float

@@ -26,6 +26,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from node.jobs import frames as job_streams
+from node.jobs.evidence import EvidenceExchange
 from node.jobs.executor import CHALLENGE_PROTOCOL_ID, JOB_PROTOCOL_ID, Executor, ExecutorSettings
 from node.jobs.faults import FaultConfig
 from node.jobs.frames import FrameIO, Libp2pFrames, memory_frame_pair
@@ -93,6 +94,10 @@ class JobService:
             _NodeNetwork(self), settings=RouterSettings.from_extra(extra), data_dir=node.config.data_dir,
             identity=node.identity,
         )
+        assert self.router.receipts is not None
+        self.evidence = EvidenceExchange(
+            node.identity, net.gossip, self.router.standing, self.router.receipts, node.metrics
+        )
         self.ready = trio.Event()
         self._nursery: trio.Nursery | None = None
         node.metrics.gauge("veilnet_executor_active_jobs", "Jobs admitted and not yet committed",
@@ -114,6 +119,7 @@ class JobService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.router.run)
+            nursery.start_soon(self.evidence.run)
             await self._load_models(nursery)
             self.ready.set()
             await trio.sleep_forever()

@@ -40,7 +40,7 @@ __all__ = [
 
 OFFENCE_VERSION = 1
 OFFENCE_TAG = "offence"
-MAX_OFFENCE_RECORD = 256 << 10  # gossip-sized: receipts travel with bundles by digest
+MAX_OFFENCE_RECORD = 128 << 10  # gossip-sized: receipts travel with bundles by digest
 _LIMITS = Limits(max_size=MAX_OFFENCE_RECORD, max_depth=2, max_str=64, max_bin=MAX_OFFENCE_RECORD, max_map=12)
 _MAX_STATEMENT = 512
 
@@ -125,7 +125,7 @@ class OffenceRecord:
     def from_wire(cls, data: bytes) -> OffenceRecord:
         """Decode with size limits and schema checks (signatures are ``verify_offence``'s)."""
         if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > MAX_OFFENCE_RECORD:
-            raise OffenceError("too_large", "an offence record is bytes of at most 256 KiB")
+            raise OffenceError("too_large", "an offence record is bytes of at most 128 KiB")
         try:
             raw = decode(bytes(data), _LIMITS)
         except CodecError as exc:

@@ -418,3 +418,37 @@ def test_misbehaving_executors_are_outvoted_replaced_and_banned(cluster, faulty,
     # the unattested provider never received a job request, however many jobs ran
     assert cluster.gauge(faulty["unattested"], "veilnet_executor_job_requests") == 0
     assert ids["unattested"] not in {p["peer_id"] for p in cluster.peers(cluster.nodes[0])}
+
+
+def _counter(cluster: JobCluster, node: NodeProcess, name: str) -> float:
+    """A counter summed over its labels."""
+    return sum(v for k, v in cluster.metrics(node).items() if k == name or k.startswith(name + "{"))
+
+
+def test_an_outvoted_executor_is_in_the_receipt_and_its_evidence_is_verified_elsewhere(cluster, faulty):
+    offender = faulty["wrong-output"].info["peer_id"]
+    user = cluster.nodes[1]  # its own book has not banned the offender (node 0's has)
+    for _ in range(20):
+        report = cluster.embed(TEXTS[:2], node=user)["veilnet"]
+        if any(e["peer_id"] == offender and e["offence"] == "wrong_output" for e in report["executors"]):
+            break
+    else:
+        raise AssertionError("the wrong-output executor was never chosen")
+    url = f"{user.api_url}/veilnet/v1/jobs/{report['job_id']}/receipt"
+    wire = httpx.get(url, headers={"Accept": "application/msgpack"}, timeout=30).content
+    assert cluster.layout is not None
+    policy = load_policy(load_testnet_config(cluster.layout.testnet_path))
+    verdict = verify_receipt(wire, policy=policy)
+    assert verdict.ok, verdict.steps
+    entry = next(e for e in verdict.receipt.executors if e.peer_id == peer_id_from_text(offender))
+    assert entry.offence == "wrong_output" and entry.peer_id not in verdict.receipt.winners
+    # both users published offence records; every other node checked them before applying them
+    assert _counter(cluster, cluster.nodes[0], "veilnet_offence_records_published_total") >= 2
+    assert _counter(cluster, user, "veilnet_offence_records_published_total") >= 1
+    observers = [cluster.nodes[2], cluster.nodes[3]]
+    cluster.wait_until(
+        lambda: all(_counter(cluster, n, "veilnet_offence_records_applied_total") >= 2 for n in observers),
+        "offence records from two reporters applied on the other nodes", 60,
+    )
+    for node in [*observers, user, cluster.nodes[0]]:
+        assert _counter(cluster, node, "veilnet_offence_records_refused_total") == 0
