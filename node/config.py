@@ -25,9 +25,11 @@ __all__ = [
     "NodeConfig",
     "TestEvidenceFault",
     "TestnetConfig",
+    "api_base_url",
     "dump_toml",
     "load_node_config",
     "load_testnet_config",
+    "node_config_template",
     "parse_api_address",
 ]
 
@@ -99,11 +101,30 @@ def dump_toml(data: Mapping[str, Any], header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB; a larger file is the wrong file
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's table; every way a path can fail to be one is a ConfigError naming it."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
+        raise ConfigError(f"{path}: no such file (check the path)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory (give the TOML file inside it)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes (is it the right file?)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (is it the right file?)") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: the file is empty")
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
@@ -141,11 +162,30 @@ def _check_multiaddrs(addrs: Sequence[str], key: str, *, need_peer_id: bool) -> 
 
 
 def parse_api_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` → (host, port). Port 0 asks the OS for a free port."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(f"api: {text!r} is not HOST:PORT")
+    """``HOST:PORT`` or ``http://HOST:PORT[/]`` → (host, port). Port 0 asks the OS for a free port.
+
+    Both spellings are accepted everywhere an API address is (``node start --api`` binds it,
+    ``peers``/``infer --api`` call it), so the URL a node prints can be pasted into either.
+    """
+    rest = text.strip()
+    if rest.lower().startswith("http://"):
+        rest = rest[len("http://"):].rstrip("/")
+    host, sep, port_text = rest.rpartition(":")
+    bad = (
+        not sep or not host or not port_text.isascii() or not port_text.isdigit()
+        or not 0 <= int(port_text) <= 65535 or "/" in host or any(ch.isspace() for ch in host)
+    )
+    if bad:
+        raise ConfigError(f"api: {text!r} is not HOST:PORT or http://HOST:PORT")
     return host.strip("[]"), int(port_text)
+
+
+def api_base_url(text: str) -> str:
+    """The ``http://host:port`` base URL of a node API given as HOST:PORT or URL (port 1..65535)."""
+    host, port = parse_api_address(text)
+    if port == 0:
+        raise ConfigError(f"api: {text!r}: port 0 is for binding, not for calling a node")
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 # ------------------------------------------------------------------------------- testnet config
@@ -318,14 +358,17 @@ class TestnetConfig:
             platform_seed = bytes.fromhex(platform_hex) if platform_hex else None
         except ValueError:
             raise ConfigError(f"{where}: psk and platform_key must be hex") from None
-        return cls(
-            testnet_id=testnet_id,
-            psk=psk,
-            policy_toml=policy_toml,
-            platform_seed=platform_seed,
-            bootstrap=bootstrap,
-            epoch_seconds=epoch_seconds,
-        )
+        try:
+            return cls(
+                testnet_id=testnet_id,
+                psk=psk,
+                policy_toml=policy_toml,
+                platform_seed=platform_seed,
+                bootstrap=bootstrap,
+                epoch_seconds=epoch_seconds,
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def load_testnet_config(path: Path) -> TestnetConfig:
@@ -463,19 +506,95 @@ class NodeConfig:
             fault = TestEvidenceFault(fault_text) if fault_text else None
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        return cls(
-            data_dir=data_dir,
-            testnet_config=testnet_config,
-            log_file=log_file,
-            api=None if api == "off" else api,
-            evidence=evidence,
-            test_evidence_fault=fault,
-            **kwargs,
-        )
+        try:
+            return cls(
+                data_dir=data_dir,
+                testnet_config=testnet_config,
+                log_file=log_file,
+                api=None if api == "off" else api,
+                evidence=evidence,
+                test_evidence_fault=fault,
+                **kwargs,
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_toml(), encoding="utf-8")
+
+
+# What ``veilnet node config-template`` writes: every key with its default and what it means
+# (tests/node/cli/test_cli_boundary.py checks that it loads and names every NodeConfig field).
+NODE_CONFIG_TEMPLATE = '''\
+# Veilnet node config (node.toml). Start with: veilnet node start --config node.toml
+# Every key is optional except data_dir and testnet_config; the values shown are the defaults.
+# Relative paths are resolved against this file's directory. Command-line options override keys.
+# docs/CONFIG.md describes each key.
+
+# Directory for this node's identity key (identity.key, mode 0600), node-info.json and state.
+# One node per data dir: a running node locks it (node.lock names its pid).
+data_dir = "{data_dir}"
+
+# The testnet's shared config (secret: PSK and simulated platform key); from `testnet up`.
+testnet_config = "testnet.toml"
+
+# libp2p listen multiaddrs (TCP only). Port 0 picks a free port.
+listen = ["/ip4/0.0.0.0/tcp/4001"]
+
+# Peers to dial at start: multiaddrs ending in /p2p/<peer id>.
+bootstrap = []
+
+# Addresses to advertise instead of the listen addresses (behind NAT).
+announce = []
+
+# Local HTTP API (OpenAI-compatible): HOST:PORT or http://HOST:PORT; "off" disables it.
+api = "127.0.0.1:8700"
+
+# LAN discovery by mDNS.
+mdns = false
+
+# Models this node serves as an executor (needs attestation): embedded names
+# (all-MiniLM-L6-v2, veilnet-tiny-random-lm) or local Hugging Face directories with safetensors.
+models = []
+
+# Attestation evidence: "auto" (a real TEE if present, else simulated when the testnet
+# allows it, else none), "simulated" (NOT secure; testnets only) or "none" (client only).
+evidence = "auto"
+
+# Seconds between attestation re-announcements; must be shorter than bundle_lifetime_seconds.
+reannounce_seconds = 60
+
+# How long peers accept one attestation bundle (30..86400 s).
+bundle_lifetime_seconds = 300
+
+# How many peers discovery keeps connected (1..1000).
+target_peers = 12
+
+# DEBUG, INFO, WARNING or ERROR; log_file: log there instead of stderr.
+log_level = "INFO"
+# log_file = "node.log"
+
+# A name for this node in logs and the peer table.
+label = ""
+
+# Resource limits, peer scoring and liveness. Every key and its default is in docs/CONFIG.md;
+# only keys that differ from the defaults belong here.
+[limits]
+# connections = 300
+# connections_per_peer = 2
+# ban_seconds = 300.0
+
+# Router and executor settings for the jobs subsystem.
+[extra]
+# replicas = 3
+# deadline_s = 30.0
+'''
+
+
+def node_config_template(data_dir: str = "veilnet-data") -> str:
+    """A commented node.toml a person can edit (every key, its default and its meaning)."""
+    return NODE_CONFIG_TEMPLATE.replace("{data_dir}", data_dir.replace("\\", "\\\\").replace('"', '\\"'))
 
 
 def load_node_config(path: Path) -> NodeConfig:

@@ -33,6 +33,7 @@ from typing import Any
 from node.config import EvidenceMode, NodeConfig, TestnetConfig, load_testnet_config
 
 __all__ = [
+    "Interrupted",
     "NodeProcess",
     "RunningTestnet",
     "TestnetError",
@@ -197,7 +198,10 @@ class NodeProcess:
 
     @property
     def multiaddr(self) -> str:
-        return str(self.info["addrs"][0])
+        addrs = self.info.get("addrs") or []
+        if not addrs:
+            raise TestnetError(f"node {self.index} listens on no address; see {self.data_dir / 'node.log'}")
+        return str(addrs[0])
 
     @property
     def api_url(self) -> str:
@@ -247,9 +251,11 @@ def wait_for_info(node: NodeProcess, timeout: float = START_TIMEOUT) -> dict[str
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not node.alive():
+            last = _last_error_line(node.data_dir / "stderr.log")
             raise TestnetError(
-                f"node {node.index} exited with code {node.process.returncode};"
-                f" see {node.data_dir / 'node.log'} and {node.data_dir / 'stderr.log'}"
+                f"node {node.index} exited with code {node.process.returncode} while starting"
+                + (f" ({last})" if last else "")
+                + f"; see {node.data_dir / 'node.log'} and {node.data_dir / 'stderr.log'}"
             )
         try:
             node.info = json.loads(node.info_path.read_text(encoding="utf-8"))
@@ -257,6 +263,20 @@ def wait_for_info(node: NodeProcess, timeout: float = START_TIMEOUT) -> dict[str
         except (FileNotFoundError, json.JSONDecodeError):
             time.sleep(0.05)
     raise TestnetError(f"node {node.index} did not come up within {timeout:.0f} s")
+
+
+def _last_error_line(path: Path) -> str:
+    """The node's own one-line ``error: ...`` from its stderr, if it printed one."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line for line in lines if line.startswith("error: ")]
+    return errors[-1][len("error: "):] if errors else ""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived while the testnet was starting or running its demo."""
 
 
 def stop_processes(nodes: Sequence[NodeProcess], timeout: float = STOP_TIMEOUT) -> dict[int, int | None]:
@@ -295,52 +315,51 @@ class RunningTestnet:
 def run_testnet(
     layout: TestnetLayout, *, demo_steps: Sequence[Callable[[RunningTestnet], None]] = (), out: Any = None
 ) -> int:
-    """Start every node, report how to use and join the testnet, and supervise until a signal."""
+    """Start every node, report how to use and join the testnet, and supervise until a signal.
+
+    Returns the exit code: 0 when stopped by a signal with every node up, 1 when a node died
+    after start-up, 130 when the signal came during start-up or the demo (which it cuts short:
+    the handler raises :class:`Interrupted` out of any wait). A node that dies while starting
+    raises :class:`TestnetError`. Nodes are always stopped with SIGTERM first, SIGKILL only
+    after ``STOP_TIMEOUT``.
+    """
     out = out or sys.stdout
-    stop = {"signal": 0}
+    state = {"signal": 0, "interruptible": True}
 
     def on_signal(signum: int, _frame: Any) -> None:
-        stop["signal"] = signum
+        state["signal"] = signum
+        if state["interruptible"]:
+            state["interruptible"] = False  # a second Ctrl-C must not interrupt the clean-up
+            raise Interrupted(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     nodes: list[NodeProcess] = []
+    died = False
     try:
-        first = start_node_process(0, layout.node_configs[0])
-        nodes.append(first)
-        wait_for_info(first)
-        bootstrap = ("--bootstrap", first.multiaddr)
-        for index, config_path in enumerate(layout.node_configs[1:], start=1):
-            nodes.append(start_node_process(index, config_path, bootstrap))
-        for node in nodes[1:]:
-            wait_for_info(node)
-        run = RunningTestnet(layout, nodes)
-        _print_summary(run, out)
-        for node in measurement_mismatches(run):
-            print(
-                f"WARNING: node {node.index} measures {node.info.get('measurement')}, which the testnet"
-                " policy does not allow (source files changed while the testnet started?);"
-                " run `testnet up` again.",
-                file=out,
-                flush=True,
-            )
-        for step in demo_steps:
-            if stop["signal"]:
-                break
-            step(run)
+        try:
+            _start_all(layout, nodes, demo_steps, out)
+        except Interrupted as exc:
+            print(f"\n{exc}: stopping the testnet during start-up", file=out, flush=True)
+            return 130
+        state["interruptible"] = False
+        if state["signal"]:
+            return 130
         print("Press Ctrl-C to stop every node.", file=out, flush=True)
-        while not stop["signal"]:
+        while not state["signal"]:
             for node in nodes:
                 if not node.alive() and node.info:
                     print(
                         f"node {node.index} exited with code {node.process.returncode}", file=out, flush=True
                     )
                     node.info = {}
+                    died = True
+            if not any(node.alive() for node in nodes):
+                print("every node has exited: stopping", file=out, flush=True)
+                return 1
             time.sleep(0.2)
-        return 0
-    except TestnetError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        return 1 if died else 0
     finally:
+        state["interruptible"] = False
         codes = stop_processes(nodes)
         bad = {index: code for index, code in codes.items() if code not in (0, None)}
         print(
@@ -348,6 +367,34 @@ def run_testnet(
         )
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _start_all(
+    layout: TestnetLayout,
+    nodes: list[NodeProcess],
+    demo_steps: Sequence[Callable[[RunningTestnet], None]],
+    out: Any,
+) -> None:
+    first = start_node_process(0, layout.node_configs[0])
+    nodes.append(first)
+    wait_for_info(first)
+    bootstrap = ("--bootstrap", first.multiaddr)
+    for index, config_path in enumerate(layout.node_configs[1:], start=1):
+        nodes.append(start_node_process(index, config_path, bootstrap))
+    for node in nodes[1:]:
+        wait_for_info(node)
+    run = RunningTestnet(layout, nodes)
+    _print_summary(run, out)
+    for node in measurement_mismatches(run):
+        print(
+            f"WARNING: node {node.index} measures {node.info.get('measurement')}, which the testnet"
+            " policy does not allow (source files changed while the testnet started?);"
+            " run `testnet up` again.",
+            file=out,
+            flush=True,
+        )
+    for step in demo_steps:
+        step(run)
 
 
 def measurement_mismatches(run: RunningTestnet) -> list[NodeProcess]:

@@ -56,7 +56,14 @@ def run(
         psk = load_testnet_config(testnet_config).psk
     else:
         assert psk_file is not None
-        psk = bytes.fromhex(psk_file.read_text().strip())
+        from node.cli.errors import CliError
+
+        try:
+            psk = bytes.fromhex(psk_file.read_text(encoding="utf-8").strip())
+        except (ValueError, UnicodeDecodeError):
+            psk = b""
+        if len(psk) != 32:
+            raise CliError(f"--psk-file {psk_file}", "does not hold a PSK", "it must hold 64 hex digits")
     try:
         parsed = Target.parse(target)
     except ValueError as exc:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import httpx
 import typer
 
+from node.cli.errors import CliError
+from node.cli.peers import call_api
 from node.console import format_report
 
 __all__ = ["infer", "register"]
@@ -31,11 +34,13 @@ def infer(
     model: str = typer.Option("all-MiniLM-L6-v2", "--model", "-m", help="Model name or vn-model id."),
     replicas: int = typer.Option(3, "--replicas", "-k", min=1, max=15, help="Executors that must agree."),
     mode: str = typer.Option("consensus", "--mode", help="consensus | spot-check"),
-    api: str = typer.Option(DEFAULT_API, "--api", help="Your node's API URL."),
+    api: str = typer.Option(DEFAULT_API, "--api", help="Your node's API: http://HOST:PORT or HOST:PORT."),
     task: str = typer.Option("auto", "--task", help="auto | embeddings | chat (auto asks the node)."),
     max_tokens: int = typer.Option(64, "--max-tokens", min=1, max=4096, help="Chat: completion budget."),
     challenge: bool = typer.Option(False, "--challenge", help="Demand fresh attestation first."),
-    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for the answer."),
+    timeout: float = typer.Option(
+        120.0, "--timeout", min=0.1, max=3600.0, help="Seconds to wait for the answer (0.1..3600)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the raw API answer."),
     receipt: Path | None = typer.Option(
         None, "--receipt", help="Write the job's signed receipt here (msgpack), and beside it FILE.answer, "
@@ -45,7 +50,11 @@ def infer(
     """Run one confidential inference on attested executors and print the verification report."""
     if mode not in ("consensus", "spot-check"):
         raise typer.BadParameter("mode must be consensus or spot-check", param_hint="--mode")
-    base = api.rstrip("/")
+    if task not in ("auto", "embeddings", "chat"):
+        raise typer.BadParameter("task must be auto, embeddings or chat", param_hint="--task")
+    if not math.isfinite(timeout):
+        raise typer.BadParameter("must be a finite number of seconds", param_hint="--timeout")
+    base = call_api(api)
     options = {"replicas": replicas, "mode": mode, "challenge": challenge}
     try:
         with httpx.Client(timeout=timeout) as client:
@@ -61,14 +70,15 @@ def infer(
                 response = client.post(f"{base}/v1/embeddings", json=body)
             else:
                 raise typer.BadParameter("task must be auto, embeddings or chat", param_hint="--task")
+    except httpx.TimeoutException:
+        raise CliError(f"--api {base}", f"no answer within {timeout:g} s", "raise --timeout") from None
     except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot reach the node API at {base}: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise CliError(f"--api {base}", f"cannot reach the node API: {exc}", "is the node running?") from None
     try:
         answer = response.json()
     except json.JSONDecodeError:
-        typer.echo(f"error: HTTP {response.status_code}: {response.text[:500]}", err=True)
-        raise typer.Exit(1) from None
+        why = f"HTTP {response.status_code}, not JSON: {response.text[:200]!r}"
+        raise CliError(f"--api {base}", why) from None
     if receipt is not None and response.status_code == 200:
         _save_receipt(base, answer["veilnet"]["job_id"], receipt, timeout)
     if as_json:
@@ -79,7 +89,7 @@ def infer(
         typer.echo(f"error ({error.get('code')}): {error.get('message')}", err=True)
         if answer.get("veilnet"):
             typer.echo(format_report(answer["veilnet"]), err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(2 if 400 <= response.status_code < 500 else 1)
     if chosen == "chat":
         typer.echo(answer["choices"][0]["message"]["content"])
     else:

@@ -1,5 +1,9 @@
 """The ``veilnet`` command line: one module per command group, each added here.
 
+The root group is the CLI's one error boundary (:class:`node.cli.errors.BoundaryGroup`): an
+expected failure anywhere below is one ``error: <what>: <why> (<what to do>)`` line on stderr and
+exit code 2; a traceback means a bug, and says so.
+
 Nothing imports the CLI; it is the top of the dependency order (see ``node/__init__.py``).
 """
 
@@ -10,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 import typer
 
 from node.cli.adversary import adversary_app
+from node.cli.errors import BoundaryGroup
 from node.cli.infer import register as register_infer
 from node.cli.node import node_app
 from node.cli.peers import register_peers
@@ -23,7 +28,10 @@ app = typer.Typer(
     help="Veilnet: a peer-to-peer network for confidential AI inference on attested TEEs.",
     no_args_is_help=True,
     add_completion=False,
+    cls=BoundaryGroup,
+    pretty_exceptions_enable=False,
 )
+
 
 def _version_callback(value: bool) -> None:
     if value:

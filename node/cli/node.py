@@ -17,14 +17,14 @@ from typing import Any
 import trio
 import typer
 
+from node.cli.errors import EXIT_BUG, EXIT_USAGE, CliError, describe
+from node.cli.preflight import preflight
 from node.config import (
-    ConfigError,
     EvidenceMode,
     NodeConfig,
     TestEvidenceFault,
     TestnetConfig,
     load_node_config,
-    load_testnet_config,
 )
 
 __all__ = ["node_app", "run_node"]
@@ -53,7 +53,20 @@ async def _serve(config: NodeConfig, testnet: TestnetConfig) -> None:
                     scope.deadline = trio.current_time() + STOP_DEADLINE
                     return
 
+            async def announce_up() -> None:
+                await node.started.wait()
+                info = node.info()
+                addrs = info.get("addrs") or []
+                if not addrs:
+                    raise CliError(
+                        "--listen", f"the node listens on none of {list(config.listen)}",
+                        "see the log for the libp2p error; choose another address or port",
+                    )
+                api = info.get("api_url") or "off"
+                print(f"up: {info['peer_id']} on {' '.join(map(str, addrs))}; API {api}", flush=True)
+
             nursery.start_soon(watch_signals)
+            nursery.start_soon(announce_up)
             try:
                 await node.run()
             finally:
@@ -61,30 +74,34 @@ async def _serve(config: NodeConfig, testnet: TestnetConfig) -> None:
 
 
 def run_node(config: NodeConfig, testnet: TestnetConfig) -> int:
-    """Run a node in this process until a stop signal; the process exit code."""
+    """Run a node in this process until a stop signal; the process exit code.
+
+    Expected failures while starting (a port taken since the pre-flight check, an unreadable
+    identity key) are one line on stderr and exit code 2, as the CLI boundary would print them;
+    anything else is logged with its traceback as a bug (exit code 1).
+    """
     from node.app import is_shutdown_race
-    from node.keyfile import IdentityFileError
     from node.logging_setup import configure_logging
 
     configure_logging(config.log_level, config.log_file)
     try:
         trio.run(_serve, config, testnet)
-    except (ConfigError, IdentityFileError) as exc:
-        log.error("%s", exc)
-        return 2
-    except BaseExceptionGroup as group:
-        if is_shutdown_race(group):
-            log.debug("ignored py-libp2p shutdown race: %r", group)
-            return 0
-        log.exception("node failed")
-        return 1
-    except RuntimeError as exc:
-        if is_shutdown_race(exc):
-            return 0
-        log.exception("node failed")
-        return 1
     except KeyboardInterrupt:  # a second Ctrl-C before the signal receiver was installed
         return 0
+    except BaseException as exc:
+        if is_shutdown_race(exc):
+            log.debug("ignored py-libp2p shutdown race: %r", exc)
+            return 0
+        line = describe(exc)
+        if line is not None:
+            log.error("%s", line)
+            if config.log_file is not None:
+                print(line, file=sys.stderr, flush=True)
+            return EXIT_USAGE
+        log.exception("node failed")
+        print("error: this is a bug in Veilnet; please report it with the traceback in the log",
+              file=sys.stderr, flush=True)
+        return EXIT_BUG
     log.info("stopped")
     return 0
 
@@ -117,12 +134,10 @@ def _node_config(
 
 
 def _start(config: NodeConfig) -> None:
-    if config.testnet_config is None:
-        raise typer.BadParameter(
-            "a testnet config is needed (--testnet-config FILE or testnet_config in the config)"
-        )
-    testnet = load_testnet_config(config.testnet_config)
+    """Check everything the node needs, then run it in this process and leave with its code."""
+    testnet, lock = preflight(config)
     code = run_node(config, testnet)
+    lock.release()
     # Everything that matters is closed or flushed by now (connections, identity file, logs).
     # Interpreter teardown of a large heap took seconds on a loaded machine, which would break
     # the "stopped within 5 s" promise, so leave right away.
@@ -130,11 +145,6 @@ def _start(config: NodeConfig) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
 
 
 ConfigOption = typer.Option(None, "--config", "-c", help="Node config TOML.", dir_okay=False)
@@ -173,22 +183,41 @@ def start(
     log_file: Path | None = typer.Option(None, "--log-file", help="Log here instead of stderr."),
     fault: TestEvidenceFault | None = FaultOption,
 ) -> None:
-    """Run one peer in the foreground until Ctrl-C or SIGTERM."""
-    try:
-        config = _node_config(
-            config_file,
-            data_dir,
-            listen,
-            bootstrap,
-            api,
-            testnet_config,
-            models=tuple(model) if model else None,
-            evidence=evidence,
-            mdns=mdns,
-            log_level=log_level,
-            log_file=log_file,
-            test_evidence_fault=fault,
-        )
-    except ConfigError as exc:
-        _fail(exc)
+    """Run one peer in the foreground until Ctrl-C or SIGTERM (prints "up: ..." once it is)."""
+    config = _node_config(
+        config_file,
+        data_dir,
+        listen,
+        bootstrap,
+        api,
+        testnet_config,
+        models=tuple(model) if model else None,
+        evidence=evidence,
+        mdns=mdns,
+        log_level=log_level,
+        log_file=log_file,
+        test_evidence_fault=fault,
+    )
     _start(config)
+
+
+@node_app.command("config-template")
+def config_template(
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write node.toml here (default: print it)."),
+    data_dir: str = typer.Option("veilnet-data", "--data-dir", help="The data_dir value to write."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
+) -> None:
+    """Write a commented node.toml: every key, its default and what it means (docs/CONFIG.md)."""
+    from node.config import node_config_template
+
+    text = node_config_template(data_dir)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    if out.is_dir():
+        raise CliError(f"--out {out}", "is a directory", "give a file path such as node.toml")
+    if out.exists() and not force:
+        raise CliError(f"--out {out}", "exists already", "pass --force to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {out}; edit it, then: veilnet node start --config {out}")

@@ -36,7 +36,7 @@ from node.metrics import Metrics
 from node.net import guard as net_guard
 from node.net.dht_answers import bound_find_node_answers
 from node.net.dht_limits import VeilnetRecordValidator, rate_limited_handler
-from node.net.host import DIAL_TIMEOUT, dial
+from node.net.host import DIAL_TIMEOUT, dial, dial_explained
 from node.net.peerstore import known_addrs
 
 if TYPE_CHECKING:
@@ -119,6 +119,7 @@ class Discovery:
     ) -> None:
         self.host = host
         self.bootstrap = tuple(bootstrap)
+        self._last_bootstrap_cause: dict[str, str | None] = {}
         self.target_peers = target_peers
         self.mdns_enabled = mdns
         # DNS-SD service names are at most 15 bytes: "p2p-" + 10 hex digits.
@@ -184,9 +185,17 @@ class Discovery:
         results: list[bool] = []
 
         async def one(addr: str) -> None:
-            ok = await dial(self.host, addr)
+            cause = await dial_explained(self.host, addr)
+            ok = cause is None
             self.dials.inc(outcome="ok" if ok else "failed")
             results.append(ok)
+            if cause == "":
+                return  # not redialled yet (py-libp2p's negative cache): no news
+            if cause is not None and cause != self._last_bootstrap_cause.get(addr):
+                # Once per address and cause: a join that finds nobody says why, without a line
+                # every retry.
+                log.warning("bootstrap %s: not connected: %s", addr, cause)
+            self._last_bootstrap_cause[addr] = cause
 
         async with trio.open_nursery() as nursery:
             for addr in self.bootstrap:

@@ -58,6 +58,8 @@ __all__ = [
     "StreamHandler",
     "build_host",
     "dial",
+    "dial_explained",
+    "dial_failure_cause",
     "key_pair_for",
     "peer_id_of",
     "read_frame",
@@ -186,22 +188,68 @@ async def dial(
     host: IHost, addr: str | multiaddr.Multiaddr | PeerInfo, timeout: float = DIAL_TIMEOUT
 ) -> bool:
     """Connect to a peer within ``timeout``; False (logged at DEBUG) instead of raising or hanging."""
+    return (await dial_explained(host, addr, timeout)) is None
+
+
+async def dial_explained(
+    host: IHost, addr: str | multiaddr.Multiaddr | PeerInfo, timeout: float = DIAL_TIMEOUT
+) -> str | None:
+    """Like :func:`dial`; None when connected, else the likely cause in words (for an operator)."""
     try:
         info = addr if isinstance(addr, PeerInfo) else info_from_p2p_addr(multiaddr.Multiaddr(str(addr)))
     except Exception as exc:
         log.warning("cannot dial %s: %s", addr, exc)
-        return False
+        return f"not a dialable address: {exc}"
     if info.peer_id == host.get_id():
-        return False
+        return "that is this node's own peer id"
     with trio.move_on_after(timeout):
         try:
             await host.connect(info)
-            return True
+            return None
         except Exception as exc:
             log.debug("dial %s failed: %s", info.peer_id, exc)
-            return False
+            return dial_failure_cause(exc)
     log.debug("dial %s timed out after %.1fs (different pre-shared key?)", info.peer_id, timeout)
-    return False
+    return (
+        f"no handshake within {timeout:.0f} s: most likely a pre-shared key mismatch"
+        " (is this the testnet's own testnet.toml?), or a firewall dropping packets"
+    )
+
+
+def _exception_text(exc: BaseException, seen: set[int] | None = None) -> str:
+    """Every message in an exception's cause chain and groups, lower-cased (py-libp2p wraps the
+    transport's error two or three levels deep)."""
+    seen = seen if seen is not None else set()
+    if id(exc) in seen:
+        return ""
+    seen.add(id(exc))
+    parts = [f"{type(exc).__name__}: {exc}"]
+    for inner in (exc.__cause__, exc.__context__, *getattr(exc, "exceptions", ())):
+        if isinstance(inner, BaseException):
+            parts.append(_exception_text(inner, seen))
+    for arg in exc.args:
+        if isinstance(arg, BaseException):
+            parts.append(_exception_text(arg, seen))
+        elif isinstance(arg, (list, tuple)):
+            parts.extend(_exception_text(a, seen) for a in arg if isinstance(a, BaseException))
+    return " | ".join(parts).lower()
+
+
+def dial_failure_cause(exc: BaseException) -> str:
+    """The likely cause of a failed dial, from what the transport and handshake said ("" when
+    py-libp2p did not even try: it still remembers the last failure)."""
+    text = _exception_text(exc)
+    if "negative cache" in text:
+        return ""  # py-libp2p refused to redial so soon: nothing new to say
+    if "gaierror" in text or "name or service not known" in text or "resolve" in text:
+        return "cannot resolve the address's host name (check the spelling, or use an IP address)"
+    if "refused" in text or "errno 111" in text:
+        return "connection refused: nothing listens at that address and port (is the node running?)"
+    if "peer id" in text or "peerid" in text or "mismatch" in text or "invalid remote" in text:
+        return "the node there has another peer id than the address's /p2p/<id> (copy its current address)"
+    if "no route" in text or "unreachable" in text or "timed out" in text:
+        return "the host is unreachable (check the address and the network)"
+    return f"the dial failed: {text[:300]}"
 
 
 def peer_id_of(peer: ID | bytes) -> bytes:
