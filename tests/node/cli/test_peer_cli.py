@@ -57,8 +57,8 @@ def test_testnet_up_runs_every_node_and_stops_them_all_on_sigterm(tmp_path: Path
 
 def test_peers_reports_an_unreachable_api() -> None:
     result = CliRunner().invoke(app, ["peers", "--api", "http://127.0.0.1:9"])
-    assert result.exit_code == 1
-    assert "cannot read" in result.output
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --api http://127.0.0.1:9: cannot read the peers")
 
 
 def test_mdns_finds_a_peer_without_any_bootstrap_address(tmp_path: Path) -> None:
