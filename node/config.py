@@ -4,6 +4,10 @@ Two files, because they have different owners. The *testnet* config is shared by
 one network (its id, the pre-shared key that isolates it, the simulated platform key, the
 appraisal policy); whoever joins receives a copy. The *node* config is one operator's choices
 (data dir, listen and bootstrap addresses, API address, which models to serve).
+
+Why one module over 500 lines: both configs share the bounded TOML reader, the typed-field
+helpers and the address parsers, and every way a file or option can be wrong is decided here,
+in one place, as a ConfigError naming the file and key (the CLI prints it as one line).
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ __all__ = [
     "dump_toml",
     "load_node_config",
     "load_testnet_config",
-    "node_config_template",
     "parse_api_address",
 ]
 
@@ -522,79 +525,6 @@ class NodeConfig:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_toml(), encoding="utf-8")
-
-
-# What ``veilnet node config-template`` writes: every key with its default and what it means
-# (tests/node/cli/test_cli_boundary.py checks that it loads and names every NodeConfig field).
-NODE_CONFIG_TEMPLATE = '''\
-# Veilnet node config (node.toml). Start with: veilnet node start --config node.toml
-# Every key is optional except data_dir and testnet_config; the values shown are the defaults.
-# Relative paths are resolved against this file's directory. Command-line options override keys.
-# docs/CONFIG.md describes each key.
-
-# Directory for this node's identity key (identity.key, mode 0600), node-info.json and state.
-# One node per data dir: a running node locks it (node.lock names its pid).
-data_dir = "{data_dir}"
-
-# The testnet's shared config (secret: PSK and simulated platform key); from `testnet up`.
-testnet_config = "testnet.toml"
-
-# libp2p listen multiaddrs (TCP only). Port 0 picks a free port.
-listen = ["/ip4/0.0.0.0/tcp/4001"]
-
-# Peers to dial at start: multiaddrs ending in /p2p/<peer id>.
-bootstrap = []
-
-# Addresses to advertise instead of the listen addresses (behind NAT).
-announce = []
-
-# Local HTTP API (OpenAI-compatible): HOST:PORT or http://HOST:PORT; "off" disables it.
-api = "127.0.0.1:8700"
-
-# LAN discovery by mDNS.
-mdns = false
-
-# Models this node serves as an executor (needs attestation): embedded names
-# (all-MiniLM-L6-v2, veilnet-tiny-random-lm) or local Hugging Face directories with safetensors.
-models = []
-
-# Attestation evidence: "auto" (a real TEE if present, else simulated when the testnet
-# allows it, else none), "simulated" (NOT secure; testnets only) or "none" (client only).
-evidence = "auto"
-
-# Seconds between attestation re-announcements; must be shorter than bundle_lifetime_seconds.
-reannounce_seconds = 60
-
-# How long peers accept one attestation bundle (30..86400 s).
-bundle_lifetime_seconds = 300
-
-# How many peers discovery keeps connected (1..1000).
-target_peers = 12
-
-# DEBUG, INFO, WARNING or ERROR; log_file: log there instead of stderr.
-log_level = "INFO"
-# log_file = "node.log"
-
-# A name for this node in logs and the peer table.
-label = ""
-
-# Resource limits, peer scoring and liveness. Every key and its default is in docs/CONFIG.md;
-# only keys that differ from the defaults belong here.
-[limits]
-# connections = 300
-# connections_per_peer = 2
-# ban_seconds = 300.0
-
-# Router and executor settings for the jobs subsystem.
-[extra]
-# replicas = 3
-# deadline_s = 30.0
-'''
-
-
-def node_config_template(data_dir: str = "veilnet-data") -> str:
-    """A commented node.toml a person can edit (every key, its default and its meaning)."""
-    return NODE_CONFIG_TEMPLATE.replace("{data_dir}", data_dir.replace("\\", "\\\\").replace('"', '\\"'))
 
 
 def load_node_config(path: Path) -> NodeConfig:

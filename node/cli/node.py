@@ -208,7 +208,7 @@ def config_template(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
 ) -> None:
     """Write a commented node.toml: every key, its default and what it means (docs/CONFIG.md)."""
-    from node.config import node_config_template
+    from node.config_template import node_config_template
 
     text = node_config_template(data_dir)
     if out is None:

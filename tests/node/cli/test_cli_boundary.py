@@ -23,7 +23,8 @@ import pytest
 from typer.testing import CliRunner
 
 from node.cli.main import app
-from node.config import NodeConfig, TestnetConfig, load_node_config, node_config_template
+from node.config import NodeConfig, TestnetConfig, load_node_config
+from node.config_template import node_config_template
 
 REPO = Path(__file__).resolve().parents[3]
 VALID_PSK = "11" * 32
@@ -198,7 +199,7 @@ def test_a_bug_prints_its_traceback_and_says_it_is_a_bug(monkeypatch: pytest.Mon
     def broken(*_args: object) -> None:
         raise ZeroDivisionError("deliberate")
 
-    monkeypatch.setattr("node.config.node_config_template", broken)
+    monkeypatch.setattr("node.config_template.node_config_template", broken)
     result = CliRunner().invoke(app, ["node", "config-template"])
     assert result.exit_code == 1
     assert "Traceback" in result.stderr and "ZeroDivisionError: deliberate" in result.stderr
