@@ -9,9 +9,17 @@ model work:
 3. the recipient key is this epoch's or the previous epoch's job key → ``wrong_key``;
 4. the envelope opens, which authenticates job id, model id, both keys and deadline (AAD)
    → ``decrypt_failed``; the plaintext is a valid job input → ``bad_request``;
-5. there is room: a bounded number of admitted jobs, else an immediate ``busy`` so the router
-   tries another executor rather than queueing behind a saturated one;
-6. the job id was not seen before its deadline (replay window) → ``replay``.
+5. a chat prompt is small enough to fit the model's context, judged from its byte size before
+   any tokenizing → ``too_large``;
+6. there is room: a bounded number of admitted jobs, and the requesting peer holds fewer than its
+   share of them (``max_active_jobs_per_peer``), else an immediate ``busy`` so the router tries
+   another executor rather than queueing behind a saturated one;
+7. the job id was not seen before its deadline (replay window) → ``replay``.
+
+Fairness between requesters: besides its share of job slots, each requesting peer has a share of
+the embedding batcher's queue, and batches are filled round-robin over requesters
+(node.runtime.batcher). Every write to a client has a deadline (``write_timeout``): a client that
+stops reading its results loses its session and the slots it held, instead of pinning them.
 
 The job then runs (embeddings through the dynamic batcher, chat in a worker thread under the
 node-wide compute limiter), and the executor answers with a signed ``Commitment`` to
@@ -98,8 +106,9 @@ CHALLENGE_PROTOCOL_ID = "/veilnet/challenge/1.0.0"
 KeyLookup = Callable[[bytes], "EncryptionKeyPair | None"]
 """Executor's X25519 key pair for a public key named by a job (current or previous epoch), or None."""
 
-EmbedFn = Callable[[str, list[str]], Awaitable[np.ndarray]]
-"""Batched embedding call: (model id, texts) → float32 [len(texts), dim]; may raise runtime Busy."""
+EmbedFn = Callable[[str, list[str], bytes], Awaitable[np.ndarray]]
+"""Batched embedding call: (model id, texts, requesting peer) → float32 [len(texts), dim]; may
+raise runtime Busy (the queue, or that peer's share of it, is full)."""
 
 ChallengeFn = Callable[[bytes], tuple[str, bytes]]
 """nonce → (evidence kind, fresh evidence bound to the nonce); blocking, runs in a worker thread."""
@@ -108,6 +117,8 @@ ChallengeFn = Callable[[bytes], tuple[str, bytes]]
 @dataclass(frozen=True)
 class ExecutorSettings:
     max_active_jobs: int = 64  # admitted and not yet committed; beyond: immediate busy
+    max_active_jobs_per_peer: int = 32  # one requesting peer's share of those slots
+    write_timeout: float = 10.0  # a frame to a client that does not read for this long ends its session
     max_pending_reveals: int = 512  # committed results waiting for their reveal request
     max_deadline_ahead_ms: int = 15 * 60 * 1000
     session_idle_timeout: float = 600.0
@@ -143,15 +154,26 @@ class _Admitted:
 class _Session:
     """One client's job stream on this executor."""
 
-    def __init__(self, io: FrameIO) -> None:
+    def __init__(self, io: FrameIO, write_timeout: float) -> None:
         self.io = io
         self.client = io.peer_id
+        self._write_timeout = write_timeout
 
     async def send(self, payload: bytes) -> None:
-        await self.io.write(payload)
+        """Write one frame, or reset the stream and raise ``BrokenResourceError`` when the client
+        has not taken it within the write deadline (it stopped reading; its flow-control window
+        is full), so the jobs waiting to write give their slots back."""
+        with trio.move_on_after(self._write_timeout) as deadline:
+            await self.io.write(payload)
+        if deadline.cancelled_caught:
+            log.info("job session from %s: client stopped reading; resetting", _short(self.client))
+            with trio.move_on_after(2) as resetting:
+                resetting.shield = True
+                await _quietly(self.io.reset())
+            raise trio.BrokenResourceError("the client did not read within the write deadline")
 
     async def error(self, code: ErrorCode, message: str, job_id: bytes | None = None) -> None:
-        await self.io.write(ErrorMessage(code=code, message=message[:1000], job_id=job_id).to_wire())
+        await self.send(ErrorMessage(code=code, message=message[:1000], job_id=job_id).to_wire())
 
 
 class Executor:
@@ -192,6 +214,7 @@ class Executor:
         # to save a round trip; the result is then revealed right after the commitment.
         self._running: dict[tuple[bytes, bytes], bool] = {}
         self._active = 0
+        self._active_by_peer: dict[bytes, int] = {}
         self._last_result: JobResult | None = None
         self.requests_received = 0  # JobRequests that reached this executor, accepted or not
         self.jobs_committed = 0
@@ -224,7 +247,7 @@ class Executor:
 
     async def serve(self, io: FrameIO) -> None:
         """Serve one job session until the client closes it, goes idle, or breaks framing."""
-        session = _Session(io)
+        session = _Session(io, self.settings.write_timeout)
         async with trio.open_nursery() as nursery:
             try:
                 while True:
@@ -282,6 +305,12 @@ class Executor:
             self._refused("busy")
             await session.error(ErrorCode.BUSY, f"{self._active} jobs in progress", req.job_id)
             return
+        held = self._active_by_peer.get(session.client, 0)
+        if held >= self.settings.max_active_jobs_per_peer:
+            self._refused("busy_peer_share")
+            await session.error(ErrorCode.BUSY, f"this requester already has {held} jobs in progress here",
+                                req.job_id)
+            return
         try:
             self._replay.check_and_add(req.job_id, req.deadline_ms, now_ms)
         except ReplayError as exc:
@@ -292,6 +321,7 @@ class Executor:
             await session.error(code, str(exc), req.job_id)
             return
         self._active += 1
+        self._active_by_peer[session.client] = held + 1
         self._running[(session.client, req.job_id)] = False
         nursery.start_soon(self._run_job, session, req, job, job_session, time.monotonic())
 
@@ -325,6 +355,12 @@ class Executor:
         if expected is not req.task:
             text = f"a {job.op.value} input does not belong to a {req.task.value} job"
             return _Refusal(ErrorCode.BAD_REQUEST, text)
+        limit = getattr(runtime, "max_prompt_bytes", None)
+        if isinstance(job, (GenerateInput, ScoreInput)) and isinstance(limit, int):
+            size = sum(len(m.content.encode("utf-8", "surrogatepass")) for m in job.messages)
+            if size > limit:
+                text = f"prompt of {size} bytes cannot fit the context of {req.model_id} (at most {limit})"
+                return _Refusal(ErrorCode.TOO_LARGE, text)
         return _Admitted(job, opened.session)
 
     # ------------------------------------------------------------------ running a job
@@ -379,6 +415,11 @@ class Executor:
             log.debug("job %s: client stream gone: %s", req.job_id.hex(), exc)
         finally:
             self._active -= 1
+            left = self._active_by_peer.get(session.client, 1) - 1
+            if left > 0:
+                self._active_by_peer[session.client] = left
+            else:
+                self._active_by_peer.pop(session.client, None)
             self._running.pop((session.client, req.job_id), None)
             if self._on_job is not None:
                 self._on_job(req.model_id, outcome)
@@ -400,7 +441,7 @@ class Executor:
             result: JobResult = copied_result(self._last_result, job, dim)
             deltas = [result.text] if isinstance(result, GenerateResult) else []
             return result, deltas, 0, 0
-        result, deltas, queue_ms, compute_ms = await self._compute(runtime, req.model_id, job)
+        result, deltas, queue_ms, compute_ms = await self._compute(runtime, req.model_id, job, session.client)
         self._last_result = result
         if fault is Fault.WRONG_OUTPUT:
             result = perturb_result(result, req.job_id, self.identity.peer_id)
@@ -409,14 +450,14 @@ class Executor:
         return result, deltas, queue_ms, compute_ms
 
     async def _compute(
-        self, runtime: ModelRuntime, model_id: str, job: JobInput
+        self, runtime: ModelRuntime, model_id: str, job: JobInput, client: bytes
     ) -> tuple[JobResult, list[str], int, int]:
         """Run the model. Returns (result, streamed text deltas, queue ms, compute ms)."""
         queued = time.monotonic()
         if isinstance(job, EmbeddingsInput):
             texts = list(job.texts)
             if self._embed is not None:
-                vectors = await self._embed(model_id, texts)
+                vectors = await self._embed(model_id, texts, client)
                 spent = int((time.monotonic() - queued) * 1000)
                 return _embeddings_result(np.asarray(vectors)), [], 0, spent
             embed_fn = getattr(runtime, "embed")  # noqa: B009 - runtime type is the embedding runtime

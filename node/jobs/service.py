@@ -86,7 +86,7 @@ class JobService:
             self.runtimes,
             embed=self._embed,
             limiter=self.limiter,
-            settings=ExecutorSettings(max_active_jobs=int(extra.get("max_active_jobs", 64))),
+            settings=_executor_settings(extra),
             faults=self.faults,
             challenge=self._challenge_evidence if source is not None else None,
         )
@@ -141,7 +141,12 @@ class JobService:
             if runtime.task is Task.EMBEDDINGS:
                 # No deliberate wait for company: under load, requests pile up while a batch
                 # computes and the next batch takes them all; an idle executor answers at once.
-                batcher = EmbeddingBatcher(runtime, limiter=self.limiter, max_wait_ms=0.0)  # type: ignore[arg-type]
+                # One requester may queue a quarter of the texts (one maximal job), so a greedy
+                # client leaves room for everyone else.
+                batcher = EmbeddingBatcher(
+                    runtime, limiter=self.limiter, max_wait_ms=0.0,  # type: ignore[arg-type]
+                    max_queued_texts=1024, max_queued_texts_per_owner=256,
+                )
                 await nursery.start(batcher.run)
                 self.batchers[runtime.model_id] = batcher
             log.info("serving %s (%s, %s) loaded in %.1fs", runtime.name, runtime.task.value,
@@ -160,11 +165,11 @@ class JobService:
                 tasks.setdefault(model_id, _EMBEDDED_TASKS[name])
         return tasks
 
-    async def _embed(self, model_id: str, texts: list[str]) -> np.ndarray:
+    async def _embed(self, model_id: str, texts: list[str], requester: bytes) -> np.ndarray:
         batcher = self.batchers.get(model_id)
         if batcher is None:
             raise RuntimeError(f"no batcher for {model_id}")
-        return await batcher.embed(texts)
+        return await batcher.embed(texts, owner=requester)
 
     # ------------------------------------------------------------------ keys and evidence
 
@@ -356,3 +361,17 @@ def _embedded_model_ids() -> dict[str, str]:
         except Exception as exc:
             log.debug("cannot identify %s at %s: %s", name, path, exc)
     return ids
+
+
+def _executor_settings(extra: Mapping[str, Any]) -> ExecutorSettings:
+    """Executor limits from the node config (``max_active_jobs``, ``max_active_jobs_per_peer``,
+    ``job_write_timeout``); each falls back to ExecutorSettings' default."""
+    defaults = ExecutorSettings()
+    total = int(extra.get("max_active_jobs", defaults.max_active_jobs))
+    per_peer = int(extra.get("max_active_jobs_per_peer", min(defaults.max_active_jobs_per_peer, total)))
+    write_timeout = float(extra.get("job_write_timeout", defaults.write_timeout))
+    if total < 1 or per_peer < 1 or write_timeout <= 0:
+        raise ValueError("max_active_jobs and max_active_jobs_per_peer must be >= 1, job_write_timeout > 0")
+    return ExecutorSettings(
+        max_active_jobs=total, max_active_jobs_per_peer=per_peer, write_timeout=write_timeout
+    )

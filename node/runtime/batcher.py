@@ -8,11 +8,17 @@ while a batch computes and the next batch starts with all of them, with no extra
 
 Backpressure: at most ``max_queued_texts`` texts may wait; beyond that ``embed`` raises ``Busy`` at
 once, so the router can try another executor instead of queueing behind a saturated one.
+
+Fairness between requesters: every request names its ``owner`` (the requesting peer). Each owner
+may queue at most ``max_queued_texts_per_owner`` texts, so one greedy client cannot fill the queue
+and make everyone else's requests fail with ``Busy``; and batches are filled by deficit
+round-robin over owners (Shreedhar & Varghese, 1995), counting texts, so a client with thousands
+of texts waiting delays another client's one-text request by at most about one batch.
 """
 
 from __future__ import annotations
 
-import math
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -47,6 +53,7 @@ class BatchFailed(ModelRuntimeError):
 @dataclass(eq=False)
 class _Request:
     texts: list[str]
+    owner: bytes = b""
     done: trio.Event = field(default_factory=trio.Event)
     result: np.ndarray | None = None
     error: ModelRuntimeError | None = None
@@ -79,17 +86,24 @@ class EmbeddingBatcher:
         max_batch_size: int = 32,
         max_wait_ms: float = 1.0,
         max_queued_texts: int = 1024,
+        max_queued_texts_per_owner: int | None = None,
         limiter: trio.CapacityLimiter | None = None,
     ) -> None:
-        if max_batch_size < 1 or max_queued_texts < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch_size and max_queued_texts must be >= 1, max_wait_ms >= 0")
+        per_owner = max_queued_texts if max_queued_texts_per_owner is None else max_queued_texts_per_owner
+        if max_batch_size < 1 or max_queued_texts < 1 or per_owner < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch_size and the queue limits must be >= 1, max_wait_ms >= 0")
         self.runtime = runtime
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queued_texts = max_queued_texts
+        self.max_queued_texts_per_owner = min(per_owner, max_queued_texts)
         self._limiter = limiter or trio.CapacityLimiter(1)
-        self._send, self._receive = trio.open_memory_channel[_Request](math.inf)
-        self._carry: _Request | None = None
+        # Owner → its waiting requests, in round-robin order (the next owner to serve first).
+        self._queues: OrderedDict[bytes, deque[_Request]] = OrderedDict()
+        self._owner_texts: dict[bytes, int] = {}
+        self._deficit: dict[bytes, int] = {}
+        self._quantum = max(1, max_batch_size // 4)
+        self._arrived = trio.Event()
         self._batch: list[_Request] = []  # taken from the queue, not yet answered
         self._queued_texts = 0
         self._running = False
@@ -105,10 +119,11 @@ class EmbeddingBatcher:
     def running(self) -> bool:
         return self._running
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+    async def embed(self, texts: Sequence[str], owner: bytes = b"") -> np.ndarray:
         """Embed ``texts`` as part of a batch; returns float32 ``[len(texts), dim]`` (caller-owned).
 
-        Raises ``Busy`` immediately when the queue is full, ``BatcherClosed`` when the batcher is
+        ``owner`` names the requester whose share of the queue this request uses. Raises ``Busy``
+        immediately when the queue or the owner's share of it is full, ``BatcherClosed`` when the batcher is
         not running (or stops before the result is ready), ``InvalidInput`` for bad input and
         ``BatchFailed`` when the model call fails. Cancelling the caller withdraws its request.
         """
@@ -119,17 +134,20 @@ class EmbeddingBatcher:
         count = len(texts)
         if count == 0:
             return np.empty((0, self.runtime.dim), dtype=np.float32)
-        if count > self.max_queued_texts:
-            raise InvalidInput(f"{count} texts exceed the per-request limit of {self.max_queued_texts}")
+        if count > self.max_queued_texts_per_owner:
+            limit = self.max_queued_texts_per_owner
+            raise InvalidInput(f"{count} texts exceed the per-request limit of {limit}")
         if self._queued_texts + count > self.max_queued_texts:
             raise Busy(f"{self._queued_texts} texts already queued (limit {self.max_queued_texts})")
-        request = _Request(list(texts))
-        self._queued_texts += count
-        self._send.send_nowait(request)
+        mine = self._owner_texts.get(owner, 0)
+        if mine + count > self.max_queued_texts_per_owner:
+            raise Busy(f"this requester has {mine} texts queued (limit {self.max_queued_texts_per_owner})")
+        request = _Request(list(texts), owner)
+        self._enqueue(request)
         try:
             await request.done.wait()
         except BaseException:
-            request.abandoned = True  # dropped unqueued, or its rows discarded if already running
+            self._withdraw(request)  # dropped if still queued, its rows discarded if already running
             raise
         if request.error is not None:
             raise request.error  # one instance per request: no traceback shared between tasks
@@ -152,43 +170,90 @@ class EmbeddingBatcher:
             self._running = False
             self._fail_all()
 
-    def _take(self, request: _Request) -> bool:
-        """Dequeue bookkeeping; False for a request whose caller already gave up."""
-        self._queued_texts -= len(request.texts)
-        return not request.abandoned
+    # -- the per-owner queues -----------------------------------------------------------------
+
+    def _enqueue(self, request: _Request) -> None:
+        count = len(request.texts)
+        self._queued_texts += count
+        self._owner_texts[request.owner] = self._owner_texts.get(request.owner, 0) + count
+        queue = self._queues.get(request.owner)
+        if queue is None:
+            queue = self._queues[request.owner] = deque()
+            self._deficit[request.owner] = 0
+        queue.append(request)
+        self._arrived.set()
+
+    def _dequeue(self, owner: bytes) -> _Request:
+        queue = self._queues[owner]
+        request = queue.popleft()
+        self._forget(request)
+        if not queue:  # an idle owner keeps no credit (DRR): it cannot save up for a burst
+            del self._queues[owner]
+            del self._deficit[owner]
+        return request
+
+    def _forget(self, request: _Request) -> None:
+        count = len(request.texts)
+        self._queued_texts -= count
+        left = self._owner_texts[request.owner] - count
+        if left:
+            self._owner_texts[request.owner] = left
+        else:
+            del self._owner_texts[request.owner]
+
+    def _withdraw(self, request: _Request) -> None:
+        request.abandoned = True
+        queue = self._queues.get(request.owner)
+        if queue is None or request not in queue:
+            return  # already in a batch: its rows are discarded
+        queue.remove(request)
+        self._forget(request)
+        if not queue:
+            del self._queues[request.owner]
+            del self._deficit[request.owner]
 
     async def _collect(self) -> None:
-        first = self._carry or await self._receive.receive()
-        self._carry = None
-        if not self._take(first):
-            return
-        batch = self._batch = [first]
-        size = len(first.texts)
-
-        def admit(request: _Request) -> bool:
-            nonlocal size
-            if request.abandoned:
-                self._take(request)
-                return True
-            if size + len(request.texts) > self.max_batch_size:
-                self._carry = request  # stays counted as queued; first in the next batch
-                return False
-            self._take(request)
-            batch.append(request)
-            size += len(request.texts)
-            return True
-
-        while size < self.max_batch_size:  # everything already waiting, without yielding
-            try:
-                if not admit(self._receive.receive_nowait()):
-                    return
-            except trio.WouldBlock:
-                break
-        if size < self.max_batch_size and self.max_wait > 0:
+        while not self._queues:
+            self._arrived = trio.Event()
+            await self._arrived.wait()
+        self._batch = []
+        self._fill()
+        if self.max_wait > 0 and self._size() < self.max_batch_size:
             with trio.move_on_after(self.max_wait):
-                while size < self.max_batch_size:
-                    if not admit(await self._receive.receive()):
+                while self._size() < self.max_batch_size:
+                    self._arrived = trio.Event()
+                    await self._arrived.wait()
+                    if not self._fill():
                         break
+
+    def _size(self) -> int:
+        return sum(len(r.texts) for r in self._batch)
+
+    def _fill(self) -> bool:
+        """Deficit round-robin over owners into the current batch; False once the batch is full.
+
+        Each visit credits an owner ``quantum`` texts and takes its waiting requests while they fit
+        the credit and the batch. A request larger than a whole batch goes alone. The owner visited
+        last moves to the back, so the next batch starts with someone else.
+        """
+        size = self._size()
+        while self._queues:
+            for owner in list(self._queues):
+                self._queues.move_to_end(owner)
+                self._deficit[owner] += self._quantum
+                queue = self._queues[owner]
+                while queue:
+                    count = len(queue[0].texts)
+                    if self._batch and size + count > self.max_batch_size:
+                        return False
+                    if count > self._deficit[owner] and self._batch:
+                        break
+                    self._deficit[owner] = max(0, self._deficit[owner] - count)
+                    self._batch.append(self._dequeue(owner))
+                    size += count
+                    if size >= self.max_batch_size:
+                        return False
+        return True
 
     async def _compute(self, batch: list[_Request]) -> None:
         texts = [text for request in batch for text in request.texts]
@@ -213,14 +278,11 @@ class EmbeddingBatcher:
     def _fail_all(self) -> None:
         """On shutdown every waiting caller gets BatcherClosed; nobody waits forever."""
         pending, self._batch = self._batch, []
-        if self._carry is not None:
-            pending.append(self._carry)
-            self._carry = None
-        while True:
-            try:
-                pending.append(self._receive.receive_nowait())
-            except trio.WouldBlock:
-                break
+        for queue in self._queues.values():
+            pending.extend(queue)
+        self._queues.clear()
+        self._deficit.clear()
+        self._owner_texts.clear()
         for request in pending:
             request.finish(error=BatcherClosed("the batcher stopped"))
         self._queued_texts = 0

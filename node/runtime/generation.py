@@ -22,7 +22,15 @@ from node.runtime import torch_env
 from node.runtime.base import ModelRuntime, Task
 from node.runtime.errors import InvalidInput, UnsupportedModel
 
-__all__ = ["ChatRuntime", "Generation", "Prompt", "TokenCallback", "TokenScores"]
+__all__ = [
+    "ChatRuntime",
+    "Generation",
+    "Prompt",
+    "TokenCallback",
+    "TokenScores",
+    "check_prompt_size",
+    "prompt_bytes",
+]
 
 Prompt = str | Sequence[Mapping[str, str]]
 """A raw prompt string, or OpenAI-style chat messages ``[{"role": ..., "content": ...}, ...]``."""
@@ -86,6 +94,11 @@ class ChatRuntime(ModelRuntime):
             config, "n_positions", None
         )
         self.context_length = int(context or 1024)
+        # No token spells more bytes than the longest vocabulary entry (its UTF-8 form is an
+        # upper bound for byte-level and sentencepiece vocabularies alike), so a prompt longer
+        # than this cannot fit the context: refuse it before tokenizing megabytes of text.
+        longest = max((len(str(t).encode()) for t in self._tokenizer.get_vocab()), default=16)
+        self.max_prompt_bytes = self.context_length * max(1, longest)
         eos = config.eos_token_id
         self.eos_token_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
         self._lock = threading.Lock()
@@ -103,6 +116,7 @@ class ChatRuntime(ModelRuntime):
         Primary and verifiers call this with the same job input and the same tokenizer files
         (covered by the model id), so they agree on the prompt tokens without sending them.
         """
+        check_prompt_size(prompt, self.max_prompt_bytes)
         if isinstance(prompt, str):
             ids = list(self._tokenizer.encode(prompt, add_special_tokens=False))
         else:
@@ -199,6 +213,20 @@ class ChatRuntime(ModelRuntime):
             gaps=gaps.numpy().astype(np.float32),
             logprobs=logprobs.numpy().astype(np.float32),
         )
+
+
+def prompt_bytes(prompt: Prompt) -> int:
+    """UTF-8 size of a prompt's text (message contents), computed without tokenizing."""
+    if isinstance(prompt, str):
+        return len(prompt.encode("utf-8", "surrogatepass"))
+    return sum(len(str(m.get("content", "")).encode("utf-8", "surrogatepass")) for m in prompt)
+
+
+def check_prompt_size(prompt: Prompt, limit: int) -> None:
+    """``InvalidInput`` for a prompt too long to fit any context of ``limit`` bytes."""
+    size = prompt_bytes(prompt)
+    if size > limit:
+        raise InvalidInput(f"prompt of {size} bytes cannot fit the context (at most {limit} bytes)")
 
 
 def _validate_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 import numpy as np
 import pytest
@@ -211,3 +212,74 @@ def test_parameters_are_validated(runtime: EmbeddingRuntime) -> None:
         EmbeddingBatcher(runtime, max_batch_size=0)
     with pytest.raises(ValueError):
         EmbeddingBatcher(runtime, max_wait_ms=-1)
+
+
+class RecordingRuntime(GatedRuntime):
+    """A gated runtime that also keeps the texts of every batch, in order."""
+
+    def __init__(self, inner: EmbeddingRuntime) -> None:
+        super().__init__(inner)
+        self.batches: list[list[str]] = []
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.batches.append(list(texts))
+        return super().embed(texts)
+
+
+async def test_a_greedy_requester_cannot_fill_the_queue_or_delay_others_by_more_than_a_batch(
+    runtime: EmbeddingRuntime,
+) -> None:
+    recording = RecordingRuntime(runtime)
+    batcher = EmbeddingBatcher(
+        recording, max_batch_size=8, max_wait_ms=0, max_queued_texts=64, max_queued_texts_per_owner=32
+    )
+    greedy, honest = b"greedy", b"honest"
+    answered: list[str] = []
+
+    async def ask(owner: bytes, texts: list[str]) -> None:
+        await batcher.embed(texts, owner=owner)
+        answered.append(texts[0])
+
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(batcher.run)
+            async with trio.open_nursery() as callers:
+                callers.start_soon(ask, b"first", ["blocker"])  # computing, held in the gate
+                await trio.to_thread.run_sync(recording.entered.wait, WAIT)
+                for job in range(4):  # the greedy requester's whole share: 4 jobs x 8 texts
+                    callers.start_soon(ask, greedy, [f"greedy {job}.{i}" for i in range(8)])
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(Busy, match="this requester"):
+                    await batcher.embed(["one more"], owner=greedy)
+                callers.start_soon(ask, honest, ["honest"])  # the queue still has room for others
+                await trio.testing.wait_all_tasks_blocked()
+                assert batcher.queued_texts == 33
+                recording.gate.set()
+            nursery.cancel_scope.cancel()
+    assert len(answered) == 6 and batcher.queued_texts == 0
+    order = [batch[0].split(" ")[0] for batch in recording.batches]
+    # First-come first-served would run all four greedy batches first; the honest text goes in
+    # the batch after the one already being filled when it arrived.
+    assert order.index("honest") <= 2, recording.batches
+    assert sum(len(b) for b in recording.batches) == 34
+
+
+async def test_owners_take_turns_within_a_batch(runtime: EmbeddingRuntime) -> None:
+    recording = RecordingRuntime(runtime)
+    batcher = EmbeddingBatcher(recording, max_batch_size=8, max_wait_ms=0)
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(batcher.run)
+            async with trio.open_nursery() as callers:
+                callers.start_soon(batcher.embed, ["blocker"])
+                await trio.to_thread.run_sync(recording.entered.wait, WAIT)
+                for i in range(12):
+                    callers.start_soon(partial(batcher.embed, [f"a{i}"], owner=b"a"))
+                for i in range(4):
+                    callers.start_soon(partial(batcher.embed, [f"b{i}"], owner=b"b"))
+                await trio.testing.wait_all_tasks_blocked()
+                recording.gate.set()
+            nursery.cancel_scope.cancel()
+    second = recording.batches[1]
+    assert len(second) == 8
+    assert sorted(t for t in second if t.startswith("b")) == ["b0", "b1", "b2", "b3"], second
