@@ -9,7 +9,8 @@ while a batch computes and the next batch starts with all of them, with no extra
 Backpressure: at most ``max_queued_texts`` texts may wait; beyond that ``embed`` raises ``Busy`` at
 once, so the router can try another executor instead of queueing behind a saturated one.
 
-Fairness between requesters: every request names its ``owner`` (the requesting peer). Each owner
+Fairness between requesters: a request larger than a batch is split into batch-sized pieces,
+and every request names its ``owner`` (the requesting peer). Each owner
 may queue at most ``max_queued_texts_per_owner`` texts, so one greedy client cannot fill the queue
 and make everyone else's requests fail with ``Busy``; and batches are filled by deficit
 round-robin over owners (Shreedhar & Varghese, 1995), counting texts, so a client with thousands
@@ -123,8 +124,8 @@ class EmbeddingBatcher:
         """Embed ``texts`` as part of a batch; returns float32 ``[len(texts), dim]`` (caller-owned).
 
         ``owner`` names the requester whose share of the queue this request uses. Raises ``Busy``
-        immediately when the queue or the owner's share of it is full, ``BatcherClosed`` when the batcher is
-        not running (or stops before the result is ready), ``InvalidInput`` for bad input and
+        immediately when the queue or the owner's share of it is full, ``BatcherClosed`` when the
+        batcher is not running (or stops before the result is ready), ``InvalidInput`` for bad input and
         ``BatchFailed`` when the model call fails. Cancelling the caller withdraws its request.
         """
         if not self._running:
@@ -142,17 +143,27 @@ class EmbeddingBatcher:
         mine = self._owner_texts.get(owner, 0)
         if mine + count > self.max_queued_texts_per_owner:
             raise Busy(f"this requester has {mine} texts queued (limit {self.max_queued_texts_per_owner})")
-        request = _Request(list(texts), owner)
-        self._enqueue(request)
+        # A request larger than a batch is queued as batch-sized pieces, so other requesters'
+        # texts are served between them instead of waiting for one huge forward pass.
+        step = self.max_batch_size
+        pieces = [_Request(list(texts[i : i + step]), owner) for i in range(0, count, step)]
+        for piece in pieces:
+            self._enqueue(piece)
         try:
-            await request.done.wait()
+            for piece in pieces:
+                await piece.done.wait()
         except BaseException:
-            self._withdraw(request)  # dropped if still queued, its rows discarded if already running
+            for piece in pieces:
+                self._withdraw(piece)  # dropped if still queued, rows discarded if already running
             raise
-        if request.error is not None:
-            raise request.error  # one instance per request: no traceback shared between tasks
-        assert request.result is not None
-        return request.result
+        for piece in pieces:
+            if piece.error is not None:
+                raise piece.error  # one instance per request: no traceback shared between tasks
+        results: list[np.ndarray] = []
+        for piece in pieces:
+            assert piece.result is not None
+            results.append(piece.result)
+        return results[0] if len(results) == 1 else np.concatenate(results)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve batches until cancelled. Start with ``await nursery.start(batcher.run)``."""
@@ -233,7 +244,7 @@ class EmbeddingBatcher:
         """Deficit round-robin over owners into the current batch; False once the batch is full.
 
         Each visit credits an owner ``quantum`` texts and takes its waiting requests while they fit
-        the credit and the batch. A request larger than a whole batch goes alone. The owner visited
+        the credit and the batch (pieces are never larger than a batch). The owner visited
         last moves to the back, so the next batch starts with someone else.
         """
         size = self._size()

@@ -11,7 +11,10 @@ import time
 
 import pytest
 import trio
+import trio.testing
 
+from node.jobs.executor import ExecutorSettings
+from node.jobs.faults import Fault
 from node.jobs.frames import MemoryFrames, memory_frame_pair
 from protocol.identity import Identity
 from protocol.jobs.messages import (
@@ -27,7 +30,14 @@ from protocol.jobs.messages import (
     decode_message,
     result_digest,
 )
-from protocol.jobs.payloads import EmbeddingsInput, EmbeddingsResult, decode_result
+from protocol.jobs.payloads import (
+    MAX_TEXT_CHARS,
+    ChatMessage,
+    EmbeddingsInput,
+    EmbeddingsResult,
+    GenerateInput,
+    decode_result,
+)
 from protocol.sealing import EncryptionKeyPair, open_result, seal_job
 from tests.node.jobs.harness import TEXTS, MemoryNetwork, add_member, models
 
@@ -177,4 +187,56 @@ async def test_wrong_task_for_the_model_is_refused(models):
         request, _ = _request(member, chat.model_id)  # an embeddings job for a chat model
         await io.write(request.to_wire())
         await _expect_error(io, ErrorCode.BAD_REQUEST)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_chat_prompt_too_long_for_the_context_is_refused_before_tokenizing(models):
+    _, chat, _ = models
+    async with trio.open_nursery() as nursery:
+        net = MemoryNetwork(nursery)
+        member = add_member(net, {chat.model_id: chat})
+        io = await _session(nursery, member)
+        per_message = MAX_TEXT_CHARS
+        count = chat.max_prompt_bytes // per_message + 1
+        messages = tuple(ChatMessage("user", "a" * per_message) for _ in range(count))
+        job_id, deadline_ms = os.urandom(16), int((time.time() + 30) * 1000)
+        key = member.keys.public
+        sealed = seal_job(GenerateInput(messages, 4).to_bytes(), recipient_pubkey=key, job_id=job_id,
+                          model_id=chat.model_id, deadline_ms=deadline_ms)
+        request = JobRequest(
+            job_id=job_id, model_id=chat.model_id, task=Task.CHAT, deadline_ms=deadline_ms,
+            client_pubkey=sealed.client_keys.public, executor_enc_pubkey=key, sealed_input=sealed.envelope,
+            mode=Mode.CONSENSUS, stream=False,
+        )
+        await io.write(request.to_wire())
+        error = await _expect_error(io, ErrorCode.TOO_LARGE)
+        assert "cannot fit the context" in error.message
+        assert member.executor.jobs_refused == {"too_large": 1} and member.executor.active_jobs == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_one_requester_gets_only_its_share_of_the_job_slots(models):
+    embed, _, _ = models
+    async with trio.open_nursery() as nursery:
+        net = MemoryNetwork(nursery)
+        settings = ExecutorSettings(max_active_jobs=8, max_active_jobs_per_peer=2)
+        member = add_member(
+            net, {embed.model_id: embed}, fault=Fault.SLOW, slow_seconds=60, settings=settings
+        )
+        greedy = await _session(nursery, member)
+        for _ in range(2):
+            request, _ = _request(member, embed.model_id)
+            await greedy.write(request.to_wire())
+        third, _ = _request(member, embed.model_id)
+        await greedy.write(third.to_wire())
+        refusal = await _expect_error(greedy, ErrorCode.BUSY)
+        assert refusal.job_id == third.job_id and "this requester" in refusal.message
+        other_end, executor_end = memory_frame_pair(Identity.generate().peer_id, member.peer_id)
+        nursery.start_soon(member.executor.serve, executor_end)
+        honest, _ = _request(member, embed.model_id)
+        await other_end.write(honest.to_wire())
+        with trio.fail_after(20):
+            await trio.testing.wait_all_tasks_blocked()
+        assert member.executor.active_jobs == 3  # admitted: the greedy peer's share is not everyone's
+        assert member.executor.jobs_refused == {"busy_peer_share": 1}
         nursery.cancel_scope.cancel()

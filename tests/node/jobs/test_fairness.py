@@ -9,6 +9,7 @@ honest embeddings requests go through node 0's API, so every honest job needs no
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -45,6 +46,9 @@ class FairnessCluster(Cluster):
 def cluster() -> Iterator[FairnessCluster]:
     root = Path(tempfile.mkdtemp(prefix="veilnet-fairness-"))
     c = FairnessCluster(root, 2, reannounce_seconds=4)
+    # One torch thread per node (children inherit the environment): two cores, shared.
+    previous_threads = os.environ.get("VEILNET_TORCH_THREADS")
+    os.environ["VEILNET_TORCH_THREADS"] = "1"
     try:
         c.start()
         executor = c.nodes[1].info["peer_id"]
@@ -56,6 +60,10 @@ def cluster() -> Iterator[FairnessCluster]:
     finally:
         c.close()
         shutil.rmtree(root, ignore_errors=True)
+        if previous_threads is None:
+            os.environ.pop("VEILNET_TORCH_THREADS", None)
+        else:
+            os.environ["VEILNET_TORCH_THREADS"] = previous_threads
 
 
 def _honest(cluster: Cluster, index: int) -> tuple[int, str]:
@@ -65,14 +73,18 @@ def _honest(cluster: Cluster, index: int) -> tuple[int, str]:
     return response.status_code, response.text[:300]
 
 
-def _attack_in_background(cluster: Cluster, name: str) -> tuple[threading.Thread, list[Outcome]]:
+def _attack_in_background(
+    cluster: Cluster, name: str, scale: float = 1.0
+) -> tuple[threading.Thread, list[Outcome]]:
     assert cluster.layout is not None
     psk = load_testnet_config(cluster.layout.testnet_path).psk
     target = Target.parse(cluster.nodes[1].multiaddr)
     outcomes: list[Outcome] = []
 
+    context = Context(target, psk, duration=ATTACK_SECONDS, scale=scale)
+
     def attack() -> None:
-        outcomes.append(trio.run(run_attack, name, Context(target, psk, duration=ATTACK_SECONDS)))
+        outcomes.append(trio.run(run_attack, name, context))
 
     thread = threading.Thread(target=attack, name=f"adversary-{name}", daemon=True)
     thread.start()
@@ -92,7 +104,8 @@ def _honest_during(cluster: Cluster, thread: threading.Thread, least: int) -> li
 
 
 def test_a_greedy_client_cannot_make_honest_requests_fail(cluster: FairnessCluster) -> None:
-    thread, outcomes = _attack_in_background(cluster, "greedy-client")
+    # 32 jobs of 64 texts in flight: twice what the executor's whole embedding queue holds.
+    thread, outcomes = _attack_in_background(cluster, "greedy-client", scale=2.0)
     answers = _honest_during(cluster, thread, least=5)
     failed = [a for a in answers if a[0] != 200]
     assert not failed, f"{len(failed)} of {len(answers)} honest requests failed: {failed[:3]}"
