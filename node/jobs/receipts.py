@@ -32,6 +32,7 @@ __all__ = ["MAX_RECEIPTS", "KeptReceipt", "ReceiptBook"]
 log = logging.getLogger(__name__)
 
 MAX_RECEIPTS = 256  # receipts (with their private parts) kept for look-up, oldest dropped first
+MAX_KEPT_BYTES = 64 << 20  # and at most this much of them (inputs and answers can be MBs each)
 _EMBED_BUDGET = MAX_RECEIPT_SIZE - (256 << 10)  # room for everything but the bundles
 
 
@@ -45,13 +46,18 @@ class KeptReceipt:
     job_input: bytes
     answer: bytes  # the returned answer's plaintext (empty when the job had none)
 
+    @property
+    def size(self) -> int:
+        return len(self.wire) + len(self.job_input) + len(self.answer)
+
 
 class ReceiptBook:
-    """Builds receipts signed by ``identity`` and keeps the last ``MAX_RECEIPTS``."""
+    """Builds receipts signed by ``identity``; keeps the last ``MAX_RECEIPTS``, within ``MAX_KEPT_BYTES``."""
 
     def __init__(self, identity: Identity) -> None:
         self._identity = identity
         self._kept: OrderedDict[str, KeptReceipt] = OrderedDict()
+        self._kept_bytes = 0
         self.listeners: list[Callable[[KeptReceipt], None]] = []  # told of every new receipt
 
     def get(self, job_id_hex: str) -> KeptReceipt | None:
@@ -67,8 +73,10 @@ class ReceiptBook:
             log.warning("no receipt for job %s: %s", sub.job_id.hex(), exc)
             return None
         self._kept[sub.job_id.hex()] = kept
-        while len(self._kept) > MAX_RECEIPTS:
-            self._kept.popitem(last=False)
+        self._kept_bytes += kept.size
+        while len(self._kept) > MAX_RECEIPTS or (self._kept_bytes > MAX_KEPT_BYTES and len(self._kept) > 1):
+            _, dropped = self._kept.popitem(last=False)
+            self._kept_bytes -= dropped.size
         for listener in self.listeners:
             listener(kept)
         return kept

@@ -7,6 +7,7 @@ memory channels. Multi-node process tests cover libp2p.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,16 @@ from node.jobs.faults import Fault, FaultConfig
 from node.jobs.frames import FrameIO, memory_frame_pair
 from node.jobs.network_view import ExecutorInfo
 from node.jobs.router import Router, RouterSettings
+from protocol.attestation.bundle import build_bundle
+from protocol.attestation.policy import Policy
+from protocol.attestation.simulated import SimulatedPlatform, source_measurement
 from protocol.identity import Identity
 from protocol.sealing import EncryptionKeyPair
+
+# Each member carries a real simulated-evidence bundle for its key (receipts embed them).
+PLATFORM = SimulatedPlatform(bytes([11]) * 32, testnet="harness")
+MEASUREMENT = source_measurement([("harness.py", b"in-process executors\n")])
+POLICY = Policy.for_simulated_testnet([PLATFORM.public_key_hex], [MEASUREMENT.hex()], testnet="harness")
 
 
 @dataclass
@@ -30,6 +39,7 @@ class Member:
     executor: Executor
     previous_keys: EncryptionKeyPair | None = None
     sessions: int = 0
+    bundle: bytes = b""
 
     @property
     def peer_id(self) -> bytes:
@@ -59,7 +69,7 @@ class MemoryNetwork:
     async def providers(self, model_id: str) -> list[ExecutorInfo]:
         return [
             ExecutorInfo(peer_id=m.peer_id, enc_pubkey=m.keys.public, kind="simulated",
-                         label="SIMULATED — not secure", models=tuple(m.executor.runtimes))
+                         label="SIMULATED — not secure", models=tuple(m.executor.runtimes), bundle=m.bundle)
             for m in self.members.values()
             if model_id in m.executor.runtimes
         ]
@@ -104,14 +114,19 @@ def add_member(
         settings=settings,
         limiter=trio.CapacityLimiter(1),
     )
-    member = Member(identity, keys, executor)
+    issued = int(time.time())
+    bundle = build_bundle(
+        identity, keys.public, issued_at=issued, epoch_seconds=POLICY.epoch_seconds,
+        collect_cpu_evidence=PLATFORM.collector(MEASUREMENT, issued),
+    ).to_wire()
+    member = Member(identity, keys, executor, bundle=bundle)
     member_box.append(member)
     net.members[identity.peer_id] = member
     return member
 
 
 def make_router(net: MemoryNetwork, **settings: Any) -> Router:
-    return Router(net, settings=RouterSettings(**settings))
+    return Router(net, settings=RouterSettings(**settings), identity=net.client)
 
 
 def names_for(runtimes: Sequence[Any]) -> dict[str, str]:

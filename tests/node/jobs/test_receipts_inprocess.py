@@ -1,0 +1,56 @@
+"""Receipts built by the router (in process, real models): they verify, name the outvoted
+executor, prove the user's input and answer, feed offence records, and stay within their budget."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from node.jobs import receipts as receipt_book
+from node.jobs.faults import Fault
+from node.jobs.receipts import KeptReceipt
+from protocol.jobs.offences import OffenceKind, OffenceRecord, verify_offence
+from protocol.jobs.receipts import StepStatus, verify_receipt
+from tests.node.jobs.harness import POLICY, TEXTS, MemoryNetwork, add_member, make_router, models, names_for
+
+pytestmark = pytest.mark.timeout(240)
+__all__ = ["models"]
+
+
+async def test_the_router_signs_a_receipt_that_verifies_and_names_the_outvoted(models, monkeypatch):
+    embed, _, _ = models
+    monkeypatch.setattr(receipt_book, "MAX_KEPT_BYTES", 1)  # keep only the newest receipt
+    async with trio.open_nursery() as nursery:
+        net = MemoryNetwork(nursery, names=names_for([embed]))
+        honest = [add_member(net, {embed.model_id: embed}) for _ in range(2)]
+        liar = add_member(net, {embed.model_id: embed}, fault=Fault.WRONG_OUTPUT)
+        router = make_router(net)
+        assert router.receipts is not None
+        told: list[KeptReceipt] = []
+        router.receipts.listeners.append(told.append)
+        await nursery.start(router.run)
+        first = await router.embeddings(embed.model_id, TEXTS[:1], replicas=3)
+        result = await router.embeddings(embed.model_id, TEXTS, replicas=3)
+        nursery.cancel_scope.cancel()
+    assert router.receipts.get(first.job_id.hex()) is None  # over the byte budget: dropped
+    kept = router.receipts.get(result.job_id.hex())
+    assert kept is not None and told[-1] is kept and len(told) == 2
+    receipt = kept.receipt
+    assert receipt.user == net.client.peer_id and receipt.quorum == 3 and receipt.needed == 2
+    assert set(receipt.winners) == {m.peer_id for m in honest}
+    assert {e.peer_id: e.offence for e in receipt.executors}[liar.peer_id] == "wrong_output"
+    verdict = verify_receipt(
+        kept.wire, policy=POLICY, answer=kept.answer, job_input=kept.job_input, salt=kept.input_salt
+    )
+    assert verdict.ok, verdict.steps
+    assert {s.name: s.status for s in verdict.steps}["answer"] is StepStatus.PASS
+    assert verdict.simulated
+    # the liar's evidence, as the node publishes it: a slim receipt and the liar's own commitment
+    slim = router.receipts.slim(receipt)
+    assert all(e.bundle_digest and not e.bundle for e in slim.executors)
+    statement = next(e.commitment for e in slim.executors if e.peer_id == liar.peer_id)
+    record = OffenceRecord.create(
+        net.client, OffenceKind.WRONG_OUTPUT, job_id=receipt.job_id, offender=liar.peer_id,
+        statement=statement, proof=slim.to_wire(),
+    )
+    assert verify_offence(record.to_wire()).offender == liar.peer_id
