@@ -37,7 +37,7 @@ def receipt_route(router: Callable[[], Router]) -> Route:
         book = router().receipts
         kept = book.get(job_id) if book is not None else None
         if kept is None:
-            message = f"no receipt for job {job_id} (receipts cover recent embeddings jobs)"
+            message = f"no receipt for job {job_id} (kept for recent embeddings and verified chat jobs)"
             body = {"error": {"message": message, "type": "invalid_request_error", "param": None,
                               "code": "unknown_receipt"}}
             return JSONResponse(body, status_code=404)

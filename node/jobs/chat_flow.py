@@ -24,6 +24,7 @@ from typing import Any
 
 from node.jobs.errors import RouterError, RouterErrorCode
 from node.jobs.phase import Phase, PhaseSpec, Submission
+from node.jobs.receipts import ReceiptBook
 from node.jobs.reports import Reports, error_for, executor_report
 from node.jobs.standing import Standing
 from node.jobs.voters import ChatVoter
@@ -42,7 +43,11 @@ PRIMARY_ATTEMPTS = 2  # a primary rejected by the verifiers' majority gets one r
 class ChatFlow:
     """Runs one chat job's phases through ``run_phase`` and writes their rows into the report."""
 
-    def __init__(self, run_phase: RunPhase, reports: Reports, standing: Standing, *, escalate: bool) -> None:
+    def __init__(
+        self, run_phase: RunPhase, reports: Reports, standing: Standing, *, escalate: bool,
+        receipts: ReceiptBook | None = None,
+    ) -> None:
+        self._receipts = receipts
         self._run_phase = run_phase
         self._reports = reports
         self._standing = standing
@@ -101,6 +106,11 @@ class ChatFlow:
                     if entry["peer_id"] == peer_id_to_text(primary) and entry["role"] == "primary":
                         entry["in_majority"] = True
                 self._reports.finish(report, verdict_outcome, sub.started)
+                if self._receipts is not None:
+                    self._receipts.record_chat(
+                        sub, (outcome, phase), (verdict_outcome, score_phase), verifiers=verifiers,
+                        finished=sub.started + report["total_ms"] / 1000,
+                    )
                 report["agreement"]["agreeing"] += 1  # the primary agrees with its own tokens
                 report["agreement"]["of"] += 1
                 report["result_from"] = peer_id_to_text(primary)

@@ -7,14 +7,14 @@ recent ones for ``GET /veilnet/v1/jobs/{id}/receipt``. Beside each receipt it ke
 private parts (the input salt, the input and answer bytes), which never go into the receipt:
 they let the user prove the receipt is about *their* input and answer, if they choose to.
 
-Receipts cover single-phase jobs (embeddings). Building one never fails a job: a receipt that
-cannot be built is logged and left out.
+Receipts cover embeddings jobs (one phase) and verified chat jobs (the primary from the generate
+phase, the verifiers from the score phase). Building one never fails a job: a receipt that cannot
+be built is logged and left out.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 from collections import OrderedDict
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from node.jobs.phase import Phase, Submission
 from protocol.identity import Domain, Identity
+from protocol.jobs import consensus
 from protocol.jobs.jobflow import AttemptState, Outcome, majority_of
 from protocol.jobs.messages import SALT_LEN
 from protocol.jobs.receipts import MAX_RECEIPT_SIZE, ExecutorEntry, Receipt, ReceiptError, input_digest
@@ -66,10 +67,29 @@ class ReceiptBook:
     def record(
         self, sub: Submission, outcome: Outcome, phase: Phase, *, quorum: int, finished: float
     ) -> KeptReceipt | None:
-        """Build, sign and keep the receipt of a finished single-phase job."""
+        """Build, sign and keep the receipt of a finished single-phase job (embeddings)."""
+        return self._keep(
+            sub, lambda: self._build_single(sub, outcome, phase, quorum=quorum, finished=finished)
+        )
+
+    def record_chat(
+        self, sub: Submission, generated: tuple[Outcome, Phase], scored: tuple[Outcome, Phase], *,
+        verifiers: int, finished: float,
+    ) -> KeptReceipt | None:
+        """Build, sign and keep the receipt of a verified chat job: its primary and its verifiers.
+
+        The primary's entry is from the generate phase, the verifiers' from the score phase (their
+        commitments name that phase's job id). The winners are the primary and the verifiers that
+        accepted its tokens; the answer is the primary's generation.
+        """
+        return self._keep(
+            sub, lambda: self._build_chat(sub, generated, scored, verifiers=verifiers, finished=finished)
+        )
+
+    def _keep(self, sub: Submission, build: Callable[[], KeptReceipt]) -> KeptReceipt | None:
         try:
-            kept = self._build(sub, outcome, phase, quorum=quorum, finished=finished)
-        except (ReceiptError, KeyError, ValueError) as exc:
+            kept = build()
+        except (ReceiptError, KeyError, ValueError, TypeError) as exc:
             log.warning("no receipt for job %s: %s", sub.job_id.hex(), exc)
             return None
         self._kept[sub.job_id.hex()] = kept
@@ -90,29 +110,10 @@ class ReceiptBook:
         unsigned = dataclasses.replace(receipt, executors=entries, sig=b"")
         return dataclasses.replace(unsigned, sig=self._identity.sign(Domain.RECEIPT, unsigned.signed_body()))
 
-    def _build(
+    def _build_single(
         self, sub: Submission, outcome: Outcome, phase: Phase, *, quorum: int, finished: float
     ) -> KeptReceipt:
-        penalties = {peer: offence.value for peer, offence, _ in outcome.penalties}
-        bundles = {a.peer_id: phase.infos[a.peer_id].bundle for a in outcome.attempts}
-        embed = sum(len(b) for b in bundles.values()) <= _EMBED_BUDGET
-        entries = []
-        for attempt in outcome.attempts:
-            info = phase.infos[attempt.peer_id]
-            opened = phase.reveals.get(attempt.peer_id)
-            revealed = attempt.state is AttemptState.REVEALED and opened is not None
-            bundle = bundles[attempt.peer_id]
-            if not bundle:
-                raise ReceiptError("no_bundle", f"no bundle for {info.label or attempt.peer_id.hex()}")
-            entries.append(ExecutorEntry(
-                peer_id=attempt.peer_id, round=attempt.round, state="revealed" if revealed else "failed",
-                enc_pubkey=info.enc_pubkey, commitment=attempt.statement,
-                salt=opened.salt if revealed and opened else b"",
-                result_digest=opened.digest if revealed and opened else b"",
-                bundle=bundle if embed else b"",
-                bundle_digest=b"" if embed else hashlib.sha256(bundle).digest(),
-                offence=penalties.get(attempt.peer_id, ""),
-            ))
+        entries = _entries(outcome, phase, sub.job_id)
         answer = b""
         answer_digest = b""
         if outcome.ok:
@@ -120,18 +121,69 @@ class ReceiptBook:
             answer = phase.reveals[winner].plaintext
             answer_digest = phase.reveals[winner].digest
         bounds = outcome.vote_detail.get("bounds", {})
+        return self._sign(
+            sub, entries, status=outcome.status.value, quorum=quorum, escalated=outcome.escalated,
+            comparator=str(outcome.vote_detail.get("comparator", "none")),
+            bounds={str(k): repr(v) for k, v in bounds.items()} if isinstance(bounds, dict) else {},
+            winners=outcome.winners, answer=answer, answer_digest=answer_digest, finished=finished,
+        )
+
+    def _build_chat(
+        self, sub: Submission, generated: tuple[Outcome, Phase], scored: tuple[Outcome, Phase], *,
+        verifiers: int, finished: float,
+    ) -> KeptReceipt:
+        gen, gen_phase = generated
+        score, score_phase = scored
+        primary = gen.value[0]
+        primary_entries = [e for e in _entries(gen, gen_phase, sub.job_id) if e.peer_id == primary]
+        opened = gen_phase.reveals[primary]
+        return self._sign(
+            sub, primary_entries + _entries(score, score_phase, sub.job_id), status=score.status.value,
+            quorum=1 + verifiers, escalated=score.escalated,
+            comparator=str(score.vote_detail.get("comparator", "chat-teacher-forced")),
+            bounds={"max_logit_gap": repr(consensus.CALIBRATED_TOKEN_BOUNDS.max_logit_gap)},
+            winners=(primary, *score.winners) if score.ok else (),
+            answer=opened.plaintext if score.ok else b"",
+            answer_digest=opened.digest if score.ok else b"", finished=finished,
+        )
+
+    def _sign(
+        self, sub: Submission, entries: list[ExecutorEntry], *, status: str, quorum: int, escalated: bool,
+        comparator: str, bounds: dict[str, str], winners: tuple[bytes, ...], answer: bytes,
+        answer_digest: bytes, finished: float,
+    ) -> KeptReceipt:
+        if sum(len(e.bundle) for e in entries) > _EMBED_BUDGET:
+            entries = [dataclasses.replace(e, bundle=b"", bundle_digest=e.bundle_hash()) for e in entries]
         salt = os.urandom(SALT_LEN)
         job_input = sub.job.to_bytes()
         receipt = Receipt.create(
             self._identity, job_id=sub.job_id, model_id=sub.model_id, task=sub.task.value,
-            mode=sub.mode.value,
-            input_digest=input_digest(salt, job_input), status=outcome.status.value, quorum=quorum,
-            needed=majority_of(quorum), escalated=outcome.escalated,
-            comparator=str(outcome.vote_detail.get("comparator", "none")),
-            bounds={str(k): repr(v) for k, v in bounds.items()} if isinstance(bounds, dict) else {},
-            executors=tuple(entries), winners=tuple(sorted(outcome.winners)),
+            mode=sub.mode.value, input_digest=input_digest(salt, job_input), status=status, quorum=quorum,
+            needed=majority_of(quorum), escalated=escalated, comparator=comparator, bounds=bounds,
+            executors=tuple(entries), winners=tuple(sorted(winners)),
             created_ms=int(sub.started * 1000),
             finished_ms=max(int(finished * 1000), int(sub.started * 1000)),
             answer_digest=answer_digest,
         )
         return KeptReceipt(receipt, receipt.to_wire(), salt, job_input, answer)
+
+
+def _entries(outcome: Outcome, phase: Phase, receipt_job_id: bytes) -> list[ExecutorEntry]:
+    """One entry per executor the phase asked (bundles embedded; ``_sign`` slims them if too big)."""
+    penalties = {peer: offence.value for peer, offence, _ in outcome.penalties}
+    entries = []
+    for attempt in outcome.attempts:
+        info = phase.infos[attempt.peer_id]
+        if not info.bundle:
+            raise ReceiptError("no_bundle", f"no bundle for {info.label or attempt.peer_id.hex()}")
+        opened = phase.reveals.get(attempt.peer_id)
+        revealed = attempt.state is AttemptState.REVEALED and opened is not None
+        entries.append(ExecutorEntry(
+            peer_id=attempt.peer_id, round=attempt.round, state="revealed" if revealed else "failed",
+            enc_pubkey=info.enc_pubkey, commitment=attempt.statement,
+            salt=opened.salt if revealed and opened else b"",
+            result_digest=opened.digest if revealed and opened else b"",
+            bundle=info.bundle, offence=penalties.get(attempt.peer_id, ""),
+            job_id=b"" if phase.job_id == receipt_job_id else phase.job_id,
+        ))
+    return entries

@@ -173,7 +173,10 @@ class Router:
         self.links = LinkPool(network.open_job_stream, open_timeout_s=self.settings.open_stream_timeout_s)
         self.reports = Reports(clock, self.standing.book)
         self.receipts = ReceiptBook(identity) if identity is not None else None  # signed by the user's key
-        self._chat = ChatFlow(self.run_phase, self.reports, self.standing, escalate=self.settings.escalate)
+        self._chat = ChatFlow(
+            self.run_phase, self.reports, self.standing, escalate=self.settings.escalate,
+            receipts=self.receipts,
+        )
 
     @property
     def reputation(self) -> ReputationBook:

@@ -178,9 +178,12 @@ class ExecutorEntry:
     bundle: bytes = b""
     bundle_digest: bytes = b""
     offence: str = ""  # the reputation offence recorded for it ("" for none)
+    job_id: bytes = b""  # the phase's job id when it is not the receipt's (chat's score phase)
 
     def __post_init__(self) -> None:
         _peer(self.peer_id, "peer_id")
+        if self.job_id:
+            _bin(self.job_id, "job_id", JOB_ID_LEN)
         if not isinstance(self.round, int) or isinstance(self.round, bool) or not 0 <= self.round <= 1:
             raise _bad("round", "must be 0 or 1")
         _text(self.state, "state", _STATES)
@@ -205,7 +208,7 @@ class ExecutorEntry:
             "state": self.state,
             "enc_pubkey": self.enc_pubkey,
         }
-        for name in ("commitment", "salt", "result_digest", "bundle", "bundle_digest", "offence"):
+        for name in ("commitment", "salt", "result_digest", "bundle", "bundle_digest", "offence", "job_id"):
             value = getattr(self, name)
             if value:
                 out[name] = value
@@ -218,10 +221,10 @@ class ExecutorEntry:
         _exact_keys(
             raw,
             {"peer_id", "round", "state", "enc_pubkey"},
-            {"commitment", "salt", "result_digest", "bundle", "bundle_digest", "offence"},
+            {"commitment", "salt", "result_digest", "bundle", "bundle_digest", "offence", "job_id"},
             where,
         )
-        for name in ("commitment", "salt", "result_digest", "bundle", "bundle_digest", "offence"):
+        for name in ("commitment", "salt", "result_digest", "bundle", "bundle_digest", "offence", "job_id"):
             if name in raw and not raw[name]:
                 raise _bad(f"{where}{name}", "empty values are omitted, not sent")
         return cls(**{k: raw[k] for k in raw})
@@ -596,6 +599,7 @@ def _check_commitment(job_id: bytes, entry: ExecutorEntry) -> tuple[str, str]:
         commitment.verify(expected_peer_id=entry.peer_id)
     except MessageError as exc:
         return "bad_commitment", str(exc)
+    job_id = entry.job_id or job_id
     if commitment.job_id != job_id:
         return "commitment_wrong_job", "signed for another job"
     if entry.state == "revealed":

@@ -3,12 +3,15 @@ executor, prove the user's input and answer, feed offence records, and stay with
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import trio
 
 from node.jobs import receipts as receipt_book
 from node.jobs.faults import Fault
 from node.jobs.receipts import KeptReceipt
+from protocol.identity import Domain
 from protocol.jobs.offences import OffenceKind, OffenceRecord, verify_offence
 from protocol.jobs.receipts import StepStatus, verify_receipt
 from tests.node.jobs.harness import POLICY, TEXTS, MemoryNetwork, add_member, make_router, models, names_for
@@ -50,7 +53,42 @@ async def test_the_router_signs_a_receipt_that_verifies_and_names_the_outvoted(m
     assert all(e.bundle_digest and not e.bundle for e in slim.executors)
     statement = next(e.commitment for e in slim.executors if e.peer_id == liar.peer_id)
     record = OffenceRecord.create(
-        net.client, OffenceKind.WRONG_OUTPUT, job_id=receipt.job_id, offender=liar.peer_id,
-        statement=statement, proof=slim.to_wire(),
+        net.client,
+        OffenceKind.WRONG_OUTPUT,
+        job_id=receipt.job_id,
+        offender=liar.peer_id,
+        statement=statement,
+        proof=slim.to_wire(),
     )
     assert verify_offence(record.to_wire()).offender == liar.peer_id
+
+
+async def test_a_chat_receipt_covers_the_primary_and_its_verifiers(models):
+    _, chat, _ = models
+    async with trio.open_nursery() as nursery:
+        net = MemoryNetwork(nursery, names=names_for([chat]))
+        for _ in range(3):
+            add_member(net, {chat.model_id: chat})
+        router = make_router(net)
+        await nursery.start(router.run)
+        result = await router.chat(
+            chat.model_id, [{"role": "user", "content": "hello"}], max_tokens=6, replicas=3
+        )
+        nursery.cancel_scope.cancel()
+    assert router.receipts is not None
+    kept = router.receipts.get(result.job_id.hex())
+    assert kept is not None and result.generation is not None
+    receipt = kept.receipt
+    assert receipt.task == "chat" and receipt.quorum == 3 and len(receipt.winners) == 3
+    primary = [e for e in receipt.executors if not e.job_id]
+    verifiers = [e for e in receipt.executors if e.job_id]
+    assert len(primary) == 1 and len(verifiers) == 2 and len({e.job_id for e in verifiers}) == 1
+    verdict = verify_receipt(
+        kept.wire, policy=POLICY, answer=kept.answer, job_input=kept.job_input, salt=kept.input_salt
+    )
+    assert verdict.ok, verdict.steps
+    # a verifier's opening presented as the primary's (wrong job id) does not verify
+    moved = [dataclasses.replace(e, job_id=b"") if e is verifiers[0] else e for e in receipt.executors]
+    forged = dataclasses.replace(receipt, executors=tuple(moved), sig=b"")
+    resigned = dataclasses.replace(forged, sig=net.client.sign(Domain.RECEIPT, forged.signed_body()))
+    assert "commitment_wrong_job" in verify_receipt(resigned, policy=POLICY).reasons
