@@ -24,9 +24,11 @@ only the methods involved):
 3. **Hearsay never displaces peers we know.** The store holds ``max_peers`` peers and py-libp2p
    evicted by sorting everything (O(n log n) per insert once full), oldest first, honest neighbours
    included. Here a peer is *verified* once we hold its public key (identify ran on a live
-   connection) and *protected* while connected (``set_protection``); only unverified, unprotected
-   entries are evicted, oldest first, in O(1) amortised, and when none is left a new hearsay peer
-   is not stored at all.
+   connection) and *protected* while connected (``set_protection``). To make room, the oldest
+   *hearsay* entry (neither verified nor connected) goes first; a peer that is itself connected
+   may also displace the oldest verified peer that is no longer connected (so churning identities
+   cannot fill the store for good); connected peers are never evicted. Each eviction is O(1)
+   amortised; when nothing may go, a new hearsay peer is not stored at all.
 
 :func:`known_addrs` is the accessor for code that holds any ``IHost``.
 """
@@ -73,6 +75,7 @@ class SafePeerStore(PeerStore):
         super().__init__(max_records=max_records, max_peers=max_peers)
         self.limits = limits or PeerstoreLimits()
         self._hearsay: OrderedDict[ID, None] = OrderedDict()  # unverified entries, oldest first
+        self._verified: OrderedDict[ID, None] = OrderedDict()  # verified entries, oldest first
         self._protected: Callable[[ID], bool] = lambda peer: False
         self.refused: Counter[str] = Counter()  # what was not stored, by reason
 
@@ -140,8 +143,12 @@ class SafePeerStore(PeerStore):
         return list(kept)
 
     def add_pubkey(self, peer_id: ID, pubkey: PublicKey) -> None:
+        if not self._admit(peer_id):
+            return
         super().add_pubkey(peer_id, pubkey)
         self._hearsay.pop(peer_id, None)  # verified: identify gave us its key on a live connection
+        self._verified.pop(peer_id, None)
+        self._verified[peer_id] = None  # newest last
 
     def consume_peer_record(self, envelope: Envelope, ttl: int) -> bool:
         """Refuse a record too large or naming too many addresses, whole, before storing anything."""
@@ -166,26 +173,34 @@ class SafePeerStore(PeerStore):
         """Make room for ``peer_id`` if it is new; False (nothing stored) when no room is left."""
         if peer_id in self.peer_data_map:
             return True
-        if len(self.peer_data_map) >= self.max_peers and not self._evict_one():
+        if len(self.peer_data_map) >= self.max_peers and not self._evict_one(
+            for_connected=self._protected(peer_id)
+        ):
             self.refused["peers"] += 1
             return False
         self._hearsay[peer_id] = None
-        if len(self._hearsay) > 2 * self.max_peers:  # ids of entries deleted elsewhere
-            self._hearsay = OrderedDict((p, None) for p in self._hearsay if p in self.peer_data_map)
+        for table in (self._hearsay, self._verified):  # drop ids of entries deleted elsewhere
+            if len(table) > 2 * self.max_peers:
+                for gone in [peer for peer in table if peer not in self.peer_data_map]:
+                    del table[gone]
         return True
 
-    def _evict_one(self) -> bool:
-        """Drop the oldest unverified, unprotected entry; False if there is none."""
-        checked = 0
-        while self._hearsay and checked <= len(self._hearsay):
-            peer, _ = self._hearsay.popitem(last=False)
+    def _evict_one(self, *, for_connected: bool = False) -> bool:
+        """Drop the oldest hearsay entry or, for a connected newcomer, the oldest verified entry
+        that is not connected; False if nothing may go."""
+        if self._evict_from(self._hearsay, verified=False):
+            return True
+        return for_connected and self._evict_from(self._verified, verified=True)
+
+    def _evict_from(self, table: OrderedDict[ID, None], *, verified: bool) -> bool:
+        checked, size = 0, len(table)
+        while table and checked <= size:
+            peer, _ = table.popitem(last=False)
             data = self.peer_data_map.get(peer)
-            if data is None:
-                continue  # already gone
-            if data.pubkey is not None:
-                continue  # verified since: not hearsay any more
+            if data is None or (data.pubkey is not None) != verified:
+                continue  # gone, or moved to the other table since
             if self._protected(peer):
-                self._hearsay[peer] = None  # connected: look again later
+                table[peer] = None  # connected: look again later
                 checked += 1
                 continue
             del self.peer_data_map[peer]

@@ -140,3 +140,22 @@ def test_protocol_names_are_deduplicated_and_oversized_ones_dropped() -> None:
     peer, _ = identity()
     store.add_protocols(peer, ["/a", "/a", "/b", "x" * 500])
     assert store.get_protocols(peer) == ["/a", "/b"] and store.refused["protocol_size"] == 1
+
+
+def test_identities_that_came_and_went_make_room_for_a_connected_newcomer_not_for_hearsay() -> None:
+    store = SafePeerStore(max_peers=20)
+    departed = []
+    for _ in range(20):  # churn: each identified on a live connection, then gone
+        peer, pair = identity()
+        store.add_pubkey(peer, pair.public_key)
+        store.add_addrs(peer, many_addrs(1), 7200)
+        departed.append(peer)
+    hearsay, _ = identity()
+    store.add_addrs(hearsay, many_addrs(1), 3600)
+    assert store.addrs(hearsay) == []  # verified peers are not displaced by hearsay
+    newcomer, pair = identity()
+    store.set_protection(lambda peer: peer == newcomer)
+    store.add_pubkey(newcomer, pair.public_key)  # identify on its live connection
+    store.add_addrs(newcomer, many_addrs(1), 7200)
+    assert store.addrs(newcomer) and len(store.peer_ids()) == 20
+    assert store.addrs(departed[0]) == [] and store.addrs(departed[1])  # the oldest went
