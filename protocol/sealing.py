@@ -1,18 +1,23 @@
 """Job and result envelopes, and sealed result streams (pynacl/libsodium only).
 
-A job is sealed to an executor's attested X25519 epoch key with a fresh ephemeral X25519 key per
-envelope (``seal_job`` makes it; it doubles as the client key results come back to). Both sides
-derive two keys from the X25519 shared secret, each bound to both public keys and a label::
+A job is sealed to an executor's attested X25519 epoch key with an ephemeral X25519 client key
+(it doubles as the key results come back to). One client key serves a *session* of up to
+``ClientKeys.max_jobs`` jobs to one executor key, so the X25519 agreement (about 80 µs a side) is
+paid once per session, not per job; both ends cache the session key. Every job still has its own
+keys, derived from the session key and the job id::
 
-    k_job    = BLAKE2b-256(key=shared, "veilnet/seal/v1/job"    ‖ 0x00 ‖ client_pk ‖ executor_pk)
-    k_result = BLAKE2b-256(key=shared, "veilnet/seal/v1/result" ‖ 0x00 ‖ client_pk ‖ executor_pk)
+    k_session = BLAKE2b-256(key=shared,    "veilnet/seal/v2/session" ‖ 0x00 ‖ client_pk ‖ executor_pk)
+    k_job     = BLAKE2b-256(key=k_session, "veilnet/seal/v2/job"     ‖ 0x00 ‖ job_id)
+    k_result  = BLAKE2b-256(key=k_session, "veilnet/seal/v2/result"  ‖ 0x00 ‖ job_id)
 
 An envelope is ``nonce (24 random bytes) ‖ XChaCha20-Poly1305-IETF ciphertext ‖ tag (16)`` whose
 AAD is the canonical encoding of the job binding (version, direction, job id, model id, both keys,
 deadline). Results are sealed with ``k_result``: only the holder of the client's ephemeral secret
 (or the executor that answered) can derive it, the same construction Oblivious HTTP uses for its
 responses, and it costs no extra key agreement per result. Random 192-bit nonces make nonce reuse
-under one key negligible (and every job has its own keys anyway).
+under one key negligible (and every job has its own keys anyway; a job id is never reused within
+its deadline, which the executor's replay window enforces). docs/protocol/sealing.md gives the
+security argument for sessions.
 
 Streamed results use libsodium's secretstream (per-chunk nonces, ordered, final tag) under a fresh
 random stream key that travels, with the stream header, inside an envelope sealed with ``k_result``
@@ -21,14 +26,16 @@ random stream key that travels, with the stream header, inside an envelope seale
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+import msgpack
 import nacl.bindings as sodium
 import nacl.exceptions
 import nacl.utils
 
-from protocol.codec import encode
 from protocol.errors import ProtocolError
 from protocol.jobs.messages import JOB_ID_LEN, MAX_MODEL_ID, MAX_SEALED, PROTOCOL_VERSION
 
@@ -41,6 +48,7 @@ __all__ = [
     "STREAM_ABYTES",
     "STREAM_HEADER_LEN",
     "STREAM_OPENING_LEN",
+    "ClientKeys",
     "EncryptionKeyPair",
     "JobBinding",
     "JobSession",
@@ -69,8 +77,10 @@ MAX_STREAM_PLAINTEXT = 1 << 20
 _TAG_MESSAGE = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
 _TAG_FINAL = sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL
 
-_JOB_LABEL = b"veilnet/seal/v1/job\x00"
-_RESULT_LABEL = b"veilnet/seal/v1/result\x00"
+_SESSION_LABEL = b"veilnet/seal/v2/session\x00"
+_JOB_LABEL = b"veilnet/seal/v2/job\x00"
+_RESULT_LABEL = b"veilnet/seal/v2/result\x00"
+_SESSION_CACHE_SIZE = 4096
 
 
 class SealingError(ProtocolError):
@@ -141,31 +151,71 @@ class JobBinding:
 
 
 def job_aad(binding: JobBinding, client_pubkey: bytes, executor_pubkey: bytes, direction: str) -> bytes:
-    """The associated data of an envelope: canonical msgpack of the binding, keys and direction."""
-    return encode(
+    """The associated data of an envelope: canonical msgpack of the binding, keys and direction.
+
+    Every value is already checked (bytes, str, non-negative int), so the map is packed directly
+    with its keys in canonical (sorted) order; tests compare it with ``protocol.codec.encode``.
+    """
+    if not isinstance(direction, str):
+        raise SealingError("bad_argument", "direction must be a str")
+    packed = msgpack.packb(
         {
-            "v": PROTOCOL_VERSION,
+            "client_pubkey": client_pubkey,
+            "deadline_ms": binding.deadline_ms,
             "dir": direction,
+            "executor_pubkey": executor_pubkey,
             "job_id": binding.job_id,
             "model_id": binding.model_id,
-            "client_pubkey": client_pubkey,
-            "executor_pubkey": executor_pubkey,
-            "deadline_ms": binding.deadline_ms,
-        }
+            "v": PROTOCOL_VERSION,
+        },
+        use_bin_type=True,
     )
+    assert isinstance(packed, bytes)
+    return packed
+
+
+class _SessionKeys:
+    """Session keys by (own secret, peer public key): an LRU map, so an executor pays X25519 once
+    per client session and a client once per executor key. Only inputs' outputs are cached (a
+    deterministic function of them), so a cache hit can never give a key the inputs would not."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._keys: OrderedDict[tuple[bytes, bytes, bytes, bytes], bytes] = OrderedDict()
+
+    def get(self, secret: bytes, peer_public: bytes, client_pk: bytes, executor_pk: bytes) -> bytes:
+        index = (secret, peer_public, client_pk, executor_pk)
+        key = self._keys.get(index)
+        if key is not None:
+            self._keys.move_to_end(index)
+            return key
+        try:
+            shared = sodium.crypto_scalarmult(secret, peer_public)
+        except nacl.exceptions.CryptoError:  # libsodium refuses an all-zero result (low-order point)
+            raise SealingError(
+                "bad_public_key", "X25519 with this public key gives no shared secret"
+            ) from None
+        key = _blake2b(shared, _SESSION_LABEL + client_pk + executor_pk)
+        self._keys[index] = key
+        while len(self._keys) > self._size:
+            self._keys.popitem(last=False)
+        return key
+
+
+_SESSIONS = _SessionKeys(_SESSION_CACHE_SIZE)
 
 
 def _shared_keys(
-    secret: bytes, peer_public: bytes, client_pk: bytes, executor_pk: bytes
+    secret: bytes, peer_public: bytes, client_pk: bytes, executor_pk: bytes, job_id: bytes
 ) -> tuple[bytes, bytes]:
-    try:
-        shared = sodium.crypto_scalarmult(secret, peer_public)
-    except nacl.exceptions.CryptoError:  # libsodium refuses an all-zero result (low-order point)
-        raise SealingError("bad_public_key", "X25519 with this public key gives no shared secret") from None
-    context = client_pk + executor_pk
-    job_key = sodium.crypto_generichash_blake2b_salt_personal(_JOB_LABEL + context, key=shared)
-    result_key = sodium.crypto_generichash_blake2b_salt_personal(_RESULT_LABEL + context, key=shared)
-    return job_key, result_key
+    session = _SESSIONS.get(secret, peer_public, client_pk, executor_pk)
+    return _blake2b(session, _JOB_LABEL + job_id), _blake2b(session, _RESULT_LABEL + job_id)
+
+
+def _blake2b(key: bytes, data: bytes) -> bytes:
+    """Keyed BLAKE2b-256, no salt or personalisation: libsodium's ``crypto_generichash`` (hashlib's
+    C implementation, without pynacl's per-call argument checks that cost more than the hash)."""
+    return hashlib.blake2b(data, key=key, digest_size=KEY_LEN).digest()
 
 
 def _seal(key: bytes, aad: bytes, plaintext: bytes) -> bytes:
@@ -225,17 +275,56 @@ class OpenedJob:
     session: JobSession
 
 
+class ClientKeys:
+    """A client's ephemeral keys, one per executor key, each used for at most ``max_jobs`` jobs.
+
+    Reusing a client key across jobs to the same executor key is what lets both ends skip the
+    X25519 agreement; ``max_jobs`` bounds how many jobs one client secret can expose, and the map
+    keeps the ``max_executors`` most recently used executor keys (epoch keys rotate).
+    """
+
+    def __init__(self, max_jobs: int = 1024, max_executors: int = 256) -> None:
+        if max_jobs < 1 or max_executors < 1:
+            raise SealingError("bad_argument", "max_jobs and max_executors must be >= 1")
+        self.max_jobs = max_jobs
+        self.max_executors = max_executors
+        self._keys: OrderedDict[bytes, tuple[EncryptionKeyPair, int]] = OrderedDict()
+
+    def for_executor(self, executor_pubkey: bytes) -> EncryptionKeyPair:
+        """The client key for the next job to ``executor_pubkey`` (a fresh one when due)."""
+        held = self._keys.pop(executor_pubkey, None)
+        if held is None or held[1] >= self.max_jobs:
+            held = (EncryptionKeyPair.generate(), 0)
+        keys, used = held
+        self._keys[executor_pubkey] = (keys, used + 1)
+        while len(self._keys) > self.max_executors:
+            self._keys.popitem(last=False)
+        return keys
+
+
 def seal_job(
-    payload: bytes, *, recipient_pubkey: bytes, job_id: bytes, model_id: str, deadline_ms: int
+    payload: bytes,
+    *,
+    recipient_pubkey: bytes,
+    job_id: bytes,
+    model_id: str,
+    deadline_ms: int,
+    client_keys: EncryptionKeyPair | ClientKeys | None = None,
 ) -> SealedJob:
-    """Seal ``payload`` to ``recipient_pubkey`` under a fresh ephemeral key (never reused)."""
+    """Seal ``payload`` to ``recipient_pubkey``: under the session key from ``client_keys`` (a
+    ``ClientKeys`` ring or one key pair) or, without it, under a fresh one-job ephemeral key."""
     payload = _as_bytes("payload", payload)
     _check_len("recipient public key", recipient_pubkey, KEY_LEN)
     if len(payload) > MAX_PLAINTEXT:
         raise SealingError("too_large", f"{len(payload)} bytes exceeds {MAX_PLAINTEXT}")
     binding = JobBinding(job_id, model_id, deadline_ms)
-    client = EncryptionKeyPair.generate()
-    job_key, result_key = _shared_keys(client.secret, recipient_pubkey, client.public, recipient_pubkey)
+    if isinstance(client_keys, ClientKeys):
+        client = client_keys.for_executor(recipient_pubkey)
+    else:
+        client = client_keys if client_keys is not None else EncryptionKeyPair.generate()
+    job_key, result_key = _shared_keys(
+        client.secret, recipient_pubkey, client.public, recipient_pubkey, job_id
+    )
     session = JobSession(binding, client.public, recipient_pubkey, result_key)
     envelope = _seal(job_key, session.aad("job"), payload)
     return SealedJob(envelope=envelope, client_keys=client, session=session)
@@ -254,7 +343,9 @@ def open_job(
     envelope = _as_bytes("envelope", envelope)
     _check_len("client public key", client_pubkey, KEY_LEN)
     binding = JobBinding(job_id, model_id, deadline_ms)
-    job_key, result_key = _shared_keys(recipient.secret, client_pubkey, client_pubkey, recipient.public)
+    job_key, result_key = _shared_keys(
+        recipient.secret, client_pubkey, client_pubkey, recipient.public, job_id
+    )
     session = JobSession(binding, client_pubkey, recipient.public, result_key)
     return OpenedJob(payload=_open(job_key, session.aad("job"), envelope), session=session)
 

@@ -71,7 +71,7 @@ from protocol.jobs.payloads import (
 )
 from protocol.jobs.reputation import ReputationBook
 from protocol.jobs.selection import Candidate, rank_peers
-from protocol.sealing import JobSession, seal_job
+from protocol.sealing import ClientKeys, JobSession, seal_job
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -171,6 +171,8 @@ class Router:
         self._rng = rng or random.SystemRandom()
         self.standing = Standing(data_dir, clock)
         self.links = LinkPool(network.open_job_stream, open_timeout_s=self.settings.open_stream_timeout_s)
+        # One client key per executor key for a session of jobs: X25519 once, not per job.
+        self._client_keys = ClientKeys()
         self.reports = Reports(clock, self.standing.book)
         self.receipts = ReceiptBook(identity) if identity is not None else None  # signed by the user's key
         self._chat = ChatFlow(
@@ -417,7 +419,7 @@ class Router:
             receive = link.open_job(phase.job_id)
             sealed = seal_job(
                 phase.job.to_bytes(), recipient_pubkey=info.enc_pubkey, job_id=phase.job_id,
-                model_id=phase.model_id, deadline_ms=phase.deadline_ms,
+                model_id=phase.model_id, deadline_ms=phase.deadline_ms, client_keys=self._client_keys,
             )
             phase.sessions[peer] = sealed.session
             request = JobRequest(

@@ -16,6 +16,7 @@ from protocol.sealing import (
     ENVELOPE_OVERHEAD,
     MAX_PLAINTEXT,
     MAX_STREAM_PLAINTEXT,
+    ClientKeys,
     EncryptionKeyPair,
     JobBinding,
     SealedJob,
@@ -395,10 +396,11 @@ def test_envelopes_match_the_documented_construction() -> None:
     sealed = seal(b"documented")
     c_pk, e_pk = sealed.client_keys.public, EXECUTOR.public
     shared = sodium.crypto_scalarmult(EXECUTOR.secret, c_pk)
-    k_job = hashlib.blake2b(b"veilnet/seal/v1/job\x00" + c_pk + e_pk, key=shared, digest_size=32).digest()
-    k_result = hashlib.blake2b(
-        b"veilnet/seal/v1/result\x00" + c_pk + e_pk, key=shared, digest_size=32
+    k_session = hashlib.blake2b(
+        b"veilnet/seal/v2/session\x00" + c_pk + e_pk, key=shared, digest_size=32
     ).digest()
+    k_job = hashlib.blake2b(b"veilnet/seal/v2/job\x00" + JOB_ID, key=k_session, digest_size=32).digest()
+    k_result = hashlib.blake2b(b"veilnet/seal/v2/result\x00" + JOB_ID, key=k_session, digest_size=32).digest()
 
     def aad(direction: str) -> bytes:
         return encode(
@@ -436,3 +438,63 @@ def test_envelopes_match_the_documented_construction() -> None:
     sodium.crypto_secretstream_xchacha20poly1305_init_pull(state, secret[32:], secret[:32])
     assert sodium.crypto_secretstream_xchacha20poly1305_pull(state, sealer.push(b"c1"), None) == (b"c1", 0)
     assert sodium.crypto_secretstream_xchacha20poly1305_pull(state, sealer.final(b""), None) == (b"", 3)
+
+
+# --- sessions: one client key for many jobs, every job its own keys ------------------------------
+
+
+def test_jobs_of_one_session_share_the_client_key_but_not_their_keys() -> None:
+    ring = ClientKeys(max_jobs=3)
+    first = seal_job(b"one", recipient_pubkey=EXECUTOR.public, client_keys=ring, **BINDING)
+    other_id = {**BINDING, "job_id": bytes(reversed(JOB_ID))}
+    second = seal_job(b"two", recipient_pubkey=EXECUTOR.public, client_keys=ring, **other_id)
+    assert first.client_keys.public == second.client_keys.public
+    assert first.session.result_key != second.session.result_key  # per-job keys from the job id
+    assert first.envelope[:24] != second.envelope[:24]  # fresh random nonces
+    assert open_as_executor(first) == b"one"
+    assert open_as_executor(second, **other_id) == b"two"
+    # an envelope of one job does not open as another job of the same session
+    with pytest.raises(SealingError) as exc:
+        open_as_executor(first, envelope=second.envelope)
+    assert reason(exc) == "decrypt_failed"
+    third = seal_job(b"3", recipient_pubkey=EXECUTOR.public, client_keys=ring, **BINDING)
+    fourth = seal_job(b"4", recipient_pubkey=EXECUTOR.public, client_keys=ring, **BINDING)
+    assert third.client_keys.public == first.client_keys.public
+    assert fourth.client_keys.public != first.client_keys.public  # max_jobs reached: a new key
+    other = seal_job(b"5", recipient_pubkey=OTHER_EXECUTOR.public, client_keys=ring, **BINDING)
+    assert other.client_keys.public not in (first.client_keys.public, fourth.client_keys.public)
+
+
+def test_a_version_1_envelope_is_refused() -> None:
+    """The v1 derivation (keys from the shared secret and both public keys, no session or job id)
+    no longer opens: an old client's job fails with decrypt_failed, never opens under other keys."""
+    client = EncryptionKeyPair.generate()
+    c_pk, e_pk = client.public, EXECUTOR.public
+    shared = sodium.crypto_scalarmult(client.secret, e_pk)
+    k_job_v1 = hashlib.blake2b(b"veilnet/seal/v1/job\x00" + c_pk + e_pk, key=shared, digest_size=32).digest()
+    aad = encode(
+        {"v": 1, "dir": "job", "job_id": JOB_ID, "model_id": MODEL, "client_pubkey": c_pk,
+         "executor_pubkey": e_pk, "deadline_ms": DEADLINE}
+    )
+    nonce = b"\x05" * 24
+    envelope = nonce + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(b"old", aad, nonce, k_job_v1)
+    with pytest.raises(SealingError) as exc:
+        open_job(envelope, recipient=EXECUTOR, client_pubkey=c_pk, **BINDING)
+    assert reason(exc) == "decrypt_failed"
+
+
+def test_client_keys_limits_are_validated() -> None:
+    with pytest.raises(SealingError):
+        ClientKeys(max_jobs=0)
+
+
+@given(st.binary(min_size=16, max_size=16), st.text(min_size=1, max_size=40), st.integers(0, 2**63 - 1))
+def test_the_aad_is_the_canonical_encoding_of_the_binding(
+    job_id: bytes, model_id: str, deadline: int
+) -> None:
+    binding = JobBinding(job_id, model_id, deadline)
+    expected = encode(
+        {"v": 1, "dir": "result", "job_id": job_id, "model_id": model_id, "client_pubkey": b"c" * 32,
+         "executor_pubkey": b"e" * 32, "deadline_ms": deadline}
+    )
+    assert job_aad(binding, b"c" * 32, b"e" * 32, "result") == expected
