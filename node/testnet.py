@@ -41,6 +41,7 @@ __all__ = [
     "create_testnet",
     "node_command",
     "run_testnet",
+    "shared_cores_env",
     "snapshot_code",
     "start_node_process",
     "wait_for_info",
@@ -369,18 +370,36 @@ def run_testnet(
             signal.signal(sig, handler)
 
 
+def shared_cores_env(nodes: int) -> dict[str, str]:
+    """The environment for ``nodes`` node processes on this machine: the cores divided among them.
+
+    Every node's torch would otherwise use every core, and N processes computing at once on the
+    same cores mostly measure oversubscription (throughput fell as clients were added). An
+    operator's own ``VEILNET_TORCH_THREADS`` wins.
+    """
+    env = dict(os.environ)
+    if not env.get("VEILNET_TORCH_THREADS"):
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - non-Linux
+            cores = os.cpu_count() or 1
+        env["VEILNET_TORCH_THREADS"] = str(max(1, cores // max(1, nodes)))
+    return env
+
+
 def _start_all(
     layout: TestnetLayout,
     nodes: list[NodeProcess],
     demo_steps: Sequence[Callable[[RunningTestnet], None]],
     out: Any,
 ) -> None:
-    first = start_node_process(0, layout.node_configs[0])
+    env = shared_cores_env(len(layout.node_configs))
+    first = start_node_process(0, layout.node_configs[0], env=env)
     nodes.append(first)
     wait_for_info(first)
     bootstrap = ("--bootstrap", first.multiaddr)
     for index, config_path in enumerate(layout.node_configs[1:], start=1):
-        nodes.append(start_node_process(index, config_path, bootstrap))
+        nodes.append(start_node_process(index, config_path, bootstrap, env=env))
     for node in nodes[1:]:
         wait_for_info(node)
     run = RunningTestnet(layout, nodes)
