@@ -1,8 +1,9 @@
 """OpenAI-compatible endpoints on the node's local API, answered by cross-checked TEE executors.
 
-``GET /v1/models``, ``POST /v1/embeddings``, ``POST /v1/chat/completions`` (``stream: true`` as
-server-sent events) follow OpenAI's request and response shapes closely enough for the official
-``openai`` client; errors use OpenAI's ``{"error": {message, type, param, code}}`` format. Every
+``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/embeddings``, ``POST /v1/chat/completions``
+(``stream: true`` as server-sent events, sent once the job is verified, so errors stay HTTP
+errors) follow OpenAI's request contract (``openai_contract.py``: what is accepted, what is
+refused, and each refusal's status). Every
 answer carries a ``veilnet`` object — the verification report: job id, mode, executors (peer id,
 TEE kind and label, role, agreement), agreement figures and timings. ``GET /veilnet/v1/jobs/{id}``
 returns the report of a recent job, ``GET /veilnet/v1/jobs/{id}/receipt`` its signed receipt
@@ -13,7 +14,9 @@ Veilnet options ride in the request body (``extra_body`` in the openai client)::
     {"veilnet": {"replicas": 3, "mode": "consensus" | "spot-check", "challenge": false, "deadline_s": 30}}
 
 Chat completions are greedy (temperature is ignored; the report says ``sampling: greedy``):
-greedy decoding is what verifiers can check token by token.
+greedy decoding is what verifiers can check token by token. Before a job is dispatched the node
+decides what it can: the model exists and has the route's task, and ``veilnet.replicas`` does not
+outnumber the attested executors that serve it.
 """
 
 from __future__ import annotations
@@ -30,10 +33,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from node.api.openai_contract import (
+    MAX_MAX_TOKENS,
+    ApiError,
+    bad,
+    chat_fields,
+    from_router_error,
+    model_of,
+    read_json_body,
+    veilnet_options,
+)
 from node.api.receipt_route import receipt_route
-from node.jobs.errors import RouterError, RouterErrorCode
+from node.api.token_count import TokenCounter
+from node.jobs.errors import RouterError
 from node.jobs.router import JobResult
-from protocol.jobs.messages import Mode
 
 if TYPE_CHECKING:
     from node.jobs.router import Router
@@ -44,86 +57,7 @@ __all__ = ["routes"]
 
 log = logging.getLogger("veilnet.api")
 
-_MAX_BODY = 8 << 20
 _SSE_CHARS = 16  # characters per streamed content delta
-
-
-class _BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-def _error(status: int, message: str, *, kind: str, code: str | None, param: str | None = None,
-           veilnet: Mapping[str, Any] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    if veilnet is not None:
-        body["veilnet"] = veilnet
-    return JSONResponse(body, status_code=status)
-
-
-def _bad_request(exc: _BadRequest) -> JSONResponse:
-    return _error(400, exc.message, kind="invalid_request_error", code="invalid_request", param=exc.param)
-
-
-def _router_error(exc: RouterError) -> JSONResponse:
-    status = exc.http_status
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    if exc.code is RouterErrorCode.UNKNOWN_MODEL:
-        kind = "invalid_request_error"
-    return _error(status, exc.message, kind=kind, code=exc.code.value, veilnet=exc.report)
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > _MAX_BODY:
-        raise _BadRequest(f"request body exceeds {_MAX_BODY} bytes")
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _BadRequest(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise _BadRequest("the body must be a JSON object")
-    return body
-
-
-def _options(body: Mapping[str, Any]) -> dict[str, Any]:
-    """Veilnet options from ``body["veilnet"]`` (validated)."""
-    raw = body.get("veilnet") or {}
-    if not isinstance(raw, dict):
-        raise _BadRequest("veilnet must be an object", "veilnet")
-    unknown = set(raw) - {"replicas", "mode", "challenge", "deadline_s"}
-    if unknown:
-        raise _BadRequest(f"unknown veilnet options {sorted(unknown)}", "veilnet")
-    options: dict[str, Any] = {}
-    if "replicas" in raw:
-        replicas = raw["replicas"]
-        if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= 15:
-            raise _BadRequest("veilnet.replicas must be an integer in 1..15", "veilnet.replicas")
-        options["replicas"] = replicas
-    if "mode" in raw:
-        try:
-            options["mode"] = Mode(str(raw["mode"]))
-        except ValueError:
-            raise _BadRequest("veilnet.mode must be consensus or spot-check", "veilnet.mode") from None
-    if "challenge" in raw:
-        if not isinstance(raw["challenge"], bool):
-            raise _BadRequest("veilnet.challenge must be a boolean", "veilnet.challenge")
-        options["challenge"] = raw["challenge"]
-    if "deadline_s" in raw:
-        deadline = raw["deadline_s"]
-        if not isinstance(deadline, (int, float)) or isinstance(deadline, bool) or not 0 < deadline <= 600:
-            raise _BadRequest("veilnet.deadline_s must be a number in (0, 600]", "veilnet.deadline_s")
-        options["deadline_s"] = float(deadline)
-    return options
-
-
-def _model(body: Mapping[str, Any]) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _BadRequest("model is required", "model")
-    return model
 
 
 def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
@@ -132,45 +66,84 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
     def router() -> Router:
         return jobs.router
 
+    counter = TokenCounter(jobs)
+
+    def model_entry(model_id: str, names: Mapping[str, str], tasks: Mapping[str, str]) -> dict[str, Any]:
+        return {
+            "id": names.get(model_id, model_id), "object": "model", "created": 0, "owned_by": "veilnet",
+            "veilnet": {
+                "model_id": model_id, "attested_providers": len(registry.attested(model_id)),
+                "task": tasks.get(model_id),
+            },
+        }
+
     async def list_models(request: Request) -> Response:
         r = router()
         names = {model_id: name for name, model_id in r.network.known_models().items()}
-        data = []
         tasks = jobs.model_tasks()
-        for model_id in sorted(r.network.attested_models()):
-            providers = len(registry.attested(model_id))
-            data.append({
-                "id": names.get(model_id, model_id), "object": "model", "created": 0, "owned_by": "veilnet",
-                "veilnet": {
-                    "model_id": model_id, "attested_providers": providers, "task": tasks.get(model_id)
-                },
-            })
+        data = [model_entry(model_id, names, tasks) for model_id in sorted(r.network.attested_models())]
         return JSONResponse({"object": "list", "data": data})
+
+    async def get_model(request: Request) -> Response:
+        r = router()
+        try:
+            model_id = r.resolve_model(request.path_params["model"])
+        except RouterError as exc:
+            return from_router_error(exc).response()
+        names = {model_id: name for name, model_id in r.network.known_models().items()}
+        return JSONResponse(model_entry(model_id, names, jobs.model_tasks()))
+
+    async def admit(model: str, task: str, options: Mapping[str, Any]) -> str:
+        """Decide before dispatch what the node can: the model exists and has this task, and the
+        replicas asked for do not outnumber the attested executors that serve it."""
+        r = router()
+        model_id = r.resolve_model(model)
+        known = jobs.model_tasks().get(model_id)
+        if known is not None and known != task:
+            route = "/v1/embeddings" if known == "embeddings" else "/v1/chat/completions"
+            article = "an" if known[0] in "aeiou" else "a"
+            raise ApiError(400, f"{model} is {article} {known} model, not a {task} model; use {route}",
+                           code="wrong_model_task", param="model")
+        replicas = options.get("replicas")
+        if replicas is not None:
+            providers = len(await r.network.providers(model_id))
+            if replicas > providers:
+                raise ApiError(400, f"veilnet.replicas is {replicas}, but only {providers} attested executors"
+                               f" serve {model} now", code="not_enough_providers", param="veilnet.replicas")
+        return model_id
+
+    def chat_limit(model_id: str) -> int:
+        runtime = jobs.executor.runtimes.get(model_id)
+        context = getattr(runtime, "context_length", None)
+        return min(MAX_MAX_TOKENS, context) if isinstance(context, int) else MAX_MAX_TOKENS
 
     async def embeddings(request: Request) -> Response:
         try:
-            body = await _json_body(request)
-            model = _model(body)
+            body = await read_json_body(request)
+            model = model_of(body)
             texts = body.get("input")
             if isinstance(texts, str):
                 texts = [texts]
             if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-                raise _BadRequest("input must be a string or a non-empty array of strings", "input")
+                raise bad("input must be a string or a non-empty array of strings", "input")
             encoding = body.get("encoding_format", "float")
             if encoding not in ("float", "base64"):
-                raise _BadRequest("encoding_format must be float or base64", "encoding_format")
-            options = _options(body)
+                raise bad("encoding_format must be float or base64", "encoding_format")
+            dimensions = body.get("dimensions")
+            if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)
+                                           or dimensions < 1):
+                raise bad("dimensions must be a positive integer", "dimensions")
+            options = veilnet_options(body)
+            model_id = await admit(model, "embeddings", options)
             result = await router().embeddings(model, texts, **options)
-        except _BadRequest as exc:
-            return _bad_request(exc)
+            vectors = result.vectors
+            assert vectors is not None
+            if dimensions is not None and dimensions != vectors.shape[1]:
+                raise bad(f"dimensions is {dimensions}; this model has {vectors.shape[1]}", "dimensions")
+        except ApiError as exc:
+            return exc.response()
         except RouterError as exc:
-            return _router_error(exc)
-        vectors = result.vectors
-        assert vectors is not None
-        dimensions = body.get("dimensions")
-        if dimensions is not None and dimensions != vectors.shape[1]:
-            return _error(400, f"this model has {vectors.shape[1]} dimensions", kind="invalid_request_error",
-                          code="invalid_request", param="dimensions")
+            return from_router_error(exc).response()
         data = []
         for index, row in enumerate(vectors):
             embedding: Any = (
@@ -178,43 +151,32 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
                 if encoding == "base64" else [float(x) for x in row]
             )
             data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = await counter.count(model_id, texts)
         return JSONResponse({
             "object": "list", "data": data, "model": model,
-            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             "veilnet": result.report,
         })
 
     async def chat_completions(request: Request) -> Response:
-        try:
-            body = await _json_body(request)
-            model = _model(body)
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise _BadRequest("messages must be a non-empty array", "messages")
-            clean = []
-            for message in messages:
-                if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-                    raise _BadRequest("each message needs a role and string content", "messages")
-                clean.append({"role": str(message.get("role")), "content": message["content"]})
-            max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-            if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
-                                           or not 1 <= max_tokens <= 4096):
-                raise _BadRequest("max_tokens must be an integer in 1..4096", "max_tokens")
-            if body.get("n", 1) != 1:
-                raise _BadRequest("only n = 1 is supported", "n")
-            stream = bool(body.get("stream", False))
-            options = _options(body)
-        except _BadRequest as exc:
-            return _bad_request(exc)
         created = int(time.time())
+        try:
+            body = await read_json_body(request)
+            model = model_of(body)
+            options = veilnet_options(body)
+            model_id = await admit(model, "chat", options)
+            messages, max_tokens, stream = chat_fields(body, chat_limit(model_id))
+            # Also when streaming: the text is released only once verification passed, so the
+            # job runs first and any refusal is an HTTP error before the stream starts.
+            result = await router().chat(model, messages, max_tokens=max_tokens, **options)
+        except ApiError as exc:
+            return exc.response()
+        except RouterError as exc:
+            return from_router_error(exc).response()
         if not stream:
-            try:
-                result = await router().chat(model, clean, max_tokens=max_tokens, **options)
-            except RouterError as exc:
-                return _router_error(exc)
             return JSONResponse(_completion(result, model, created))
         return StreamingResponse(
-            _sse(router(), model, clean, max_tokens, options, created), media_type="text/event-stream",
+            _sse(result, model, created), media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
 
@@ -222,11 +184,12 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
         job_id = request.path_params["job_id"]
         report = router().report(job_id)
         if report is None:
-            return _error(404, f"no recent job {job_id}", kind="invalid_request_error", code="unknown_job")
+            return ApiError(404, f"no recent job {job_id}", code="unknown_job").response()
         return JSONResponse(report)
 
     return [
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/veilnet/v1/jobs/{job_id}", job_report, methods=["GET"]),
@@ -268,17 +231,8 @@ def _chunk(completion_id: str, model: str, created: int, delta: dict[str, Any], 
     return f"data: {json.dumps(body)}\n\n"
 
 
-async def _sse(router: Router, model: str, messages: list[dict[str, str]], max_tokens: int | None,
-               options: dict[str, Any], created: int) -> AsyncIterator[str]:
-    """Server-sent events of a verified completion: the text is released once verification passed."""
-    try:
-        result = await router.chat(model, messages, max_tokens=max_tokens, **options)
-    except RouterError as exc:
-        error = {"message": exc.message, "type": "server_error" if exc.http_status >= 500 else
-                 "invalid_request_error", "param": None, "code": exc.code.value}
-        yield f"data: {json.dumps({'error': error, 'veilnet': exc.report})}\n\n"
-        yield "data: [DONE]\n\n"
-        return
+async def _sse(result: JobResult, model: str, created: int) -> AsyncIterator[str]:
+    """Server-sent events of a completion that has already passed verification."""
     generation = result.generation
     assert generation is not None
     completion_id = "chatcmpl-" + result.job_id.hex()

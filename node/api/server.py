@@ -8,6 +8,8 @@ window onto their own node, not a network service. Routes:
 * ``GET /veilnet/v1/peers`` — the attested registry (``?model=<id>`` filters by model).
 * ``GET /metrics`` — Prometheus text.
 
+Every other path answers 404, and a wrong method 405, as JSON in OpenAI's error shape.
+
 The composition root adds the OpenAI-compatible routes (``node/api/openai_routes.py``) through
 :class:`Api`; the server knows nothing of jobs.
 """
@@ -23,6 +25,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -72,7 +75,19 @@ def build_app(node: Node, registry: Registry, extra_routes: Sequence[BaseRoute] 
         Route("/metrics", metrics),
     ]
     routes.extend(extra_routes)
-    return Starlette(routes=routes)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Unknown routes (404) and wrong methods (405) answer in OpenAI's JSON error shape too."""
+        assert isinstance(exc, HTTPException)
+        path = request.url.path
+        why = {404: f"no route {path}", 405: f"{request.method} is not allowed on {path}"}
+        body = {"error": {
+            "message": why.get(exc.status_code, str(exc.detail)), "type": "invalid_request_error",
+            "param": None, "code": {404: "unknown_route", 405: "method_not_allowed"}.get(exc.status_code),
+        }}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 
 class Api:

