@@ -90,8 +90,8 @@ def executor_report(outcome: Outcome, phase: Phase, role: str) -> list[dict[str,
     return rows
 
 
-# How the router records an executor's BAD_REQUEST error (node/jobs/router.py: "code: message").
-_BAD_REQUEST_PREFIX = f"{ErrorCode.BAD_REQUEST.value}:"
+# How the router records an executor's BAD_REQUEST or TOO_LARGE error (node/jobs/router.py: "code: message").
+_BAD_REQUEST_PREFIXES = (f"{ErrorCode.BAD_REQUEST.value}:", f"{ErrorCode.TOO_LARGE.value}:")
 _EXPIRED_PREFIX = f"{ErrorCode.EXPIRED.value}:"
 
 
@@ -99,8 +99,8 @@ def error_for(outcome: Outcome, report: dict[str, Any]) -> RouterError:
     """The typed error for a phase that did not finish with an answer.
 
     When every executor refused the job as a bad request (a prompt over the context window, a
-    model of the other task), the job itself is at fault, not the network: BAD_REQUEST with the
-    executors' own reason, so the API answers 400 and clients do not retry it. When every
+    model of the other task, an input too large), the job itself is at fault, not the network:
+    BAD_REQUEST with the executors' own reason, so the API answers 400 and clients do not retry. When every
     executor found the job expired or let it time out, time ran out: DEADLINE (504).
     """
     refusals = [a.detail for a in outcome.attempts if a.failure is Failure.REFUSED]
@@ -117,9 +117,9 @@ def error_for(outcome: Outcome, report: dict[str, Any]) -> RouterError:
         outcome.status is OutcomeStatus.UNAVAILABLE
         and refusals
         and len(refusals) == len(outcome.attempts)
-        and all(detail.startswith(_BAD_REQUEST_PREFIX) for detail in refusals)
+        and all(detail.startswith(_BAD_REQUEST_PREFIXES) for detail in refusals)
     ):
-        reason = refusals[0][len(_BAD_REQUEST_PREFIX):].strip()
+        reason = refusals[0].split(":", 1)[1].strip()
         reason = reason.removeprefix("invalid_input: ")
         return RouterError(RouterErrorCode.BAD_REQUEST, f"the executors refused the input: {reason}", report)
     code = {
