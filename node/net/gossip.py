@@ -45,7 +45,6 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from node.metrics import Metrics
 from node.net import guard as net_guard
-from node.net.liveness import Liveness
 from node.net.registry import Change, Registry, RegistryEntry
 from node.net.scoring import Offence
 from protocol.attestation.bundle import MAX_BUNDLE_SIZE
@@ -139,7 +138,6 @@ class AttestationGossip:
         metrics.include(guard.metrics)
         self.scores = guard.scores
         self.scores.set_bonus(self._bonus)
-        self.liveness = Liveness(host, registry, guard.settings, metrics)
         self._labelled: set[str] = set()
         self.ready = trio.Event()
 
@@ -196,16 +194,12 @@ class AttestationGossip:
         async with background_trio_service(self.pubsub), background_trio_service(self.router):
             await self.pubsub.wait_until_ready()
             subscription = await self.pubsub.subscribe(ATTEST_TOPIC)
-            async with trio.open_nursery() as nursery:
-                # Liveness keeps the registry honest about peers that stopped answering; it runs
-                # here until the kernel composes net services itself.
-                nursery.start_soon(self.liveness.run)
-                self.ready.set()
-                task_status.started()
-                # Registry updates happen in the validator; delivered messages are only drained and
-                # counted here so the bounded subscription channel never fills.
-                while True:
-                    await subscription.get()
+            self.ready.set()
+            task_status.started()
+            # Registry updates happen in the validator; delivered messages are only drained and
+            # counted here so the bounded subscription channel never fills.
+            while True:
+                await subscription.get()
 
     async def publish(self, bundle: bytes) -> None:
         await self.ready.wait()

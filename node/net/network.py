@@ -23,6 +23,7 @@ from node.app import Node
 from node.net.discovery import Discovery
 from node.net.gossip import Appraise, AttestationGossip
 from node.net.host import StreamHandler, build_host, dial, wrap_handler
+from node.net.liveness import Liveness
 from node.net.registry import Registry, RegistryEntry
 
 __all__ = ["Network"]
@@ -58,6 +59,8 @@ class Network:
             mdns=config.mdns,
             network_fingerprint=testnet.psk,
         )
+        # Registry peers that stop answering leave it at once (network.md §9.4).
+        self.liveness = Liveness(self.host, self.registry, config.limits, node.metrics)
         self._listen = [multiaddr.Multiaddr(addr) for addr in config.listen]
         self._stream_errors = node.metrics.counter(
             "veilnet_stream_errors_total", "Inbound streams reset because their handler failed", ("protocol",)
@@ -69,6 +72,7 @@ class Network:
         node.add_service(self.gossip.run, "gossip", startable=True)
         node.add_service(self.discovery.run, "discovery", startable=True)
         node.add_service(self.registry.run_expiry, "registry expiry")
+        node.add_service(self.liveness.run, "liveness")
         node.add_info(self._info)
 
     # ------------------------------------------------------------------------------- streams

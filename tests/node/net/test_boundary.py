@@ -25,6 +25,7 @@ from node.metrics import Metrics
 from node.net.gossip import ATTEST_TOPIC, Appraisal, AttestationGossip
 from node.net.guard import NetGuard, guard_of
 from node.net.host import build_host, dial
+from node.net.limits import LimitSettings
 from node.net.registry import Registry, RegistryEntry
 from node.net.scoring import Offence
 from protocol.identity import Identity
@@ -54,9 +55,9 @@ class Pair:
 
 
 @asynccontextmanager
-async def pair() -> AsyncIterator[Pair]:
+async def pair(limits: LimitSettings | None = None) -> AsyncIterator[Pair]:
     psk = os.urandom(32)
-    target = build_host(Identity.generate(), psk, ["/ip4/127.0.0.1/tcp/0"])
+    target = build_host(Identity.generate(), psk, ["/ip4/127.0.0.1/tcp/0"], limits=limits)
     attacker = build_host(Identity.generate(), psk, ["/ip4/127.0.0.1/tcp/0"])
     guard = guard_of(target)
     assert guard is not None
@@ -226,7 +227,7 @@ async def test_streams_over_the_per_peer_protocol_limit_are_reset_and_counted() 
             with contextlib.suppress(StreamFailure):
                 streams.append(await p.attacker.new_stream(p.target_id, [TProtocol("/test/hold/1")]))
         await until(
-            lambda: p.metric('veilnet_limit_hits_total{scope="protocol",resource="inbound_streams"}') == 3,
+            lambda: p.metric('veilnet_limit_hits_total{scope="protocol",resource="inbound_streams"}') >= 3,
             "three refusals",
         )
         gate.set()
@@ -276,8 +277,9 @@ async def test_peer_exchange_is_followed_only_from_a_peer_with_a_positive_score(
 
 
 async def test_challenge_streams_beyond_the_peer_rate_are_refused() -> None:
-    """Issue 9: 300 signed challenge answers/s for anyone who asked. Each challenge is one stream."""
-    async with pair() as p:
+    """Issue 9: 300 signed challenge answers/s for anyone who asked. Each challenge is one stream.
+    (A near-zero refill keeps the count exact however slowly a loaded machine opens streams.)"""
+    async with pair(LimitSettings(challenges_per_second=0.001, challenge_burst=5)) as p:
         answered = 0
 
         async def answer(stream: object) -> None:
@@ -293,10 +295,10 @@ async def test_challenge_streams_beyond_the_peer_rate_are_refused() -> None:
                 stream = await p.attacker.new_stream(p.target_id, [TProtocol("/veilnet/challenge/1.0.0")])
                 await stream.close()
         await until(
-            lambda: p.metric('veilnet_limit_hits_total{scope="peer",resource="challenge_rate"}') >= 5,
+            lambda: p.metric('veilnet_limit_hits_total{scope="peer",resource="challenge_rate"}') >= 10,
             "the rate to refuse the excess",
         )
-        assert answered <= burst + 5  # the burst, plus what the rate refilled meanwhile
+        assert answered <= burst
 
 
 def test_per_peer_metric_labels_stay_bounded_under_identity_rotation() -> None:
