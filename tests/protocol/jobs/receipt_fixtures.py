@@ -88,11 +88,13 @@ def entry(
 
 def make_receipt(*, wrong_third: bool = False, embed: bool = True, **changes: Any) -> Receipt:
     a, b, c = EXECUTORS
+    job_id = changes.get("job_id", JOB_ID)  # the executors commit for the receipt's job
     entries = (
-        entry(a, ANSWER, embed=embed),
-        entry(b, ANSWER, embed=embed),
+        entry(a, ANSWER, embed=embed, job_id=job_id),
+        entry(b, ANSWER, embed=embed, job_id=job_id),
         entry(
-            c, WRONG if wrong_third else ANSWER, offence="wrong_output" if wrong_third else "", embed=embed
+            c, WRONG if wrong_third else ANSWER, offence="wrong_output" if wrong_third else "", embed=embed,
+            job_id=job_id,
         ),
     )
     winners = (a.peer_id, b.peer_id) if wrong_third else (a.peer_id, b.peer_id, c.peer_id)
