@@ -433,7 +433,8 @@ def _print_summary(run: RunningTestnet, out: Any) -> None:
         "\nSIMULATED evidence — not secure. To join from another machine, copy "
         f"{run.layout.testnet_path} (it is secret) and run:\n"
         f"  veilnet testnet join {run.nodes[0].multiaddr} --testnet-config testnet.toml\n"
-        f"(listen on a reachable address with --listen-host 0.0.0.0 when starting the testnet).\n"
+        f"(listen on a reachable address with --listen-host 0.0.0.0 when starting the testnet;\n"
+        " on this machine add --api 127.0.0.1:0 --data-dir DIR: node 0 holds its API port).\n"
         f"Registry: veilnet peers --api {run.nodes[0].api_url}\n",
         file=out,
         flush=True,

@@ -102,6 +102,7 @@ def _cases(files: dict[str, Path], busy: int, tmp: Path) -> list[list[str]]:
         cases.append(["adversary", "run", "--target", "/ip4/127.0.0.1/tcp/1", "--attack", "x",
                       "--psk-file", str(files[name])])
         cases.append(["tee", "verify", str(files[name])])
+        cases.append(["receipt", "verify", str(files[name])])
     cases.append(["node", "start", "--config", str(files["wrong_type"])])
     cases.append([*start])  # no testnet config at all
     for addr in BAD_MULTIADDRS:
