@@ -12,8 +12,10 @@ model work:
 5. a chat prompt is small enough to fit the model's context, judged from its byte size before
    any tokenizing → ``too_large``;
 6. there is room: a bounded number of admitted jobs, and the requesting peer holds fewer than its
-   share of them (``max_active_jobs_per_peer``), else an immediate ``busy`` so the router tries
-   another executor rather than queueing behind a saturated one;
+   share of them (``max_active_jobs_per_peer``) — beyond its share a peer may use idle slots only
+   while a quarter of all slots stays free for others (an API node relaying many users is one
+   peer) — else an immediate ``busy`` so the router tries another executor rather than queueing
+   behind a saturated one;
 7. the job id was not seen before its deadline (replay window) → ``replay``.
 
 Fairness between requesters: besides its share of job slots, each requesting peer has a share of
@@ -215,6 +217,7 @@ class Executor:
         self._running: dict[tuple[bytes, bytes], bool] = {}
         self._active = 0
         self._active_by_peer: dict[bytes, int] = {}
+        self._reserved_slots = max(1, self.settings.max_active_jobs // 4)  # kept free beyond a share
         self._last_result: JobResult | None = None
         self.requests_received = 0  # JobRequests that reached this executor, accepted or not
         self.jobs_committed = 0
@@ -306,7 +309,8 @@ class Executor:
             await session.error(ErrorCode.BUSY, f"{self._active} jobs in progress", req.job_id)
             return
         held = self._active_by_peer.get(session.client, 0)
-        if held >= self.settings.max_active_jobs_per_peer:
+        free = self.settings.max_active_jobs - self._active
+        if held >= self.settings.max_active_jobs_per_peer and free <= self._reserved_slots:
             self._refused("busy_peer_share")
             await session.error(ErrorCode.BUSY, f"this requester already has {held} jobs in progress here",
                                 req.job_id)

@@ -10,9 +10,11 @@ Backpressure: at most ``max_queued_texts`` texts may wait; beyond that ``embed``
 once, so the router can try another executor instead of queueing behind a saturated one.
 
 Fairness between requesters: a request larger than a batch is split into batch-sized pieces,
-and every request names its ``owner`` (the requesting peer). Each owner
-may queue at most ``max_queued_texts_per_owner`` texts, so one greedy client cannot fill the queue
-and make everyone else's requests fail with ``Busy``; and batches are filled by deficit
+and every request names its ``owner`` (the requesting peer). Each owner's share is
+``max_queued_texts_per_owner`` texts; beyond it an owner may use idle queue space only while one
+share stays free for others, so one greedy client cannot fill the queue and make everyone else's
+requests fail with ``Busy`` (yet an API node relaying many users, one owner, is not capped when
+nobody else is waiting); and batches are filled by deficit
 round-robin over owners (Shreedhar & Varghese, 1995), counting texts, so a client with thousands
 of texts waiting delays another client's one-text request by at most about one batch.
 """
@@ -98,6 +100,8 @@ class EmbeddingBatcher:
         self.max_wait = max_wait_ms / 1000.0
         self.max_queued_texts = max_queued_texts
         self.max_queued_texts_per_owner = min(per_owner, max_queued_texts)
+        # Beyond its share an owner may use the queue only up to this, leaving one share free.
+        self._shared_room = max(self.max_queued_texts - self.max_queued_texts_per_owner, per_owner)
         self._limiter = limiter or trio.CapacityLimiter(1)
         # Owner → its waiting requests, in round-robin order (the next owner to serve first).
         self._queues: OrderedDict[bytes, deque[_Request]] = OrderedDict()
@@ -141,8 +145,9 @@ class EmbeddingBatcher:
         if self._queued_texts + count > self.max_queued_texts:
             raise Busy(f"{self._queued_texts} texts already queued (limit {self.max_queued_texts})")
         mine = self._owner_texts.get(owner, 0)
-        if mine + count > self.max_queued_texts_per_owner:
-            raise Busy(f"this requester has {mine} texts queued (limit {self.max_queued_texts_per_owner})")
+        if mine + count > self.max_queued_texts_per_owner and self._queued_texts + count > self._shared_room:
+            share = self.max_queued_texts_per_owner
+            raise Busy(f"this requester has {mine} texts queued (its share: {share})")
         # A request larger than a batch is queued as batch-sized pieces, so other requesters'
         # texts are served between them instead of waiting for one huge forward pass.
         step = self.max_batch_size

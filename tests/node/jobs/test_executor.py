@@ -215,28 +215,29 @@ async def test_a_chat_prompt_too_long_for_the_context_is_refused_before_tokenizi
         nursery.cancel_scope.cancel()
 
 
-async def test_one_requester_gets_only_its_share_of_the_job_slots(models):
+async def test_one_requester_uses_idle_slots_beyond_its_share_but_leaves_a_reserve(models):
     embed, _, _ = models
     async with trio.open_nursery() as nursery:
         net = MemoryNetwork(nursery)
-        settings = ExecutorSettings(max_active_jobs=8, max_active_jobs_per_peer=2)
+        settings = ExecutorSettings(max_active_jobs=4, max_active_jobs_per_peer=2)  # a reserve of 1
         member = add_member(
             net, {embed.model_id: embed}, fault=Fault.SLOW, slow_seconds=60, settings=settings
         )
         greedy = await _session(nursery, member)
-        for _ in range(2):
+        for _ in range(3):  # its share (2), then one idle slot while 2 stay free
             request, _ = _request(member, embed.model_id)
             await greedy.write(request.to_wire())
-        third, _ = _request(member, embed.model_id)
-        await greedy.write(third.to_wire())
+        fourth, _ = _request(member, embed.model_id)
+        await greedy.write(fourth.to_wire())
         refusal = await _expect_error(greedy, ErrorCode.BUSY)
-        assert refusal.job_id == third.job_id and "this requester" in refusal.message
+        assert refusal.job_id == fourth.job_id and "this requester" in refusal.message
+        assert member.executor.active_jobs == 3
         other_end, executor_end = memory_frame_pair(Identity.generate().peer_id, member.peer_id)
         nursery.start_soon(member.executor.serve, executor_end)
         honest, _ = _request(member, embed.model_id)
         await other_end.write(honest.to_wire())
         with trio.fail_after(20):
             await trio.testing.wait_all_tasks_blocked()
-        assert member.executor.active_jobs == 3  # admitted: the greedy peer's share is not everyone's
+        assert member.executor.active_jobs == 4  # the reserved slot went to the other requester
         assert member.executor.jobs_refused == {"busy_peer_share": 1}
         nursery.cancel_scope.cancel()
