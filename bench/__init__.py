@@ -1,18 +1,28 @@
 """Benchmark framework: every ``bench/bench_<topic>.py`` exposes ``run() -> list[Result]``.
 
 Each benchmark measures its own baseline in the same run (same machine, same load), so the ratio
-is meaningful even where absolute numbers are not. ``python -m bench`` runs them all.
+is meaningful even where absolute numbers are not. ``python -m bench`` runs them all;
+``python -m bench --quick`` (``VEILNET_BENCH_QUICK=1``) shortens every module to under about a
+minute, for checking after a change (fewer samples: noisier ratios).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Result", "measure", "measure_pair"]
+__all__ = ["QUICK", "Result", "measure", "measure_pair", "quick"]
+
+QUICK = os.environ.get("VEILNET_BENCH_QUICK") == "1"
+
+
+def quick(full: float, short: float) -> float:
+    """``short`` in quick mode, else ``full`` (sample counts, windows, sizes)."""
+    return short if QUICK else full
 
 
 @dataclass
@@ -56,6 +66,8 @@ def measure(fn: Callable[[], object], min_time: float = 0.5, repeat: int = 7) ->
 
     The median (not the mean) keeps one noisy sample (GC, another process) from moving the figure.
     """
+    if QUICK:
+        min_time, repeat = min_time / 5, max(3, repeat // 3)
     fn()  # warm up caches and lazy initialisation
     loops = _loops_for(fn, min_time / repeat)
     return statistics.median(_sample(fn, loops) for _ in range(repeat))
@@ -69,6 +81,8 @@ def measure_pair(
     Interleaving means both see the same machine load, which matters more for a ratio than
     either absolute number.
     """
+    if QUICK:
+        min_time, repeat = min_time / 5, max(3, repeat // 3)
     fn()
     baseline()
     loops_fn = _loops_for(fn, min_time / (2 * repeat))

@@ -1,6 +1,6 @@
 """Run every benchmark module (``bench/bench_*.py``), print a table, write bench/results.json.
 
-Usage: ``python -m bench [NAME ...]`` where each NAME selects the modules whose topic contains it
+Usage: ``python -m bench [--quick] [NAME ...]`` where each NAME selects the modules whose topic contains it
 (``python -m bench sealing``). A module that fails is reported and the others still run; the exit
 status is non-zero if any failed.
 """
@@ -80,6 +80,7 @@ def _environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "quick": bench.QUICK,
         "versions": versions,
     }
 
@@ -92,6 +93,10 @@ def _write(environment: dict[str, Any], rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if "--quick" in argv:
+        argv = [a for a in argv if a != "--quick"]
+        os.environ["VEILNET_BENCH_QUICK"] = "1"
+        bench.QUICK = True  # modules are imported later and read it then
     # Rich assumes 80 columns when writing to a pipe or log; a benchmark table needs more.
     console = Console(width=None if sys.stdout.isatty() else 160)
     names = discover(argv)

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import trio
 
-from bench import Result
+from bench import Result, quick
 from node.config import NodeConfig
 from node.testnet import (
     NodeProcess,
@@ -40,8 +40,8 @@ from node.testnet import (
 
 MODEL = "all-MiniLM-L6-v2"
 TEXT = "Confidential inference on attested peers, measured end to end."
-LATENCY_SAMPLES = 40
-THROUGHPUT_WINDOW = 12.0
+LATENCY_SAMPLES = int(quick(40, 10))
+THROUGHPUT_WINDOW = quick(12.0, 4.0)
 CONCURRENCY = 48
 MULTI = 16  # texts per job in the second throughput row (a typical RAG chunk batch)
 BATCH = 32

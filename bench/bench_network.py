@@ -34,7 +34,7 @@ import multiaddr
 import trio
 from libp2p.peer.id import ID
 
-from bench import Result
+from bench import QUICK, Result, quick
 from node.attest.appraisal import make_appraise
 from node.attest.service import ATTEST_PROTOCOL_ID
 from node.config import NodeConfig, load_testnet_config
@@ -50,13 +50,13 @@ from node.testnet import (
 from protocol import codec
 from protocol.identity import Identity
 
-SIZES = (5, 10, 20)
+SIZES = (5,) if QUICK else (5, 10, 20)
 COMPLETE_TIMEOUT = 120.0
 PROPAGATION_NODES = 10
 PROPAGATION_REANNOUNCE = 3
-PROPAGATION_WINDOW = 24.0
-IDLE_WINDOW = 60.0  # one whole re-announce period
-SETTLE_SECONDS = 65.0
+PROPAGATION_WINDOW = quick(24.0, 12.0)
+IDLE_WINDOW = quick(60.0, 10.0)  # one whole re-announce period (quick: a sixth of one)
+SETTLE_SECONDS = quick(65.0, 15.0)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
