@@ -243,6 +243,18 @@ def test_a_receipt_verifies_offline_and_any_tampering_is_refused(cluster, tmp_pa
     swapped.write_bytes(answer_bytes[:-1] + bytes([answer_bytes[-1] ^ 1]))
     refused = _veilnet_cli("receipt", "verify", str(path), "--policy", policy, "--answer", str(swapped))
     assert refused.returncode == 1 and "answer_mismatch" in refused.stdout
+    # veilnet infer --receipt writes the receipt and the private parts that check against it
+    saved = tmp_path / "infer.receipt"
+    inferred = _veilnet_cli("infer", "a receipt, please", "--api", user.api_url, "--task", "embeddings",
+                            "--receipt", str(saved))
+    assert inferred.returncode == 0, inferred.stdout + inferred.stderr
+    salt_hex = Path(f"{saved}.salt").read_text().strip()
+    checked = _veilnet_cli(
+        "receipt", "verify", str(saved), "--policy", policy, "--answer", f"{saved}.answer",
+        "--input", f"{saved}.input", "--salt", salt_hex,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "VERIFIED (SIMULATED" in checked.stdout
 
 
 def test_the_official_openai_client_works(cluster, models):
