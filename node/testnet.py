@@ -276,8 +276,12 @@ def _last_error_line(path: Path) -> str:
     return errors[-1][len("error: "):] if errors else ""
 
 
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM arrived while the testnet was starting or running its demo."""
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM arrived while the testnet was starting or running its demo.
+
+    A BaseException, as KeyboardInterrupt is, so that a step's ``except Exception`` (a demo
+    polling an API that is not up yet) cannot swallow it.
+    """
 
 
 def stop_processes(nodes: Sequence[NodeProcess], timeout: float = STOP_TIMEOUT) -> dict[int, int | None]:

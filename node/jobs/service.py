@@ -132,10 +132,17 @@ class JobService:
             raise RuntimeError("this node serves models but does not attest")
         for name in models:
             started = time.monotonic()
-            runtime = await trio.to_thread.run_sync(_load_runtime, name)
+            # Abandoned on cancel: a stop signal during start-up must not wait seconds for a
+            # model load (the thread holds nothing the process needs after it exits). The
+            # ignores: trio-stubs (pulled in by libp2p) predate trio's abandon_on_cancel.
+            runtime = await trio.to_thread.run_sync(
+                _load_runtime, name, abandon_on_cancel=True  # type: ignore[call-arg]
+            )
             # One throw-away call before announcing: the first forward pass pays lazy init
             # (seconds on a busy CPU), which must not count against a user's first job.
-            await trio.to_thread.run_sync(_warm_up, runtime, limiter=self.limiter)
+            await trio.to_thread.run_sync(
+                _warm_up, runtime, limiter=self.limiter, abandon_on_cancel=True  # type: ignore[call-arg]
+            )
             self.executor.runtimes[runtime.model_id] = runtime
             self.names[runtime.name] = runtime.model_id
             if runtime.task is Task.EMBEDDINGS:
@@ -153,7 +160,9 @@ class JobService:
                      runtime.model_id, time.monotonic() - started)
         if self.executor.runtimes:
             self.attest.serve_models(sorted(self.executor.runtimes))
-        known = await trio.to_thread.run_sync(_embedded_model_ids)
+        known = await trio.to_thread.run_sync(
+            _embedded_model_ids, abandon_on_cancel=True  # type: ignore[call-arg]
+        )
         for name, model_id in known.items():
             self.names.setdefault(name, model_id)
 
