@@ -221,7 +221,7 @@ def veilnet_options(body: Mapping[str, Any]) -> dict[str, Any]:
     raw = body.get("veilnet") or {}
     if not isinstance(raw, dict):
         raise bad("veilnet must be an object", "veilnet")
-    unknown = set(raw) - {"replicas", "mode", "challenge", "deadline_s"}
+    unknown = set(raw) - {"replicas", "mode", "challenge", "deadline_s", "stream"}
     if unknown:
         raise bad(f"unknown veilnet options {sorted(unknown)}", "veilnet")
     options: dict[str, Any] = {}
@@ -245,4 +245,8 @@ def veilnet_options(body: Mapping[str, Any]) -> dict[str, Any]:
         if not number or not math.isfinite(deadline) or not 0 < deadline <= 600:
             raise bad("veilnet.deadline_s must be a number in (0, 600]", "veilnet.deadline_s")
         options["deadline_s"] = float(deadline)
+    if "stream" in raw:  # chat streaming: live | verified | after (openai_routes.py)
+        if raw["stream"] not in ("live", "verified", "after"):
+            raise bad("veilnet.stream must be live, verified or after", "veilnet.stream")
+        options["stream"] = raw["stream"]
     return options

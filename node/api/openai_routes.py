@@ -1,8 +1,7 @@
 """OpenAI-compatible endpoints on the node's local API, answered by cross-checked TEE executors.
 
 ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/embeddings``, ``POST /v1/chat/completions``
-(``stream: true`` as server-sent events, sent once the job is verified, so errors stay HTTP
-errors) follow OpenAI's request contract (``openai_contract.py``: what is accepted, what is
+(``stream: true`` as server-sent events: live by default, see ``chat_sse.py``) follow OpenAI's request contract (``openai_contract.py``: what is accepted, what is
 refused, and each refusal's status). Every
 answer carries a ``veilnet`` object — the verification report: job id, mode, executors (peer id,
 TEE kind and label, role, agreement), agreement figures and timings. ``GET /veilnet/v1/jobs/{id}``
@@ -11,7 +10,13 @@ returns the report of a recent job, ``GET /veilnet/v1/jobs/{id}/receipt`` its si
 
 Veilnet options ride in the request body (``extra_body`` in the openai client)::
 
-    {"veilnet": {"replicas": 3, "mode": "consensus" | "spot-check", "challenge": false, "deadline_s": 30}}
+    {"veilnet": {"replicas": 3, "mode": "consensus" | "spot-check", "challenge": false, "deadline_s": 30,
+                 "stream": "live" | "verified" | "after"}}
+
+``stream: true`` is live by default: tokens are forwarded as the primary generates them and each
+chunk's ``veilnet`` object says how far verification got; ``verified`` releases each piece once
+the verifiers accepted it; ``after`` sends the whole verified completion at the end (refusals
+then stay HTTP errors; in the live modes they arrive as an error event in the stream).
 
 Chat completions are greedy (temperature is ignored; the report says ``sampling: greedy``):
 greedy decoding is what verifiers can check token by token. Before a job is dispatched the node
@@ -24,11 +29,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -43,8 +50,10 @@ from node.api.openai_contract import (
     read_json_body,
     veilnet_options,
 )
+from node.api.chat_sse import ChatEventStream
 from node.api.receipt_route import receipt_route
 from node.api.token_count import TokenCounter
+from node.jobs.chat_stream import StreamEvent
 from node.jobs.errors import RouterError
 from node.jobs.router import JobResult
 
@@ -57,7 +66,7 @@ __all__ = ["routes"]
 
 log = logging.getLogger("veilnet.api")
 
-_SSE_CHARS = 16  # characters per streamed content delta
+_SSE_CHARS = 16  # characters per streamed content delta ("after" release)
 
 
 def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
@@ -134,6 +143,8 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
                                            or dimensions < 1):
                 raise bad("dimensions must be a positive integer", "dimensions")
             options = veilnet_options(body)
+            if "stream" in options:
+                raise bad("veilnet.stream applies to chat completions only", "veilnet.stream")
             model_id = await admit(model, "embeddings", options)
             result = await router().embeddings(model, texts, **options)
             vectors = result.vectors
@@ -166,8 +177,12 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
             options = veilnet_options(body)
             model_id = await admit(model, "chat", options)
             messages, max_tokens, stream = chat_fields(body, chat_limit(model_id))
-            # Also when streaming: the text is released only once verification passed, so the
-            # job runs first and any refusal is an HTTP error before the stream starts.
+            release = options.pop("stream", "live")
+            include_usage = _include_usage(body)
+            if stream and release != "after":
+                return _live(router(), model, messages, max_tokens, release, include_usage, created, options)
+            # Not live: the text is released only once verification passed, so the job runs first
+            # and any refusal is an HTTP error before the stream starts.
             result = await router().chat(model, messages, max_tokens=max_tokens, **options)
         except ApiError as exc:
             return exc.response()
@@ -195,6 +210,24 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
         Route("/veilnet/v1/jobs/{job_id}", job_report, methods=["GET"]),
         receipt_route(router),
     ]
+
+
+def _include_usage(body: Mapping[str, Any]) -> bool:
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise bad("stream_options.include_usage must be a boolean", "stream_options")
+    return bool(options.get("include_usage", False))
+
+
+def _live(router: Router, model: str, messages: list[dict[str, str]], max_tokens: int | None, release: str,
+          include_usage: bool, created: int, options: dict[str, Any]) -> Response:
+    """A live stream (``node/api/chat_sse.py``): the job runs while the response is being sent."""
+
+    async def run(out: trio.MemorySendChannel[StreamEvent]) -> None:
+        await router.chat_stream(model, messages, out, max_tokens=max_tokens, release=release, **options)
+
+    return ChatEventStream(run, completion_id="chatcmpl-" + os.urandom(12).hex(), model=model, created=created,
+                           include_usage=include_usage)
 
 
 def _completion(result: JobResult, model: str, created: int) -> dict[str, Any]:

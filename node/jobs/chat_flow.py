@@ -34,7 +34,7 @@ from protocol.jobs.jobflow import Outcome, OutcomeStatus
 from protocol.jobs.messages import JOB_ID_LEN, Mode, Task
 from protocol.jobs.payloads import GenerateInput, GenerateResult, ScoreInput, ScoreResult, decode_result
 
-__all__ = ["PRIMARY_ATTEMPTS", "ChatFlow", "RunPhase"]
+__all__ = ["PRIMARY_ATTEMPTS", "ChatFlow", "RunPhase", "score_decoder"]
 
 RunPhase = Callable[[PhaseSpec], Awaitable[tuple[Outcome, Phase]]]
 PRIMARY_ATTEMPTS = 2  # a primary rejected by the verifiers' majority gets one retry
@@ -91,7 +91,7 @@ class ChatFlow:
             chat_voter = ChatVoter(primary)
             verdict_outcome, score_phase = await self._run_phase(PhaseSpec(
                 score_id, sub.model_id, Task.CHAT, sub.mode, score_job,
-                _score_decoder(len(generation.tokens)), sub.infos, quorum=verifiers, deadline=sub.deadline,
+                score_decoder(len(generation.tokens)), sub.infos, quorum=verifiers, deadline=sub.deadline,
                 challenge=sub.challenge,
                 escalate=self._escalate, exclude=frozenset(rejected | {primary}), voter=chat_voter, needed=1,
             ))
@@ -132,7 +132,7 @@ class ChatFlow:
         raise RouterError(RouterErrorCode.NO_CONSENSUS, message, report)
 
 
-def _score_decoder(positions: int) -> Callable[[bytes], consensus.TokenVerdict]:
+def score_decoder(positions: int) -> Callable[[bytes], consensus.TokenVerdict]:
     """Phase 2's result decoder: a verifier's ranks and gaps for ``positions`` tokens → its verdict."""
 
     def decode_scores(plaintext: bytes) -> consensus.TokenVerdict:

@@ -22,6 +22,8 @@ class RouterErrorCode(StrEnum):
     DEADLINE = "deadline_exceeded"
     UNAVAILABLE = "executors_unavailable"
     BAD_REQUEST = "invalid_request"
+    STREAM_REJECTED = "stream_rejected"  # live chat: the verifiers' majority rejected a streamed token
+    PRIMARY_FAILED = "primary_failed"  # live chat: the primary died, stalled or broke its stream
 
 
 _HTTP_STATUS = {
@@ -31,6 +33,8 @@ _HTTP_STATUS = {
     RouterErrorCode.DEADLINE: 504,
     RouterErrorCode.UNAVAILABLE: 503,
     RouterErrorCode.BAD_REQUEST: 400,
+    RouterErrorCode.STREAM_REJECTED: 502,
+    RouterErrorCode.PRIMARY_FAILED: 502,
 }
 
 

@@ -28,7 +28,9 @@ node-wide compute limiter), and the executor answers with a signed ``Commitment`
 ``result_digest(result)`` under a random salt. The result stays here until the client asks for
 the reveal (or the deadline passes); the ``Reveal`` carries the salt and the result sealed to the
 client's ephemeral key — for streamed chat jobs a secretstream opening followed by ``StreamChunk``
-frames (text deltas, then the full result as the final chunk). Any error is a typed
+frames (text deltas, then the full result as the final chunk). A *live* chat job
+(``JobRequest.live``) streams its tokens before the commitment instead (``node.jobs.live_sender``)
+and is revealed like a non-streamed job. Any error is a typed
 ``ErrorMessage`` on the same stream; one bad job or peer never ends the executor.
 
 Why one module over 500 lines: it is one job's life on the serving side (admission → run →
@@ -50,8 +52,9 @@ import numpy as np
 import trio
 from libp2p.abc import INetStream
 
-from node.jobs.faults import Fault, FaultConfig, copied_result, perturb_result
+from node.jobs.faults import Fault, FaultConfig, copied_result, live_fault, perturb_result
 from node.jobs.frames import EndOfStream, FrameIO, Libp2pFrames
+from node.jobs.live_sender import generate_live
 from node.net.host import remote_peer_id
 from protocol.identity import Identity
 from protocol.jobs.messages import (
@@ -378,7 +381,7 @@ class Executor:
         try:
             remaining = req.deadline_ms / 1000 - self._clock()
             with trio.move_on_after(max(0.0, remaining)) as budget:
-                computed = await self._compute_with_faults(session, req, job)
+                computed = await self._compute_with_faults(session, req, job, job_session)
             if budget.cancelled_caught:
                 outcome = "expired"
                 await session.error(ErrorCode.EXPIRED, "the deadline passed during inference", req.job_id)
@@ -395,7 +398,7 @@ class Executor:
             )
             self._store_pending(
                 _Pending(req.job_id, session.client, req.deadline_ms, salt, result_bytes, job_session,
-                         req.stream and isinstance(result, GenerateResult), deltas)
+                         req.stream and not req.live and isinstance(result, GenerateResult), deltas)
             )
             self.jobs_committed += 1
             await session.send(commitment.to_wire())
@@ -429,7 +432,7 @@ class Executor:
                 self._on_job(req.model_id, outcome)
 
     async def _compute_with_faults(
-        self, session: _Session, req: JobRequest, job: JobInput
+        self, session: _Session, req: JobRequest, job: JobInput, job_session: JobSession
     ) -> tuple[JobResult, list[str], int, int] | None:
         fault = self.faults.fault if self.faults else None
         if fault is Fault.SLOW:
@@ -440,6 +443,13 @@ class Executor:
             await session.io.reset()
             raise EndOfStream()
         runtime = self.runtimes[req.model_id]
+        if req.live and isinstance(job, GenerateInput) and fault is not Fault.COPY:
+            live = await generate_live(
+                session.send, req.job_id, job_session, runtime, job, self._limiter,
+                fault=live_fault(self.faults, req.job_id, self.identity.peer_id),
+            )
+            self._last_result = live[0]
+            return live[0], [], live[1], live[2]
         if fault is Fault.COPY:
             dim = int(getattr(runtime, "dim", 0) or 1)
             result: JobResult = copied_result(self._last_result, job, dim)

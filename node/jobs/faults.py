@@ -7,6 +7,10 @@ evidence still verifies — exactly the case cross-checking exists for. Modes:
     computes, then perturbs the result plausibly: embeddings get noise of ~5 % of their norm and
     are re-normalised (cosine ≈ 0.999, far outside the calibrated bound); generations get their
     last token replaced; verifier scores claim a large logit gap at one position.
+    In a live chat stream every token from the third on is replaced as it is sent.
+``stall-mid-stream``
+    in a live chat stream, sends the first tokens and then goes silent for ``slow_seconds`` (a
+    primary that hangs mid-generation); other jobs run normally.
 ``slow``
     waits ``slow_seconds`` (default 30) before computing, so the router's commit timeout fires.
 ``crash-mid-job``
@@ -44,7 +48,12 @@ from protocol.jobs.payloads import (
     ScoreResult,
 )
 
-__all__ = ["Fault", "FaultConfig", "FaultRefused", "copied_result", "perturb_result"]
+__all__ = [
+    "LIVE_FAULT_FROM", "Fault", "FaultConfig", "FaultRefused", "LiveFault", "copied_result", "live_fault",
+    "perturb_result",
+]
+
+LIVE_FAULT_FROM = 2  # the first token position a faulty live primary lies about or stalls after
 
 
 class Fault(StrEnum):
@@ -53,6 +62,7 @@ class Fault(StrEnum):
     CRASH_MID_JOB = "crash-mid-job"
     DROP_REVEAL = "drop-reveal"
     COPY = "copy"
+    STALL_MID_STREAM = "stall-mid-stream"
 
 
 class FaultRefused(RuntimeError):
@@ -110,6 +120,32 @@ def perturb_result(result: JobResult, job_id: bytes, peer_id: bytes) -> JobResul
     position = int(rng.integers(0, len(ranks)))
     ranks[position], gaps[position] = max(ranks[position], 40), max(gaps[position], 7.5)
     return ScoreResult(tuple(ranks), tuple(gaps), result.logprobs)
+
+
+@dataclass(frozen=True)
+class LiveFault:
+    """How a faulty primary misbehaves in a live chat stream (``node.jobs.live_sender``)."""
+
+    replace_from: int | None = None  # tokens at this position and later are replaced
+    stall_after: int | None = None  # go silent once this many tokens were sent
+    stall_seconds: float = 0.0
+    seed: int = 0
+
+    def token(self, position: int, token: int) -> int:
+        if self.replace_from is None or position < self.replace_from:
+            return token
+        return (token + 1 + (self.seed + position) % 50) % 50_000
+
+
+def live_fault(config: FaultConfig | None, job_id: bytes, peer_id: bytes) -> LiveFault | None:
+    """The live-stream misbehaviour of ``config`` (None for an honest stream)."""
+    if config is None:
+        return None
+    if config.fault is Fault.WRONG_OUTPUT:
+        return LiveFault(replace_from=LIVE_FAULT_FROM, seed=int(_rng(job_id, peer_id).integers(0, 1 << 16)))
+    if config.fault is Fault.STALL_MID_STREAM:
+        return LiveFault(stall_after=LIVE_FAULT_FROM, stall_seconds=config.slow_seconds)
+    return None
 
 
 def copied_result(previous: JobResult | None, job: JobInput, dim: int) -> JobResult:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from node.jobs.network_view import ExecutorInfo
 from protocol.jobs.jobflow import Failure, Voter
@@ -22,9 +22,22 @@ from protocol.jobs.messages import Commitment, Mode, Task
 from protocol.jobs.payloads import GenerateInput, JobInput
 from protocol.sealing import JobSession
 
-__all__ = ["Committed", "Decoder", "Failed", "Phase", "PhaseSpec", "Revealed", "Submission"]
+__all__ = ["Committed", "Decoder", "Failed", "LiveSink", "Phase", "PhaseSpec", "Revealed", "Submission"]
 
 Decoder = Callable[[bytes], Any]  # result plaintext → comparator value (raises on malformed)
+
+
+class LiveSink(Protocol):
+    """Receives a live primary's stream chunks as they arrive (``node.jobs.chat_stream``)."""
+
+    def on_chunk(self, peer: bytes, session: JobSession, data: bytes) -> str | None:
+        """Take one sealed chunk; a string says why the stream is broken (the attempt fails)."""
+
+    def on_failure(self, peer: bytes, why: str) -> None:
+        """The attempt of ``peer`` ended without a result."""
+
+    def complete(self, peer: bytes) -> bool:
+        """Whether ``peer``'s stream reached its FINAL chunk."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class PhaseSpec:
     voter: Voter | None = None  # None: the task's default voter
     needed: int | None = None
     pipeline: bool = False  # k = 1 without cross-check: ask for the reveal with the job
+    live: LiveSink | None = None  # a live chat primary: where its streamed tokens go
 
 
 @dataclass
@@ -82,6 +96,7 @@ class Phase:
     decode: Decoder
     challenge: bool
     pipeline_reveal: bool = False  # k = 1 without cross-check: ask for the reveal with the job
+    live: LiveSink | None = None
     sessions: dict[bytes, JobSession] = field(default_factory=dict)
     timings: dict[bytes, dict[str, float]] = field(default_factory=dict)
     challenged: dict[bytes, str] = field(default_factory=dict)
@@ -92,9 +107,10 @@ class Phase:
     def start(cls, spec: PhaseSpec, now: float) -> Phase:
         return cls(
             job_id=spec.job_id, model_id=spec.model_id, task=spec.task, mode=spec.mode, job=spec.job,
-            stream=isinstance(spec.job, GenerateInput), deadline_ms=int(spec.deadline * 1000),
+            stream=isinstance(spec.job, GenerateInput) and spec.live is None,
+            deadline_ms=int(spec.deadline * 1000),
             infos=spec.infos, decode=spec.decode, challenge=spec.challenge, started=now,
-            pipeline_reveal=spec.pipeline,
+            pipeline_reveal=spec.pipeline, live=spec.live,
         )
 
 

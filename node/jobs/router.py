@@ -33,6 +33,7 @@ import numpy as np
 import trio
 
 from node.jobs.chat_flow import ChatFlow
+from node.jobs.chat_stream import ChatStream, StreamEvent, StreamFailed
 from node.jobs.errors import RouterError, RouterErrorCode
 from node.jobs.frames import EndOfStream
 from node.jobs.links import Broken, JobLink, LinkPool
@@ -56,6 +57,7 @@ from protocol.jobs.messages import (
     Mode,
     Reveal,
     RevealRequest,
+    StreamChunk,
     Task,
     commitment_hash,
 )
@@ -253,6 +255,37 @@ class Router:
         deadline_s: float | None = None,
     ) -> JobResult:
         """Greedy chat completion by one primary, verified by teacher-forced re-scoring."""
+        model_id, job, decode = self._chat_job(model, messages, max_tokens)
+        return await self._submit(
+            model, model_id, Task.CHAT, job, decode, replicas=replicas, mode=mode, challenge=challenge,
+            deadline_s=deadline_s,
+        )
+
+    async def chat_stream(
+        self, model: str, messages: Sequence[Mapping[str, str]], out: trio.MemorySendChannel[StreamEvent], *,
+        max_tokens: int | None = None, replicas: int | None = None, mode: Mode | None = None,
+        challenge: bool | None = None, deadline_s: float | None = None, release: str = "live",
+    ) -> None:
+        """Live chat (``node.jobs.chat_stream``): events on ``out``, the last a StreamDone or StreamFailed."""
+        async with out:
+            try:
+                model_id, job, decode = self._chat_job(model, messages, max_tokens)
+                sub, report = await self._submission(
+                    model, model_id, Task.CHAT, job, decode, replicas=replicas, mode=mode,
+                    challenge=challenge, deadline_s=deadline_s,
+                )
+            except RouterError as exc:
+                await out.send(StreamFailed(exc, None, {"generated_tokens": 0, "verified_tokens": 0}))
+                return
+            stream = ChatStream(
+                self.run_phase, self.reports, self.standing, sub, report, release=release,
+                commit_timeout_s=self.settings.commit_timeout_s, clock=self._clock,
+            )
+            await stream.run(out)
+
+    def _chat_job(
+        self, model: str, messages: Sequence[Mapping[str, str]], max_tokens: int | None
+    ) -> tuple[str, GenerateInput, Decoder]:
         try:
             chat = tuple(ChatMessage(str(m["role"]), str(m["content"])) for m in messages)
             job = GenerateInput(chat, max_tokens or self.settings.max_tokens_default)
@@ -266,10 +299,7 @@ class Router:
                 raise ValueError("not a generation for this job")
             return result
 
-        return await self._submit(
-            model, model_id, Task.CHAT, job, decode, replicas=replicas, mode=mode, challenge=challenge,
-            deadline_s=deadline_s,
-        )
+        return model_id, job, decode
 
     # ------------------------------------------------------------------ submission
 
@@ -277,6 +307,20 @@ class Router:
         self, model: str, model_id: str, task: Task, job: JobInput, decode: Decoder, *,
         replicas: int | None, mode: Mode | None, challenge: bool | None, deadline_s: float | None,
     ) -> JobResult:
+        sub, report = await self._submission(
+            model, model_id, task, job, decode, replicas=replicas, mode=mode, challenge=challenge,
+            deadline_s=deadline_s,
+        )
+        if task is Task.EMBEDDINGS:
+            return await self._submit_embeddings(sub, report)
+        generation = await self._chat.submit(sub, report)
+        return JobResult(job_id=sub.job_id, model_id=sub.model_id, generation=generation, report=report)
+
+    async def _submission(
+        self, model: str, model_id: str, task: Task, job: JobInput, decode: Decoder, *,
+        replicas: int | None, mode: Mode | None, challenge: bool | None, deadline_s: float | None,
+    ) -> tuple[Submission, dict[str, Any]]:
+        """The user's request resolved once: k, mode, deadline, a fresh job id, the providers."""
         k = replicas if replicas is not None else self.settings.replicas
         if not 1 <= k <= 15:
             raise RouterError(RouterErrorCode.BAD_REQUEST, "replicas must be between 1 and 15")
@@ -304,10 +348,7 @@ class Router:
             job_id=job_id, model=model, model_id=model_id, task=task, mode=mode, job=job, decode=decode,
             infos=infos, k=k, verify=verify, deadline=deadline, challenge=challenge, started=started,
         )
-        if task is Task.EMBEDDINGS:
-            return await self._submit_embeddings(sub, report)
-        generation = await self._chat.submit(sub, report)
-        return JobResult(job_id=job_id, model_id=model_id, generation=generation, report=report)
+        return sub, report
 
     async def _submit_embeddings(self, sub: Submission, report: dict[str, Any]) -> JobResult:
         """One phase of k replicas (or 1 + k in an audited spot check; 1 when unchecked)."""
@@ -426,6 +467,7 @@ class Router:
                 job_id=phase.job_id, model_id=phase.model_id, task=phase.task, deadline_ms=phase.deadline_ms,
                 client_pubkey=sealed.client_keys.public, executor_enc_pubkey=info.enc_pubkey,
                 sealed_input=sealed.envelope, mode=phase.mode, stream=phase.stream,
+                live=True if phase.live is not None else None,
             )
             try:
                 await link.send(request.to_wire())
@@ -448,15 +490,30 @@ class Router:
         """Read one executor's answers for one job until it has revealed or failed."""
         timing = phase.timings[peer]
         commitment: Commitment | None = None
+        live = phase.live
         async for message, frame in receive:
             if isinstance(message, Broken):
+                if live is not None:
+                    live.on_failure(peer, message.why)
                 await events.send(Failed(peer, Failure.CRASH, message.why))
                 return
             if isinstance(message, ErrorMessage):
                 failure = _ERROR_FAILURE.get(message.code, Failure.REFUSED)
                 if message.code is ErrorCode.BUSY:
                     self.standing.note_busy(peer, self._clock())
+                if live is not None:
+                    live.on_failure(peer, f"{message.code.value}: {message.message}")
                 await events.send(Failed(peer, failure, f"{message.code.value}: {message.message}"))
+                return
+            if live is not None and commitment is None and isinstance(message, StreamChunk):
+                why = live.on_chunk(peer, session, message.data)
+                if why is not None:
+                    await events.send(Failed(peer, Failure.MALFORMED, f"live stream: {why}"))
+                    return
+                continue
+            if live is not None and isinstance(message, Commitment) and not live.complete(peer):
+                live.on_failure(peer, "committed before its live stream was complete")
+                await events.send(Failed(peer, Failure.MALFORMED, "commitment before the live stream's end"))
                 return
             if isinstance(message, Commitment) and commitment is None:
                 try:

@@ -384,7 +384,8 @@ class JobRequest(_Message):
 
     ``client_pubkey`` is the per-envelope ephemeral X25519 key (results are sealed back to it);
     ``sealed_input`` is a ``protocol.sealing`` job envelope whose AAD binds job id, model id, both
-    keys and the deadline, so none of those clear-text fields can be altered in transit.
+    keys and the deadline, so none of those clear-text fields can be altered in transit. ``live``
+    (omitted when false) asks a chat primary to stream its tokens while it generates.
     """
 
     TAG: ClassVar[str] = "job_request"
@@ -397,6 +398,8 @@ class JobRequest(_Message):
     sealed_input: _Sealed
     mode: _Mode
     stream: _Flag
+    # chat only: stream the tokens as they are generated, before the commitment (protocol.jobs.live)
+    live: _Flag | None = None
 
     def check_deadline(self, now_ms: int, max_ahead_ms: int) -> None:
         """Refuse a job whose deadline has passed or lies implausibly far in the future."""

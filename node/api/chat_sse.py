@@ -1,0 +1,106 @@
+"""Server-sent events for a live chat completion (``stream: true``), fed by ``Router.chat_stream``.
+
+Each ``data:`` line is an OpenAI ``chat.completion.chunk``; every chunk also carries a ``veilnet``
+object that OpenAI clients ignore (it lands in ``model_extra``)::
+
+    {"generated_tokens": 12, "verified_tokens": 8, "verification_rounds": 1, "verified": true,
+     "agreement": {"agreeing": 3, "of": 3}, "primary": "<peer id>"}
+
+The last chunk has the ``finish_reason`` and adds ``"report"`` (the full verification report);
+with ``stream_options: {"include_usage": true}`` a usage chunk (empty ``choices``) follows it. A
+stream that fails ends with one ``{"error": {...}, "veilnet": {...}}`` event, whose error code is
+the router's (``stream_rejected`` names ``rejected_at``, the first rejected token index), then
+``[DONE]``.
+
+The response owns a nursery: the job runs beside the writer, and a client that disconnects
+cancels the job with it (no task outlives the request).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from node.jobs.chat_stream import StreamDelta, StreamDone, StreamEvent, StreamFailed
+
+__all__ = ["ChatEventStream"]
+
+RunStream = Callable[[trio.MemorySendChannel[StreamEvent]], Awaitable[None]]
+
+
+class ChatEventStream(Response):
+    """An SSE response whose body is produced by ``run(out)`` while it is being sent."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, run: RunStream, *, completion_id: str, model: str, created: int,
+                 include_usage: bool) -> None:
+        super().__init__(content=None, media_type=self.media_type, headers={"Cache-Control": "no-cache"})
+        # the body's length is unknown until the stream ends
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self._run = run
+        self._id = completion_id
+        self._model = model
+        self._created = created
+        self._include_usage = include_usage
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        out, events = trio.open_memory_channel[StreamEvent](math.inf)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._run, out)
+            first = True
+            async with events:
+                async for event in events:
+                    for line in self._lines(event, first):
+                        await send({"type": "http.response.body", "body": line.encode(), "more_body": True})
+                    first = False
+                    if isinstance(event, (StreamDone, StreamFailed)):
+                        break
+            nursery.cancel_scope.cancel()
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    def _lines(self, event: StreamEvent, first: bool) -> list[str]:
+        lines = []
+        if first and not isinstance(event, StreamFailed):
+            lines.append(self._chunk({"role": "assistant", "content": ""}, None, event.progress))
+        if isinstance(event, StreamDelta):
+            if event.text or not first:
+                lines.append(self._chunk({"content": event.text} if event.text else {}, None, event.progress))
+            return lines
+        if isinstance(event, StreamDone):
+            generation = event.generation
+            report = dict(event.report)
+            report["sampling"] = "greedy"
+            lines.append(self._chunk({}, generation.finish_reason, {**event.progress, "report": report}))
+            if self._include_usage:
+                usage = {
+                    "prompt_tokens": generation.prompt_tokens, "completion_tokens": len(generation.tokens),
+                    "total_tokens": generation.prompt_tokens + len(generation.tokens),
+                }
+                body = {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
+                        "model": self._model, "choices": [], "usage": usage}
+                lines.append(f"data: {json.dumps(body)}\n\n")
+            return lines
+        error = event.error
+        kind = "server_error" if error.http_status >= 500 else "invalid_request_error"
+        payload = {"message": error.message, "type": kind, "param": None, "code": error.code.value}
+        veilnet: dict[str, Any] = {**event.progress, "report": error.report}
+        if event.rejected_at is not None:
+            veilnet["rejected_at"] = event.rejected_at
+        lines.append(f"data: {json.dumps({'error': payload, 'veilnet': veilnet})}\n\n")
+        return lines
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None, veilnet: dict[str, Any]) -> str:
+        body = {
+            "id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            "veilnet": veilnet,
+        }
+        return f"data: {json.dumps(body)}\n\n"

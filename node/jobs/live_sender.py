@@ -1,0 +1,82 @@
+"""The primary's side of a live chat job: generate in a worker thread, seal and send as it goes.
+
+The model thread hands each token to the trio side through an unbounded memory channel (bounded
+by ``max_tokens``); one sender task drains whatever has arrived and sends it as one sealed
+``StreamChunk`` (``protocol.jobs.live``), so the first token leaves at once and chunks grow only
+when the link is slower than the model. The stream is finalised (FINAL tag, empty plaintext)
+before the executor commits, so the client can tell a complete stream from a cut-off one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from node.jobs.faults import LiveFault
+from protocol.jobs.live import LiveChunk
+from protocol.jobs.messages import StreamChunk
+from protocol.jobs.payloads import GenerateInput, GenerateResult
+from protocol.sealing import JobSession, StreamSealer
+
+if TYPE_CHECKING:
+    from node.runtime.base import ModelRuntime
+
+__all__ = ["generate_live"]
+
+
+async def generate_live(
+    send: Callable[[bytes], Awaitable[None]], job_id: bytes, session: JobSession, runtime: ModelRuntime,
+    job: GenerateInput, limiter: trio.CapacityLimiter, *, fault: LiveFault | None = None,
+) -> tuple[GenerateResult, int, int]:
+    """Stream ``job``'s generation to the client; returns (the result as sent, queue ms, compute ms)."""
+    sealer, opening = StreamSealer.start(session)
+    await send(StreamChunk(job_id=job_id, data=opening).to_wire())
+    tokens_in, tokens_out = trio.open_memory_channel[tuple[int, str]](math.inf)
+    sent: list[int] = []
+    texts: list[str] = []
+    messages = [m.to_map() for m in job.messages]
+    timing: dict[str, float] = {}
+    queued = time.monotonic()
+
+    def on_token(token: int, text: str) -> None:
+        trio.from_thread.run_sync(tokens_in.send_nowait, (token, text))
+
+    def generate() -> tuple[int, str]:
+        timing["start"] = time.monotonic()
+        gen = runtime.generate(messages, job.max_tokens, on_token=on_token)  # type: ignore[attr-defined]
+        return len(gen.prompt_tokens), gen.finish_reason
+
+    async def forward() -> None:
+        async with tokens_out:
+            async for first in tokens_out:
+                batch = [first]
+                while True:
+                    try:
+                        batch.append(tokens_out.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                tokens: list[int] = []
+                for token, _ in batch:
+                    position = len(sent) + len(tokens)
+                    tokens.append(token if fault is None else fault.token(position, token))
+                text = "".join(t for _, t in batch)
+                sent.extend(tokens)
+                texts.append(text)
+                chunk = LiveChunk(tuple(tokens), text).to_bytes()
+                await send(StreamChunk(job_id=job_id, data=sealer.push(chunk)).to_wire())
+                if fault is not None and fault.stall_after is not None and len(sent) >= fault.stall_after:
+                    await trio.sleep(fault.stall_seconds)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(forward)
+        async with tokens_in:
+            prompt_tokens, finish = await trio.to_thread.run_sync(generate, limiter=limiter)
+    await send(StreamChunk(job_id=job_id, data=sealer.final(b"")).to_wire())
+    start = timing.get("start", queued)
+    end = time.monotonic()
+    result = GenerateResult(prompt_tokens, tuple(sent), "".join(texts), finish)
+    return result, int((start - queued) * 1000), int((end - start) * 1000)

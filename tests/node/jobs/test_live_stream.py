@@ -1,0 +1,205 @@
+"""Live, verified chat streaming across real node processes (issue 13).
+
+Four honest executors serve the tiny chat model; node 0's API is the user's. Later tests add a
+``wrong-output`` primary (lies from token 2 on) and two that stall mid-stream (one is killed while
+it streams). A faulty node is only the primary when the rendezvous ranking picks it, so those
+tests stream fresh requests until it is (bounded), reading the primary from the chunks'
+``veilnet`` object. Assertions are on event order and content, never on wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from node.testnet import NodeProcess
+from tests.node.jobs.harness import models
+from tests.node.jobs.test_network import MODELS, JobCluster
+
+pytestmark = [pytest.mark.network, pytest.mark.timeout(420)]
+__all__ = ["models"]
+
+CHAT = MODELS[1]
+MESSAGES = [{"role": "user", "content": "Tell me about enclaves."}]
+MAX_TOKENS = 48
+ATTEMPTS = 40  # requests until a given faulty node is drawn as primary (1 in ~7 each)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[JobCluster]:
+    root = Path(tempfile.mkdtemp(prefix="veilnet-live-"))
+    previous_threads = os.environ.get("VEILNET_TORCH_THREADS")
+    os.environ["VEILNET_TORCH_THREADS"] = "1"
+    c = JobCluster(root, 4, reannounce_seconds=4)
+    try:
+        c.start()
+        c.wait_until(lambda: all(c.serving(c.nodes[0], n) for n in c.nodes[1:]), "4 executors serving", 120)
+        yield c
+    finally:
+        c.close()
+        shutil.rmtree(root, ignore_errors=True)
+        if previous_threads is None:
+            os.environ.pop("VEILNET_TORCH_THREADS", None)
+        else:
+            os.environ["VEILNET_TORCH_THREADS"] = previous_threads
+
+
+def _events(cluster: JobCluster, **veilnet: Any) -> list[dict[str, Any]]:
+    """One streamed completion from node 0's API as parsed SSE events (``[DONE]`` must end it)."""
+    body: dict[str, Any] = {"model": CHAT, "messages": MESSAGES, "max_tokens": MAX_TOKENS, "stream": True,
+                            "stream_options": {"include_usage": True}}
+    if veilnet:
+        body["veilnet"] = veilnet
+    events: list[dict[str, Any]] = []
+    with httpx.stream("POST", f"{cluster.nodes[0].api_url}/v1/chat/completions", json=body, timeout=90) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(line[len("data: "):]) for line in lines[:-1]]
+    return events
+
+
+def _primary_of(events: list[dict[str, Any]]) -> str | None:
+    for event in events:
+        primary = event.get("veilnet", {}).get("primary")
+        if primary:
+            return str(primary)
+    return None
+
+
+def test_official_client_streams_live_deltas_before_the_primary_finished(cluster, models):
+    import openai
+
+    _, chat, _ = models
+    direct = chat.generate(MESSAGES, MAX_TOKENS)  # type: ignore[attr-defined]
+    client = openai.OpenAI(base_url=f"{cluster.nodes[0].api_url}/v1", api_key="unused", timeout=60, max_retries=0)
+    stream = client.chat.completions.create(
+        model=CHAT, messages=MESSAGES, max_tokens=MAX_TOKENS, stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    deltas = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(c.choices[0].delta.content or "" for c in deltas) == direct.text
+    progress = [c.model_extra["veilnet"] for c in chunks if c.model_extra and "veilnet" in c.model_extra]
+    # the first text arrived while the primary had generated only part of the completion and
+    # before any of it was verified
+    assert progress and deltas[0].model_extra is not None
+    first = deltas[0].model_extra["veilnet"]
+    assert first["generated_tokens"] < len(direct.tokens) and first["verified_tokens"] == 0
+    verified = [p["verified_tokens"] for p in progress]
+    assert verified == sorted(verified) and verified[-1] == len(direct.tokens)
+    final = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(final) == 1 and final[0].model_extra is not None
+    report = final[0].model_extra["veilnet"]["report"]
+    assert report["status"] == "ok" and report["stream"]["verified_tokens"] == len(direct.tokens)
+    assert sorted(e["role"] for e in report["executors"]) == ["primary", "verifier", "verifier"]
+    assert report["agreement"]["agreeing"] == 3
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert len(usage) == 1 and usage[0].completion_tokens == len(direct.tokens)
+    assert chunks[-1].usage is not None and not chunks[-1].choices  # the usage chunk comes last
+
+
+async def test_async_official_client_streams_the_same_completion(cluster, models):
+    import openai
+
+    _, chat, _ = models
+    direct = chat.generate(MESSAGES, MAX_TOKENS)  # type: ignore[attr-defined]
+    client = openai.AsyncOpenAI(base_url=f"{cluster.nodes[0].api_url}/v1", api_key="unused", timeout=60,
+                                max_retries=0)
+    text, verified = "", []
+    with trio.fail_after(90):
+        stream = await client.chat.completions.create(
+            model=CHAT, messages=MESSAGES, max_tokens=MAX_TOKENS, stream=True,  # type: ignore[arg-type]
+            extra_body={"veilnet": {"stream": "verified"}},
+        )
+        async for chunk in stream:
+            assert chunk.model_extra is not None
+            progress = chunk.model_extra["veilnet"]
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+                # verified release: no text runs ahead of what the verifiers accepted
+                assert progress["verified_tokens"] > 0
+            verified.append(progress["verified_tokens"])
+    assert text == direct.text
+    assert verified == sorted(verified) and verified[-1] == len(direct.tokens)
+
+
+@pytest.fixture(scope="module")
+def faulty(cluster: JobCluster) -> dict[str, NodeProcess]:
+    nodes = {
+        "wrong-output": cluster.add_job_node(extra={"fault": "wrong-output"}),
+        "stalls": cluster.add_job_node(extra={"fault": "stall-mid-stream", "fault_slow_seconds": 120}),
+        "killed": cluster.add_job_node(extra={"fault": "stall-mid-stream", "fault_slow_seconds": 120}),
+    }
+    observer = cluster.nodes[0]
+    cluster.wait_until(lambda: all(cluster.serving(observer, n) for n in nodes.values()), "faulty nodes", 150)
+    return nodes
+
+
+def _until_primary(cluster: JobCluster, node: NodeProcess) -> list[dict[str, Any]]:
+    wanted = node.info["peer_id"]
+    for _ in range(ATTEMPTS):
+        events = _events(cluster)
+        if _primary_of(events) == wanted:
+            return events
+    raise AssertionError(f"node {node.index} was never drawn as primary in {ATTEMPTS} requests")
+
+
+def test_a_wrong_output_primary_is_cut_off_mid_stream_and_penalised(cluster, faulty):
+    events = _until_primary(cluster, faulty["wrong-output"])
+    error = events[-1]
+    assert error["error"]["code"] == "stream_rejected"
+    assert error["veilnet"]["rejected_at"] == 2  # the fault lies from token 2 on
+    assert not any(e.get("choices") and e["choices"][0]["finish_reason"] for e in events)
+    report = error["veilnet"]["report"]
+    wanted = faulty["wrong-output"].info["peer_id"]
+    assert {"peer_id": wanted, "offence": "wrong_output"} in [
+        {k: p[k] for k in ("peer_id", "offence")} for p in report["penalties"]
+    ]
+    assert report["stream"]["rejected_at"] == 2
+
+
+def test_a_stalled_primary_ends_the_stream_with_a_typed_error(cluster, faulty):
+    events = _until_primary(cluster, faulty["stalls"])
+    error = events[-1]
+    assert error["error"]["code"] == "primary_failed" and "sent nothing" in error["error"]["message"]
+    assert error["veilnet"]["generated_tokens"] >= 1  # the report says how far it got
+    assert error["veilnet"]["report"]["stream"]["generated_tokens"] == error["veilnet"]["generated_tokens"]
+
+
+def test_a_primary_killed_mid_stream_ends_the_stream_with_an_error(cluster, faulty):
+    victim = faulty["killed"]
+    wanted = victim.info["peer_id"]
+    body = {"model": CHAT, "messages": MESSAGES, "max_tokens": MAX_TOKENS, "stream": True}
+    for _ in range(ATTEMPTS):
+        events: list[dict[str, Any]] = []
+        with httpx.stream("POST", f"{cluster.nodes[0].api_url}/v1/chat/completions", json=body,
+                          timeout=90) as response:
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                events.append(json.loads(line[len("data: "):]))
+                if _primary_of(events) == wanted and victim.alive():
+                    victim.process.send_signal(signal.SIGKILL)  # dies with its tokens half sent
+                    victim.process.wait(10)
+                    killed_at = time.monotonic()
+        if not victim.alive() and _primary_of(events) == wanted:
+            break
+    else:
+        raise AssertionError(f"node {victim.index} was never drawn as primary in {ATTEMPTS} requests")
+    error = events[-1]
+    assert error["error"]["code"] == "primary_failed"
+    assert "sent nothing" not in error["error"]["message"]  # seen as a broken link, not a stall
+    assert time.monotonic() - killed_at < 60  # within the job's deadline
