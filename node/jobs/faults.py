@@ -8,6 +8,9 @@ evidence still verifies — exactly the case cross-checking exists for. Modes:
     are re-normalised (cosine ≈ 0.999, far outside the calibrated bound); generations get their
     last token replaced; verifier scores claim a large logit gap at one position.
     In a live chat stream every token from the third on is replaced as it is sent.
+``wrong-stream``
+    lies only in live chat streams, like ``wrong-output`` there, and is honest otherwise (so it is
+    not banned as a verifier before the tests draw it as a primary).
 ``stall-mid-stream``
     in a live chat stream, sends the first tokens and then goes silent for ``slow_seconds`` (a
     primary that hangs mid-generation); other jobs run normally.
@@ -63,6 +66,7 @@ class Fault(StrEnum):
     DROP_REVEAL = "drop-reveal"
     COPY = "copy"
     STALL_MID_STREAM = "stall-mid-stream"
+    WRONG_STREAM = "wrong-stream"
 
 
 class FaultRefused(RuntimeError):
@@ -141,7 +145,7 @@ def live_fault(config: FaultConfig | None, job_id: bytes, peer_id: bytes) -> Liv
     """The live-stream misbehaviour of ``config`` (None for an honest stream)."""
     if config is None:
         return None
-    if config.fault is Fault.WRONG_OUTPUT:
+    if config.fault in (Fault.WRONG_OUTPUT, Fault.WRONG_STREAM):
         return LiveFault(replace_from=LIVE_FAULT_FROM, seed=int(_rng(job_id, peer_id).integers(0, 1 << 16)))
     if config.fault is Fault.STALL_MID_STREAM:
         return LiveFault(stall_after=LIVE_FAULT_FROM, stall_seconds=config.slow_seconds)

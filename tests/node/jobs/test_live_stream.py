@@ -1,8 +1,8 @@
 """Live, verified chat streaming across real node processes (issue 13).
 
-Four honest executors serve the tiny chat model; node 0's API is the user's. Later tests add a
-``wrong-output`` primary (lies from token 2 on) and two that stall mid-stream (one is killed while
-it streams). A faulty node is only the primary when the rendezvous ranking picks it, so those
+Four honest executors serve the tiny chat model (only it: no embedding model to load); node 0's
+API is the user's. Later tests add a ``wrong-stream`` primary (lies from token 2 on, honest as a verifier) and one that
+stalls mid-stream, which the last test kills while it streams. A faulty node is only the primary when the rendezvous ranking picks it, so those
 tests stream fresh requests until it is (bounded), reading the primary from the chunks'
 ``veilnet`` object. Assertions are on event order and content, never on wall time.
 """
@@ -16,6 +16,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ import httpx
 import pytest
 import trio
 
-from node.testnet import NodeProcess
+from node.config import NodeConfig, load_node_config
+from node.testnet import NodeProcess, wait_for_info
 from tests.node.jobs.harness import models
-from tests.node.jobs.test_network import MODELS, JobCluster
+from tests.node.jobs.test_network import MODELS, ROUTER_EXTRA, JobCluster
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(420)]
 __all__ = ["models"]
@@ -36,12 +38,36 @@ MAX_TOKENS = 48
 ATTEMPTS = 40  # requests until a given faulty node is drawn as primary (1 in ~7 each)
 
 
+class LiveCluster(JobCluster):
+    """A testnet whose executors serve only the chat model."""
+
+    def _overrides(self, index: int, config: NodeConfig) -> NodeConfig:
+        return replace(super()._overrides(index, config), models=(CHAT,))
+
+    def add_job_node(self, *, extra: dict[str, Any], fault: Any = None) -> NodeProcess:
+        assert self.layout is not None
+        index = len(self.nodes)
+        template = load_node_config(self.layout.node_configs[0])
+        node_dir = self.root / f"node-{index}"
+        config = replace(
+            template, data_dir=node_dir, listen=("/ip4/127.0.0.1/tcp/0",), api="127.0.0.1:0", models=(CHAT,),
+            log_file=node_dir / "node.log", label=f"node-{index}", extra={**ROUTER_EXTRA, **extra},
+        )
+        path = node_dir / "node.toml"
+        config.save(path)
+        return self._spawn(index, path, ("--bootstrap", self.nodes[0].multiaddr))
+
+    def serving(self, observer: NodeProcess, peer: NodeProcess) -> bool:
+        wanted = peer.info["peer_id"]
+        return any(p["peer_id"] == wanted and p["models"] for p in self.peers(observer))
+
+
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[JobCluster]:
+def cluster() -> Iterator[LiveCluster]:
     root = Path(tempfile.mkdtemp(prefix="veilnet-live-"))
     previous_threads = os.environ.get("VEILNET_TORCH_THREADS")
     os.environ["VEILNET_TORCH_THREADS"] = "1"
-    c = JobCluster(root, 4, reannounce_seconds=4)
+    c = LiveCluster(root, 4, reannounce_seconds=4)
     try:
         c.start()
         c.wait_until(lambda: all(c.serving(c.nodes[0], n) for n in c.nodes[1:]), "4 executors serving", 120)
@@ -139,10 +165,11 @@ async def test_async_official_client_streams_the_same_completion(cluster, models
 @pytest.fixture(scope="module")
 def faulty(cluster: JobCluster) -> dict[str, NodeProcess]:
     nodes = {
-        "wrong-output": cluster.add_job_node(extra={"fault": "wrong-output"}),
+        "wrong-stream": cluster.add_job_node(extra={"fault": "wrong-stream"}),
         "stalls": cluster.add_job_node(extra={"fault": "stall-mid-stream", "fault_slow_seconds": 120}),
-        "killed": cluster.add_job_node(extra={"fault": "stall-mid-stream", "fault_slow_seconds": 120}),
     }
+    for node in nodes.values():
+        wait_for_info(node, 60)
     observer = cluster.nodes[0]
     cluster.wait_until(lambda: all(cluster.serving(observer, n) for n in nodes.values()), "faulty nodes", 150)
     return nodes
@@ -157,14 +184,14 @@ def _until_primary(cluster: JobCluster, node: NodeProcess) -> list[dict[str, Any
     raise AssertionError(f"node {node.index} was never drawn as primary in {ATTEMPTS} requests")
 
 
-def test_a_wrong_output_primary_is_cut_off_mid_stream_and_penalised(cluster, faulty):
-    events = _until_primary(cluster, faulty["wrong-output"])
+def test_a_lying_primary_is_cut_off_mid_stream_and_penalised(cluster, faulty):
+    events = _until_primary(cluster, faulty["wrong-stream"])
     error = events[-1]
     assert error["error"]["code"] == "stream_rejected"
     assert error["veilnet"]["rejected_at"] == 2  # the fault lies from token 2 on
     assert not any(e.get("choices") and e["choices"][0]["finish_reason"] for e in events)
     report = error["veilnet"]["report"]
-    wanted = faulty["wrong-output"].info["peer_id"]
+    wanted = faulty["wrong-stream"].info["peer_id"]
     assert {"peer_id": wanted, "offence": "wrong_output"} in [
         {k: p[k] for k in ("peer_id", "offence")} for p in report["penalties"]
     ]
@@ -180,7 +207,7 @@ def test_a_stalled_primary_ends_the_stream_with_a_typed_error(cluster, faulty):
 
 
 def test_a_primary_killed_mid_stream_ends_the_stream_with_an_error(cluster, faulty):
-    victim = faulty["killed"]
+    victim = faulty["stalls"]  # it stalls after two tokens: killed while its stream is open
     wanted = victim.info["peer_id"]
     body = {"model": CHAT, "messages": MESSAGES, "max_tokens": MAX_TOKENS, "stream": True}
     for _ in range(ATTEMPTS):
