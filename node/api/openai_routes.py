@@ -1,8 +1,9 @@
 """OpenAI-compatible endpoints on the node's local API, answered by cross-checked TEE executors.
 
 ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/embeddings``, ``POST /v1/chat/completions``
-(``stream: true`` as server-sent events: live by default, see ``chat_sse.py``) follow OpenAI's request contract (``openai_contract.py``: what is accepted, what is
-refused, and each refusal's status). Every
+(``stream: true`` as server-sent events: live by default, see ``chat_sse.py``) follow OpenAI's
+request contract (``openai_contract.py``: what is accepted, what is refused, and each refusal's
+status). Every
 answer carries a ``veilnet`` object — the verification report: job id, mode, executors (peer id,
 TEE kind and label, role, agreement), agreement figures and timings. ``GET /veilnet/v1/jobs/{id}``
 returns the report of a recent job, ``GET /veilnet/v1/jobs/{id}/receipt`` its signed receipt
@@ -40,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from node.api.chat_sse import ChatEventStream
 from node.api.openai_contract import (
     MAX_MAX_TOKENS,
     ApiError,
@@ -50,7 +52,6 @@ from node.api.openai_contract import (
     read_json_body,
     veilnet_options,
 )
-from node.api.chat_sse import ChatEventStream
 from node.api.receipt_route import receipt_route
 from node.api.token_count import TokenCounter
 from node.jobs.chat_stream import StreamEvent
@@ -226,7 +227,8 @@ def _live(router: Router, model: str, messages: list[dict[str, str]], max_tokens
     async def run(out: trio.MemorySendChannel[StreamEvent]) -> None:
         await router.chat_stream(model, messages, out, max_tokens=max_tokens, release=release, **options)
 
-    return ChatEventStream(run, completion_id="chatcmpl-" + os.urandom(12).hex(), model=model, created=created,
+    completion_id = "chatcmpl-" + os.urandom(12).hex()
+    return ChatEventStream(run, completion_id=completion_id, model=model, created=created,
                            include_usage=include_usage)
 
 

@@ -1,8 +1,9 @@
 """Live, verified chat streaming across real node processes (issue 13).
 
 Four honest executors serve the tiny chat model (only it: no embedding model to load); node 0's
-API is the user's. Later tests add a ``wrong-stream`` primary (lies from token 2 on, honest as a verifier) and one that
-stalls mid-stream, which the last test kills while it streams. A faulty node is only the primary when the rendezvous ranking picks it, so those
+API is the user's. Later tests add a ``wrong-stream`` primary (lies from token 2 on, honest as a
+verifier) and one that stalls mid-stream, which the last test kills while it streams. A faulty
+node is only the primary when the rendezvous ranking picks it, so those
 tests stream fresh requests until it is (bounded), reading the primary from the chunks'
 ``veilnet`` object. Assertions are on event order and content, never on wall time.
 """
@@ -110,7 +111,8 @@ def test_official_client_streams_live_deltas_before_the_primary_finished(cluster
 
     _, chat, _ = models
     direct = chat.generate(MESSAGES, MAX_TOKENS)  # type: ignore[attr-defined]
-    client = openai.OpenAI(base_url=f"{cluster.nodes[0].api_url}/v1", api_key="unused", timeout=60, max_retries=0)
+    base_url = f"{cluster.nodes[0].api_url}/v1"
+    client = openai.OpenAI(base_url=base_url, api_key="unused", timeout=60, max_retries=0)
     stream = client.chat.completions.create(
         model=CHAT, messages=MESSAGES, max_tokens=MAX_TOKENS, stream=True,  # type: ignore[arg-type]
         stream_options={"include_usage": True},
