@@ -164,6 +164,23 @@ async def test_async_official_client_streams_the_same_completion(cluster, models
     assert verified == sorted(verified) and verified[-1] == len(direct.tokens)
 
 
+def test_a_canary_in_a_streamed_prompt_never_appears_in_clear_outside_the_user_node(cluster):
+    canary = "CANARY-5b1e0d7a-live-stream"
+    body = {"model": CHAT, "messages": [{"role": "user", "content": f"my secret is {canary}"}],
+            "max_tokens": 24, "stream": True}
+    with httpx.stream("POST", f"{cluster.nodes[0].api_url}/v1/chat/completions", json=body, timeout=90) as r:
+        events = [json.loads(line[len("data: "):]) for line in r.iter_lines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+    final = [e for e in events if e.get("choices") and e["choices"][0]["finish_reason"]]
+    assert len(final) == 1 and final[0]["veilnet"]["report"]["status"] == "ok"
+    for node in cluster.nodes:
+        assert canary not in cluster.log_text(node), f"canary in node {node.index}'s log"
+        trace = node.data_dir / "frames.trace"
+        frames = trace.read_text() if trace.exists() else ""
+        assert canary.encode().hex() not in frames, f"canary in clear in node {node.index}'s frames"
+    assert (cluster.nodes[0].data_dir / "frames.trace").stat().st_size > 0  # the job did travel, sealed
+
+
 @pytest.fixture(scope="module")
 def faulty(cluster: JobCluster) -> dict[str, NodeProcess]:
     nodes = {

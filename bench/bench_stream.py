@@ -1,0 +1,125 @@
+"""Live chat streaming through a node's API against the same generation in-process (issue 13).
+
+Topology (real node processes on 127.0.0.1): node 0 is a client-only node (no model, so every
+token crosses libp2p), nodes 1–3 serve the tiny chat model; k = 3 (one primary, two verifiers
+re-scoring the growing prefix). Same prompt, same model, measured interleaved in the same run.
+
+Rows:
+- time to first token via the API (request sent → first content delta over SSE), p50, against
+  in-process ``generate`` (call → first ``on_token``). Goal: ≤ in-process + 10 ms.
+- tokens/s via the API (completion tokens / time from request to the last delta) against
+  in-process (tokens / generate time). Goal ≥ 0.8×.
+- verification lag: generated − verified tokens on each delta, p50 and p95.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import Result, quick
+from bench.bench_jobs import _Network, _percentile
+from node.config import NodeConfig
+from node.testnet import snapshot_code
+
+MODEL = "veilnet-tiny-random-lm"
+MESSAGES = [{"role": "user", "content": "Tell me about enclaves."}]
+MAX_TOKENS = 48
+SAMPLES = int(quick(20, 5))
+
+
+class _ChatNetwork(_Network):
+    def _overrides(self, index: int, config: NodeConfig) -> NodeConfig:
+        models = () if index == 0 else (MODEL,)
+        extra = {"deadline_s": 60, "commit_timeout_s": 30}
+        return replace(config, log_level="WARNING", models=models, extra=extra)
+
+    def providers(self) -> int:
+        try:
+            data = self.http.get(f"{self.nodes[0].api_url}/v1/models").json()["data"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            return 0
+        return sum(entry["veilnet"]["attested_providers"] for entry in data if entry["id"] == MODEL)
+
+    def stream(self) -> tuple[float, float, int, list[int]]:
+        """(seconds to the first delta, seconds to the last delta, tokens, lag per delta)."""
+        body = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS, "stream": True,
+                "veilnet": {"replicas": 3}}
+        first = last = None
+        lags: list[int] = []
+        tokens = 0
+        started = time.perf_counter()
+        with self.http.stream("POST", f"{self.nodes[0].api_url}/v1/chat/completions", json=body) as response:
+            for line in response.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                event = json.loads(line[len("data: "):])
+                if "error" in event:
+                    raise RuntimeError(f"stream failed: {event['error']}")
+                progress = event.get("veilnet", {})
+                if event["choices"] and event["choices"][0]["delta"].get("content"):
+                    now = time.perf_counter()
+                    first = now if first is None else first
+                    last = now
+                    lags.append(progress["generated_tokens"] - progress["verified_tokens"])
+                if event["choices"] and event["choices"][0]["finish_reason"]:
+                    tokens = progress["generated_tokens"]
+        assert first is not None and last is not None and tokens
+        return first - started, last - started, tokens, lags
+
+
+def _in_process(runtime: Any) -> tuple[float, float, int]:
+    """(seconds to the first token, seconds for the whole generation, tokens) in this process."""
+    marks: list[float] = []
+    started = time.perf_counter()
+    generation = runtime.generate(
+        MESSAGES, MAX_TOKENS, on_token=lambda _t, _s: marks.append(time.perf_counter())
+    )
+    return marks[0] - started, time.perf_counter() - started, len(generation.tokens)
+
+
+def run() -> list[Result]:
+    from node.runtime import load_runtime
+
+    runtime = load_runtime(MODEL)
+    for _ in range(3):
+        _in_process(runtime)
+    with tempfile.TemporaryDirectory(prefix="veilnet-bench-stream-") as tmp:
+        root = Path(tmp)
+        network = _ChatNetwork(root / "testnet", snapshot_code(root / "code"))
+        try:
+            network.start(executors=3)
+            for _ in range(3):
+                network.stream()
+            api_first, api_rate, local_first, local_rate, lags = [], [], [], [], []
+            for _ in range(SAMPLES):
+                first, last, tokens, lag = network.stream()
+                api_first.append(first)
+                api_rate.append(tokens / last)
+                lags.extend(lag)
+                first, total, tokens = _in_process(runtime)
+                local_first.append(first)
+                local_rate.append(tokens / total)
+        finally:
+            network.close()
+    ms = 1000.0
+    ttft, ttft_local = statistics.median(api_first), statistics.median(local_first)
+    rate, rate_local = statistics.median(api_rate), statistics.median(local_rate)
+    return [
+        Result("chat live k=3: time to first token via API, p50", ttft * ms, "ms", ttft_local * ms,
+               "in-process first token, p50", ttft / ttft_local, "≤ in-process + 10 ms"),
+        Result("chat live k=3: TTFT overhead (API p50 − in-process p50)", (ttft - ttft_local) * ms, "ms",
+               goal="≤ 10 ms"),
+        Result("chat live k=3: tokens/s via API, p50", rate, "tokens/s", rate_local,
+               "in-process tokens/s, p50", rate / rate_local, "≥ 0.8×"),
+        Result("chat live k=3: verification lag, p50", float(statistics.median(lags)), "tokens"),
+        Result("chat live k=3: verification lag, p95", float(_percentile([float(x) for x in lags], 0.95)),
+               "tokens"),
+    ]
