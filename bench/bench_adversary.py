@@ -61,6 +61,7 @@ def _revive(cluster: Cluster) -> bool:
     every executor is attested again at node 0."""
     for node in list(cluster.honest):
         if not node.alive():
+            print(f"    node {node.index} was dead; restarting it", flush=True)
             args = ("--bootstrap", cluster.nodes[1 if node.index == 0 else 0].multiaddr)
             wait_for_info(cluster._spawn(node.index, node.config_path, args))
     try:

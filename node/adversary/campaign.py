@@ -89,8 +89,10 @@ def observe_attack(
     scale: float = 1.0,
     code_root: Path | None = None,
     grace: float = 60.0,
+    linger: float = 3.0,
 ) -> AttackRun:
-    """Run ``attack`` against ``target`` and watch ``nodes`` ((pid, api_url)) until it has finished."""
+    """Run ``attack`` against ``target`` and watch ``nodes`` ((pid, api_url)) until it has finished,
+    and ``linger`` seconds more (a node takes a moment to exit after a fatal input)."""
     observer = Observer(nodes, honest)
     observer.start()
     process = attack_process(
@@ -103,6 +105,7 @@ def observe_attack(
         output, _ = process.communicate()
         output += f"\n(attacker killed after {duration + grace:.0f} s)"
     finally:
+        time.sleep(linger)  # a node that is dying (or freezing) because of the attack shows it now
         observation = observer.stop()
     outcome: dict[str, Any] = {}
     for line in output.splitlines():

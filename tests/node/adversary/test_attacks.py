@@ -192,6 +192,7 @@ def test_attack_is_survived_contained_and_counted(testnet: Testnet, case: Case) 
         duration=case.duration, scale=case.scale, code_root=cluster.code_root,
     )  # fmt: skip
     observation = run.observation
+    print(f"{case.attack}: {run.row()} {run.outcome}")  # the per-attack figures, shown with -rP
     after = cluster.metrics(target)
     grew = sorted(name for name in after if after[name] > before.get(name, 0.0) and "_total" in name)
     why = _explain(run, cluster) + f"\ntarget counters that grew: {grew}"
