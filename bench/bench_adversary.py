@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
+
 from bench import Result
 from node.adversary.attacks import ATTACKS
 from node.adversary.campaign import AttackRun, observe_attack
@@ -57,13 +59,21 @@ def _nodes(cluster: Cluster) -> list[tuple[int, str]]:
 
 
 def _revive(cluster: Cluster) -> bool:
-    """Restart dead nodes (node 0 bootstraps from node 1: its OS-assigned port changed); True when
-    every executor is attested again at node 0."""
+    """Restart dead nodes and frozen ones (no /healthz answer in 5 s); node 0 bootstraps from node 1,
+    as its OS-assigned port changes. True when every executor is attested again at node 0."""
     for node in list(cluster.honest):
-        if not node.alive():
+        if node.alive():
+            try:
+                httpx.get(f"{node.api_url}/healthz", timeout=5.0).raise_for_status()
+                continue
+            except httpx.HTTPError:
+                print(f"    node {node.index} was frozen; restarting it", flush=True)
+                node.process.kill()
+                node.process.wait()
+        else:
             print(f"    node {node.index} was dead; restarting it", flush=True)
-            args = ("--bootstrap", cluster.nodes[1 if node.index == 0 else 0].multiaddr)
-            wait_for_info(cluster._spawn(node.index, node.config_path, args))
+        args = ("--bootstrap", cluster.nodes[1 if node.index == 0 else 0].multiaddr)
+        wait_for_info(cluster._spawn(node.index, node.config_path, args))
     try:
         cluster.wait_until(lambda: _serving(cluster), "every executor attested again", timeout=90)
     except ClusterTimeout:
