@@ -13,10 +13,13 @@ Rows:
   executor (the others are stopped), against in-process batched inference (batches of 32) on the
   same cores. Goal: at least 0.8×. One-text jobs are the worst case (every job pays HTTP, routing,
   sealing and three libp2p messages in Python); a second row sends 16-text jobs and counts texts/s.
+- 1, 4 and 32 concurrent clients of k=1 jobs on the three executors: jobs/s and p95 against one
+  client (throughput must not fall as clients arrive; p95 at 4 clients within 2× of one client).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
@@ -137,32 +140,61 @@ def _batched_rate(runtime: Any, window: float) -> float:
 
 async def _saturate(url: str, texts_per_job: int = 1, concurrency: int = CONCURRENCY) -> float:
     """Jobs per second with ``concurrency`` clients sending k=1 jobs back to back."""
+    rate, _ = await _clients(url, texts_per_job, concurrency)
+    return rate
+
+
+async def _clients(url: str, texts_per_job: int, concurrency: int) -> tuple[float, list[float]]:
+    """(jobs per second, each job's latency in s) with ``concurrency`` clients sending k=1 jobs."""
     body = {"model": MODEL, "input": [TEXT] * texts_per_job, "veilnet": {"replicas": 1}}
     done = 0
     failed = 0
-    deadline = trio.current_time() + THROUGHPUT_WINDOW
+    latencies: list[float] = []
+    deadline = math.inf  # set once the path is warm: warm-up must not eat the window
 
     async with httpx.AsyncClient(timeout=120.0, limits=httpx.Limits(max_connections=concurrency)) as client:
 
         async def worker() -> None:
             nonlocal done, failed
             while trio.current_time() < deadline:
+                sent = trio.current_time()
                 response = await client.post(f"{url}/v1/embeddings", json=body)
                 if response.status_code == 200:
                     done += 1
+                    latencies.append(trio.current_time() - sent)
                 else:
                     failed += 1
 
         for _ in range(3):  # warm the path (connections, job streams)
             await client.post(f"{url}/v1/embeddings", json=body)
         started = trio.current_time()
+        deadline = started + THROUGHPUT_WINDOW
         async with trio.open_nursery() as nursery:
             for _ in range(concurrency):
                 nursery.start_soon(worker)
         elapsed = trio.current_time() - started
     if failed > done:
         raise RuntimeError(f"{failed} of {done + failed} jobs failed at saturation")
-    return done / elapsed
+    return done / elapsed, latencies
+
+
+def _client_rows(url: str) -> list[Result]:
+    """Throughput and p95 with 1, 4 and 32 concurrent clients on the 3-executor network: adding
+    clients must not lower throughput, and p95 at 4 clients should stay within 2× of 1 client."""
+    rows: list[Result] = []
+    one_rate, one_latencies = trio.run(_clients, url, 1, 1)
+    one_p95 = _percentile(one_latencies, 0.95) if one_latencies else float("nan")
+    rows.append(Result("clients 1, k=1 jobs, 3 executors", one_rate, "jobs/s", goal="informational"))
+    for clients in (4, 32):
+        rate, latencies = trio.run(_clients, url, 1, clients)
+        rows.append(Result(f"clients {clients}, k=1 jobs, 3 executors", rate, "jobs/s", one_rate,
+                           "1 client, jobs/s", rate / one_rate if one_rate else float("nan"),
+                           "≥ 1× (no fall as clients are added)"))
+        p95 = _percentile(latencies, 0.95) if latencies else float("nan")
+        rows.append(Result(f"clients {clients}, k=1 jobs, 3 executors, p95", p95 * 1000.0, "ms",
+                           one_p95 * 1000.0, "1 client, p95", p95 / one_p95,
+                           "≤ 2× at 4 clients" if clients == 4 else "informational"))
+    return rows
 
 
 def run() -> list[Result]:
@@ -181,6 +213,7 @@ def run() -> list[Result]:
                 k1.append(network.timed(1))
                 single.append(_embed_once(runtime))
                 k3.append(network.timed(3))
+            client_rows = _client_rows(network.nodes[0].api_url)
             # saturation against one executor: stop the other two so every job lands on node 1
             stop_processes(network.nodes[2:])
             network.nodes = network.nodes[:2]
@@ -214,4 +247,5 @@ def run() -> list[Result]:
         Result(f"throughput at saturation, k=1, 1 executor, {MULTI}-text jobs", multi_rate * MULTI,
                "texts/s", batched_rate, f"in-process batched ({BATCH}) texts/s",
                multi_rate * MULTI / batched_rate, "≥ 0.8×"),
+        *client_rows,
     ]
