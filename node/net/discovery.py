@@ -51,6 +51,10 @@ MODEL_KEY_PREFIX = "/veilnet/model/"
 _KEEPER_FAST_INTERVAL = 1.0  # while lookups keep finding new peers
 _KEEPER_INTERVAL = 10.0  # at target: only check that we still are
 _KEEPER_MAX_INTERVAL = 60.0
+# Below target while peers we know (with addresses) are not connected: a partition that may heal,
+# or peers restarting. Retrying them this often lets registries merge within ~10 s of a heal
+# (the simulation's partition check asks for 30 s); the cost is one bounded dial per such peer.
+_KEEPER_RETRY_INTERVAL = 8.0
 _REPROVIDE_INTERVAL = 120.0
 _LOOKUP_TIMEOUT = 10.0
 _MAX_PARALLEL_DIALS = 8
@@ -211,6 +215,7 @@ class Discovery:
         A lookup that teaches us no new peer means we already know every peer we can reach (a
         network smaller than ``target_peers``); the interval then doubles (1 s up to 60 s), so a
         small network is not flooded with lookups, and drops back to 1 s when a peer appears.
+        While known peers stay unreached (a partition, a restart) it doubles only up to 8 s.
         """
         await self.bootstrap_once()
         await self._join_lookup()
@@ -229,7 +234,8 @@ class Discovery:
             if self._known_peers() - known_before:
                 interval = _KEEPER_FAST_INTERVAL
             else:
-                interval = min(interval * 2, _KEEPER_MAX_INTERVAL)
+                cap = _KEEPER_RETRY_INTERVAL if self._unreached_peers() else _KEEPER_MAX_INTERVAL
+                interval = min(interval * 2, cap)
 
     def _unwire_auto_connector_refresh(self) -> None:
         """Stop py-libp2p's auto-connector from forcing DHT random walks.
@@ -260,16 +266,20 @@ class Discovery:
         if len(connected) < self.target_peers:
             await self._dial_known_peers(self.target_peers - len(connected))
 
-    async def _dial_known_peers(self, how_many: int) -> None:
+    def _unreached_peers(self) -> list[ID]:
+        """Known peers with addresses that we are not connected to (dial candidates)."""
         me = self.host.get_id()
         connected = set(self.connected())
-        peerstore = self.host.get_peerstore()
-        known = set(self.dht.routing_table.get_peer_ids()) | set(peerstore.peers_with_addrs())
         # A departed peer's addresses expire (120 s TTL) while it stays in the routing table:
         # known_addrs() answers [] for it instead of raising (issue 9).
-        candidates = [
-            peer for peer in known if peer != me and peer not in connected and known_addrs(self.host, peer)
+        return [
+            peer
+            for peer in self._known_peers()
+            if peer != me and peer not in connected and known_addrs(self.host, peer)
         ]
+
+    async def _dial_known_peers(self, how_many: int) -> None:
+        candidates = self._unreached_peers()
         random.shuffle(candidates)
         chosen = candidates[:how_many]
         if not chosen:
