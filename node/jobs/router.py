@@ -16,6 +16,10 @@ Beside it, one concept each: ``chat_flow`` (chat's generate-then-score phases), 
 long-lived job stream per executor), ``standing`` (reputation on disk, load), ``reports``
 (verification reports), ``voters``, ``phase`` (the values a job carries), ``network_view`` (what
 the router needs from the node) and ``errors``.
+
+Why one module over 500 lines: submission (embeddings, chat, the live chat stream's entry) and
+the phase driver share one job's state and its deadline; each piece that could stand alone already
+lives beside it (``chat_stream`` holds the live stream's reader).
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ lists are hints: the router must confirm each peer against the attested registry
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import random
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import multiaddr
 import trio
-from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import IHost
 from libp2p.discovery.mdns.mdns import MDNSDiscovery, create_mdns_discovery
 from libp2p.kad_dht.kad_dht import PROTOCOL_ID as KAD_PROTOCOL_ID
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
@@ -36,6 +35,7 @@ from node.metrics import Metrics
 from node.net import guard as net_guard
 from node.net.dht_answers import bound_find_node_answers
 from node.net.dht_limits import VeilnetRecordValidator, rate_limited_handler
+from node.net.events import PeerEvents
 from node.net.host import DIAL_TIMEOUT, dial, dial_explained
 from node.net.peerstore import known_addrs
 
@@ -81,33 +81,6 @@ def _text_dht_key(key: str) -> bytes:
     return b"\x12\x20" + hashlib.sha256(key.encode()).digest()
 
 
-class _ConnectionEvents(INotifee):
-    """Forwards connect events to the discovery task without blocking the swarm."""
-
-    def __init__(self, send: trio.MemorySendChannel[ID]) -> None:
-        self._send = send
-
-    async def connected(self, network: INetwork, conn: INetConn) -> None:
-        # When full or closed, drop: the keeper loop reconciles from the live connection list.
-        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            self._send.send_nowait(conn.muxed_conn.peer_id)
-
-    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        return None
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None
-
-    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None
-
-
 class Discovery:
     """Keeps the node connected and the DHT populated; announces and finds model providers."""
 
@@ -148,7 +121,7 @@ class Discovery:
         self._provided: set[str] = set()
         self._provide_now = trio.Event()
         self._connect_events_send, self._connect_events = trio.open_memory_channel[ID](256)
-        host.get_network().register_notifee(_ConnectionEvents(self._connect_events_send))
+        host.get_network().register_notifee(PeerEvents(self._connect_events_send, on="connected"))
         self._mdns: MDNSDiscovery | None = None
         self._connect_listeners: list[Callable[[ID], None]] = []
         self.dials = metrics.counter("veilnet_dials_total", "Outbound dials, by outcome", ("outcome",))

@@ -24,13 +24,14 @@ import os
 
 import multiaddr
 import trio
-from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import IHost
 from libp2p.custom_types import TProtocol
 from libp2p.host.ping import ID as PING_PROTOCOL_ID
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from node.metrics import Metrics
+from node.net.events import PeerEvents
 from node.net.host import dial
 from node.net.limits import LimitSettings
 from node.net.peerstore import known_addrs
@@ -54,7 +55,7 @@ class Liveness:
         self._timeout = settings.liveness_timeout_seconds
         self._send, self._disconnects = trio.open_memory_channel[ID](256)
         self._checking: set[bytes] = set()
-        host.get_network().register_notifee(_DisconnectEvents(self._send))
+        host.get_network().register_notifee(PeerEvents(self._send, on="disconnected"))
         self.checks = metrics.counter(
             "veilnet_liveness_checks_total", "Liveness checks of registered peers, by outcome", ("outcome",)
         )
@@ -134,25 +135,3 @@ class Liveness:
         return False
 
 
-class _DisconnectEvents(INotifee):
-    def __init__(self, send: trio.MemorySendChannel[ID]) -> None:
-        self._send = send
-
-    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            self._send.send_nowait(conn.muxed_conn.peer_id)
-
-    async def connected(self, network: INetwork, conn: INetConn) -> None:
-        return None
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None
-
-    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None
