@@ -191,28 +191,34 @@ class ChatRuntime(ModelRuntime):
             raise InvalidInput("empty prompt")
         if not claimed:
             raise InvalidInput("no tokens to score")
-        if any(t < 0 or t >= self.vocab_size for t in claimed) or any(
-            t < 0 or t >= self.vocab_size for t in prompt_ids
-        ):
-            raise InvalidInput(f"token ids must lie in [0, {self.vocab_size})")
+        if any(t < 0 or t >= self.vocab_size for t in prompt_ids):
+            raise InvalidInput(f"prompt token ids must lie in [0, {self.vocab_size})")
         total = len(prompt_ids) + len(claimed)
         if total > self.context_length:
             raise InvalidInput(f"{total} tokens exceed the context of {self.context_length}")
+        # A claimed token outside the vocabulary is a claim this model can never make: it is the
+        # claimant's fault, not a bad request, so it is scored as rejected (worst rank, largest
+        # finite gap) and a stand-in id feeds the forward pass for the positions after it.
+        outside = [i for i, t in enumerate(claimed) if t < 0 or t >= self.vocab_size]
+        feed = [t if 0 <= t < self.vocab_size else 0 for t in claimed]
         with self._lock, torch.inference_mode():
-            ids = torch.tensor([list(prompt_ids) + claimed], dtype=torch.long)
+            ids = torch.tensor([list(prompt_ids) + feed], dtype=torch.long)
             logits = self._model(input_ids=ids, use_cache=False).logits[0].float()
             # Position p predicts token p+1: claimed token i is predicted at len(prompt)-1+i.
             window = logits[len(prompt_ids) - 1 : total - 1]
-            target = torch.tensor(claimed, dtype=torch.long)
+            target = torch.tensor(feed, dtype=torch.long)
             claimed_logit = window.gather(1, target[:, None])[:, 0]
             ranks = (window > claimed_logit[:, None]).sum(dim=1)
             gaps = window.max(dim=1).values - claimed_logit
             logprobs = torch.log_softmax(window, dim=1).gather(1, target[:, None])[:, 0]
-        return TokenScores(
-            ranks=ranks.numpy().astype(np.uint32),
-            gaps=gaps.numpy().astype(np.float32),
-            logprobs=logprobs.numpy().astype(np.float32),
-        )
+        rank_array = ranks.numpy().astype(np.uint32)
+        gap_array = gaps.numpy().astype(np.float32)
+        logprob_array = logprobs.numpy().astype(np.float32)
+        if outside:
+            rank_array[outside] = self.vocab_size
+            gap_array[outside] = np.finfo(np.float32).max
+            logprob_array[outside] = np.finfo(np.float32).min
+        return TokenScores(ranks=rank_array, gaps=gap_array, logprobs=logprob_array)
 
 
 def prompt_bytes(prompt: Prompt) -> int:

@@ -82,8 +82,6 @@ def test_bad_requests_are_typed(lm: ChatRuntime) -> None:
     with pytest.raises(InvalidInput):
         lm.score(MESSAGES, [])
     with pytest.raises(InvalidInput):
-        lm.score(MESSAGES, [lm.vocab_size])
-    with pytest.raises(InvalidInput):
         lm.score(MESSAGES, [1] * lm.context_length)
     with pytest.raises(InvalidInput):
         lm.encode_prompt([{"role": "wizard", "content": "x"}])
@@ -97,3 +95,14 @@ def test_bad_requests_are_typed(lm: ChatRuntime) -> None:
     near_full = "word " * (lm.context_length - 3)
     generation = lm.generate(near_full, 50)  # clamped to the context
     assert len(generation.prompt_tokens) + len(generation.tokens) <= lm.context_length
+
+
+def test_a_claimed_token_outside_the_vocabulary_is_scored_as_rejected_not_refused(lm: ChatRuntime) -> None:
+    """Such a claim is the claimant's fault (a lying primary), so verifiers answer with a verdict."""
+    generation = lm.generate(MESSAGES, 8)
+    claimed = list(generation.tokens)
+    claimed[2] = lm.vocab_size + 7
+    scores = lm.score_ids(generation.prompt_tokens, claimed)
+    assert int(scores.ranks[2]) == lm.vocab_size and scores.ranks[:2].tolist() == [0, 0]
+    verdict = check_token_scores(*decode_token_scores(*encode_token_scores(scores.ranks, scores.gaps), 8))
+    assert not verdict.accepted and verdict.first_rejected == 2
