@@ -267,7 +267,7 @@ def test_a_second_node_on_a_locked_data_dir_is_refused_and_named(tmp_path: Path,
 
 @pytest.mark.network
 def test_ctrl_c_during_testnet_start_up_stops_within_seconds_with_exit_130(tmp_path: Path) -> None:
-    process = _veilnet("testnet", "up", "--nodes", "2", "--api-port", "0", "--model", "none",
+    process = _veilnet("testnet", "up", "--nodes", "4", "--api-port", "0", "--model", "none",
                        "--data-dir", str(tmp_path / "tn"), cwd=tmp_path)
     try:
         deadline = time.monotonic() + 60
@@ -285,6 +285,9 @@ def test_ctrl_c_during_testnet_start_up_stops_within_seconds_with_exit_130(tmp_p
             process.wait()
     assert process.returncode == 130, (out, err)
     assert took < 8.0, f"stopped {took:.1f} s after Ctrl-C"
-    assert "stopping the testnet during start-up" in out
+    # Signalled as node 0 appears, start-up is almost always still running; on a machine slow enough
+    # to finish it first, the same signal must still stop everything the same way (asserted above).
+    if "Veilnet testnet" not in out:
+        assert "stopping the testnet during start-up" in out
     assert "-9" not in out  # no node needed SIGKILL
 
