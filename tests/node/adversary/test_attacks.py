@@ -118,6 +118,7 @@ def _serving(cluster: Cluster) -> bool:
 
 @dataclass
 class Testnet:
+    __test__ = False  # a fixture's value, not a test class
     cluster: ModelCluster
 
     def nodes(self) -> list[tuple[int, str]]:
