@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test,dev,sim]'
+	$(BIN)/pip install --quiet --no-deps $$($(BIN)/python -c \
+	  'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["veilnet"]["no-deps"])')
 	touch $(STAMP)
 
 run: $(STAMP)

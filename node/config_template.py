@@ -38,7 +38,8 @@ api = "127.0.0.1:8700"
 mdns = false
 
 # Models this node serves as an executor (needs attestation): embedded names
-# (all-MiniLM-L6-v2, veilnet-tiny-random-lm) or local Hugging Face directories with safetensors.
+# (all-MiniLM-L6-v2, SmolLM2-135M-Instruct, veilnet-tiny-random-lm) or local Hugging Face directories
+# with safetensors.
 models = []
 
 # Attestation evidence: "auto" (a real TEE if present, else simulated when the testnet

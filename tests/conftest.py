@@ -8,7 +8,9 @@ use ``@decoder_settings()`` so their example count follows the active profile.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 _COMMON = {
@@ -32,3 +34,12 @@ DECODER_EXAMPLES = 10_000 if PROFILE == "ci" else 300
 def decoder_settings() -> settings:
     """Settings for a decoder property test: the profile's defaults with the decoder example count."""
     return settings(max_examples=DECODER_EXAMPLES)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct converted once per test session (about a minute on 2 cores), in a
+    models directory of its own: every test that needs the real chat model shares it."""
+    from node.runtime.smollm2 import SMOLLM2_NAME, ensure_smollm2
+
+    return ensure_smollm2(tmp_path_factory.mktemp("smollm2-models") / SMOLLM2_NAME)

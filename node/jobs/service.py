@@ -333,7 +333,11 @@ def _load_runtime(name: str) -> ModelRuntime:
 
 
 _HINT_INTERVAL = 30.0  # seconds between background DHT provider lookups per model
-_EMBEDDED_TASKS = {"all-MiniLM-L6-v2": "embeddings", "veilnet-tiny-random-lm": "chat"}
+_EMBEDDED_TASKS = {
+    "all-MiniLM-L6-v2": "embeddings",
+    "SmolLM2-135M-Instruct": "chat",
+    "veilnet-tiny-random-lm": "chat",
+}
 
 
 def _warm_up(runtime: ModelRuntime) -> None:
@@ -358,11 +362,10 @@ def _embedded_model_ids() -> dict[str, str]:
     except Exception as exc:
         log.debug("no packaged all-MiniLM-L6-v2: %s", exc)
     models_dir = os.environ.get("VEILNET_MODELS_DIR")
-    tiny = (Path(models_dir) if models_dir else Path.home() / ".cache" / "veilnet" / "models") / (
-        "veilnet-tiny-random-lm"
-    )
-    if (tiny / "config.json").is_file():
-        candidates.append(("veilnet-tiny-random-lm", tiny))
+    store = Path(models_dir) if models_dir else Path.home() / ".cache" / "veilnet" / "models"
+    for generated in ("SmolLM2-135M-Instruct", "veilnet-tiny-random-lm"):
+        if (store / generated / "config.json").is_file():
+            candidates.append((generated, store / generated))
     ids: dict[str, str] = {}
     for name, path in candidates:
         try:

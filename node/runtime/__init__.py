@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         minilm_dir,
         resolve_model_dir,
     )
+    from node.runtime.smollm2 import SMOLLM2_NAME, ensure_smollm2
     from node.runtime.tiny_lm import TINY_LM_NAME, ensure_tiny_lm
 
 _LAZY = {
@@ -50,6 +51,8 @@ _LAZY = {
     "load_runtime": "node.runtime.loader",
     "minilm_dir": "node.runtime.loader",
     "resolve_model_dir": "node.runtime.loader",
+    "SMOLLM2_NAME": "node.runtime.smollm2",
+    "ensure_smollm2": "node.runtime.smollm2",
     "TINY_LM_NAME": "node.runtime.tiny_lm",
     "ensure_tiny_lm": "node.runtime.tiny_lm",
 }
@@ -58,6 +61,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_MODELS",
     "MINILM_NAME",
+    "SMOLLM2_NAME",
     "TINY_LM_NAME",
     "BatchFailed",
     "BatcherClosed",
@@ -77,6 +81,7 @@ __all__ = [
     "UnsupportedModel",
     "default_models_dir",
     "detect_task",
+    "ensure_smollm2",
     "ensure_tiny_lm",
     "load_runtime",
     "minilm_dir",

