@@ -10,6 +10,10 @@ equal to our 32-byte GPU binding (constant time); reference measurements from RI
 Revocation needs NVIDIA's OCSP service, so offline it is recorded as ``"not checked"`` and the
 ``require_ocsp`` policy key (default true) decides.
 
+A chain link (certificate, issuer) whose signature verified is remembered by the two certificates'
+digests (``issuer_links``): k GPUs share their upper links, and a node sees the same chains each
+epoch. Validity windows, names and the SPDM signature are checked on every call.
+
 Endorsements: ``cert_chain`` (PEM, leaf first), optional ``rim*`` keys (SWID tag XML each) and
 ``arch`` (informational; the architecture is taken from the leaf certificate).
 
@@ -22,6 +26,7 @@ without RIMs), ``allowed_archs`` (default both).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from cryptography import x509
@@ -32,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from protocol.attestation import allowlist, der
 from protocol.attestation.evidence import Evidence, EvidenceKind, EvidenceVerdict, Reason
+from protocol.attestation.issuer_links import verify_issued_by
 from protocol.attestation.nvidia_rim import Rim, RimError, parse_rim
 from protocol.attestation.roots import fingerprint, nvidia_device_root
 from protocol.attestation.spdm import (
@@ -98,12 +104,21 @@ def device_id(leaf: x509.Certificate) -> str:
     return str(serials[0].value) if serials else ""
 
 
+@lru_cache(maxsize=256)
+def load_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
+    """Parsed once per distinct chain (a GPU presents the same one every epoch); immutable."""
+    return tuple(x509.load_pem_x509_certificates(pem))
+
+
 class MissingExtension(ValueError):
     """The leaf certificate lacks the extension that carries its FWID."""
 
 
+@lru_cache(maxsize=256)
 def leaf_fwid(leaf: x509.Certificate, arch: str) -> bytes:
     """The FWID the leaf certificate vouches for, read where NVIDIA's verifier reads it for ``arch``.
+
+    Remembered per (certificate, arch): a pure function of the certificate's DER.
 
     Hopper: the TCG DICE TcbInfo extension 2.23.133.5.4.1, whose FWID is its last 48 bytes (we
     walk the DER and take the last FWID). Blackwell: the DiceTcbInfo extension 2.23.133.5.4.1.1,
@@ -122,6 +137,12 @@ def leaf_fwid(leaf: x509.Certificate, arch: str) -> bytes:
     if not fwids:
         raise ValueError(f"{oid.dotted_string} extension lists no FWID")
     return fwids[0][1] if arch == "BLACKWELL" else fwids[-1][1]
+
+
+def forget_parsed() -> None:
+    """Empty the parse caches (benchmarks measure a cold process this way)."""
+    load_chain.cache_clear()
+    leaf_fwid.cache_clear()
 
 
 class NvidiaGpuVerifier:
@@ -197,7 +218,7 @@ class NvidiaGpuVerifier:
         if len(pem) > MAX_CHAIN_SIZE:
             raise _Refusal(Reason.MALFORMED, "certificate chain too large")
         try:
-            chain = x509.load_pem_x509_certificates(pem)
+            chain = load_chain(pem)
         except ValueError as exc:
             raise _Refusal(
                 Reason.MALFORMED, f"certificate chain unreadable: {der.x509_problem(exc)}"
@@ -211,7 +232,7 @@ class NvidiaGpuVerifier:
         for i, cert in enumerate(path):
             if i + 1 < len(path):
                 try:
-                    cert.verify_directly_issued_by(path[i + 1])
+                    verify_issued_by(cert, path[i + 1])
                 except (InvalidSignature, ValueError, TypeError) as exc:
                     issuer = path[i + 1].subject.rfc4514_string()
                     subject = cert.subject.rfc4514_string()

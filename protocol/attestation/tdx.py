@@ -11,6 +11,9 @@ Order of checks, and why:
 5. appraisal against the ``[tdx]`` policy section: TCB status and advisories, platform flags,
    debug, measurement allow-lists, and REPORTDATA equal to our binding (constant time).
 
+What is remembered between calls: the parsed collateral (per distinct collateral bytes: every
+quote of an FMSPC comes with the same) and parsed PCK chains; never a verdict or a time decision.
+
 Policy keys (all optional): ``allowed_tcb_statuses`` (default ``["UpToDate"]``; an empty list
 or an unknown status is a policy error),
 ``rejected_advisories``, ``allow_dynamic_platform`` / ``allow_cached_keys`` / ``allow_smt``
@@ -146,6 +149,28 @@ def _load_pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
         return ()  # unreadable: dcap-qvl refuses the chain with its own reason
 
 
+@lru_cache(maxsize=64)
+def _collateral_info(raw: bytes) -> CollateralInfo:
+    """Parsed once per distinct collateral: every quote of an FMSPC comes with the same one.
+
+    Parsing decides nothing about time (``CollateralInfo.window_error`` takes ``now``), and the
+    result is immutable; a refusal raises and is not remembered.
+    """
+    return parse_collateral(raw)
+
+
+@lru_cache(maxsize=64)
+def _dcap_collateral(text: str) -> dcap_qvl.QuoteCollateralV3:
+    """dcap-qvl's own form of the collateral, built once per distinct text (its fields are read-only)."""
+    return dcap_qvl.QuoteCollateralV3.from_json(text)
+
+
+def forget_parsed() -> None:
+    """Empty the parse caches above (benchmarks measure a cold process this way)."""
+    for cached in (_load_pck_chain, _collateral_info, _dcap_collateral):
+        cached.cache_clear()
+
+
 def certificate_window_error(certs: Sequence[x509.Certificate], now: int) -> tuple[str, str] | None:
     """("expired" | "future", detail) when ``now`` is outside a certificate's validity (integer compare)."""
     for cert in certs:
@@ -279,7 +304,7 @@ class TdxVerifier:
                 kind, Reason.COLLATERAL_INVALID, "no DCAP collateral for this quote", **claims
             )
         try:
-            info = parse_collateral(raw_collateral)
+            info = _collateral_info(bytes(raw_collateral))
         except CollateralError as exc:
             return EvidenceVerdict.refused(kind, Reason.COLLATERAL_INVALID, f"collateral: {exc}", **claims)
         if info.tee != "TDX":
@@ -292,7 +317,7 @@ class TdxVerifier:
         # The collateral's PCK chain reaches dcap-qvl only when the quote has none of its own.
         dcap_json = info.json_text if quote.pck_chain_pem() is None else info.fmspc_json
         try:
-            collateral = dcap_qvl.QuoteCollateralV3.from_json(dcap_json)
+            collateral = _dcap_collateral(dcap_json)
         except ValueError as exc:
             detail = _dcap_detail(Reason.COLLATERAL_INVALID, str(exc))
             return EvidenceVerdict.refused(kind, Reason.COLLATERAL_INVALID, detail, extra=extra, **claims)
