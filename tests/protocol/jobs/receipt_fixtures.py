@@ -1,4 +1,5 @@
-"""Real receipts for tests: three executors with simulated-evidence bundles and signed commitments."""
+"""Real receipts for tests: three executors with simulated-evidence bundles and signed commitments,
+and the offence records built from them (shared by the protocol, node and CLI tests)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from protocol.attestation.policy import Policy
 from protocol.attestation.simulated import SimulatedPlatform, source_measurement
 from protocol.identity import Identity
 from protocol.jobs.messages import Commitment, result_digest
+from protocol.jobs.offences import OffenceKind, OffenceRecord
 from protocol.jobs.receipts import ExecutorEntry, Receipt, input_digest
 
 EPOCH = 600
@@ -118,3 +120,50 @@ def make_receipt(*, wrong_third: bool = False, embed: bool = True, **changes: An
     )
     fields.update(changes)
     return Receipt.create(USER, **fields)
+
+
+# every field the user signs, as ``Receipt.create`` takes them (``user`` and ``sig`` come from the key)
+SIGNED_FIELDS = (
+    "job_id",
+    "model_id",
+    "task",
+    "mode",
+    "input_digest",
+    "status",
+    "quorum",
+    "needed",
+    "escalated",
+    "comparator",
+    "bounds",
+    "executors",
+    "winners",
+    "created_ms",
+    "finished_ms",
+    "answer_digest",
+)
+
+
+def resign(receipt: Receipt, user: Identity) -> Receipt:
+    """The same receipt as ``user`` would sign it (a second user re-signing public statements)."""
+    return Receipt.create(user, **{name: getattr(receipt, name) for name in SIGNED_FIELDS})
+
+
+def wrong_output_record(
+    reporter: Identity = USER,
+    *,
+    job_id: bytes = JOB_ID,
+    receipt: Receipt | None = None,
+    offender: Identity = EXECUTORS[2],
+) -> OffenceRecord:
+    """``reporter``'s record that ``offender`` was outvoted in ``receipt`` (default: the third
+    executor outvoted, bundles by digest)."""
+    proof = receipt or make_receipt(wrong_third=True, embed=False, job_id=job_id)
+    statement = next(e.commitment for e in proof.executors if e.peer_id == offender.peer_id)
+    return OffenceRecord.create(
+        reporter,
+        OffenceKind.WRONG_OUTPUT,
+        job_id=job_id,
+        offender=offender.peer_id,
+        statement=statement,
+        proof=proof.to_wire(),
+    )

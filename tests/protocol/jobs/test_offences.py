@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from protocol.identity import Identity
 from protocol.jobs.messages import Commitment, Reveal, result_digest
 from protocol.jobs.offences import OffenceError, OffenceKind, OffenceRecord, verify_offence
-from tests.protocol.jobs.receipt_fixtures import EXECUTORS, JOB_ID, USER, make_receipt
+from tests.protocol.jobs.receipt_fixtures import EXECUTORS, JOB_ID, USER, make_receipt, wrong_output_record
 
 OFFENDER = EXECUTORS[2]
 SALT = bytes([3]) * 32
@@ -24,16 +24,7 @@ def commitment(result: bytes, identity: Identity = OFFENDER, job_id: bytes = JOB
 
 
 def wrong_output(reporter: Identity = USER) -> OffenceRecord:
-    receipt = make_receipt(wrong_third=True, embed=False)
-    statement = next(e.commitment for e in receipt.executors if e.peer_id == OFFENDER.peer_id)
-    return OffenceRecord.create(
-        reporter,
-        OffenceKind.WRONG_OUTPUT,
-        job_id=JOB_ID,
-        offender=OFFENDER.peer_id,
-        statement=statement,
-        proof=receipt.to_wire(),
-    )
+    return wrong_output_record(reporter)
 
 
 def equivocation() -> OffenceRecord:
@@ -74,16 +65,7 @@ def test_each_kind_verifies_and_round_trips(make) -> None:  # type: ignore[no-un
 
 
 def test_an_outvoted_executor_cannot_be_framed_by_a_receipt_that_does_not_show_it() -> None:
-    receipt = make_receipt(embed=False)  # all three agreed
-    statement = receipt.executors[2].commitment
-    record = OffenceRecord.create(
-        USER,
-        OffenceKind.WRONG_OUTPUT,
-        job_id=JOB_ID,
-        offender=OFFENDER.peer_id,
-        statement=statement,
-        proof=receipt.to_wire(),
-    )
+    record = wrong_output_record(receipt=make_receipt(embed=False))  # all three agreed
     with pytest.raises(OffenceError, match="not_an_offence"):
         verify_offence(record.to_wire())
 
