@@ -2,10 +2,14 @@
 
 When this node's router outvotes an executor (``wrong_output``), it publishes an offence record
 (``protocol.jobs.offences``) holding the offender's signed commitment and the job's receipt, with
-bundles by digest so the record stays small. Every node re-checks a record in the topic validator
-before it is forwarded or believed: a record that does not prove its offence is invalid (gossipsub
-scores the forwarder down, and the node-wide score is charged). A record that checks out lowers
-the offender's reputation here, bounded:
+bundles by digest so the record stays small. When the router catches an executor in a signed
+reveal that does not open its signed commitment (``bad_reveal``) or in two different signed
+commitments for one job (``equivocation``), it publishes a record holding those signed messages.
+Each record is checked here before it leaves (an invalid one would be charged to this node).
+
+Every node re-checks a record in the topic validator before it is forwarded or believed: a record
+that does not prove its offence is invalid (gossipsub scores the forwarder down, and the node-wide
+score is charged). A record that checks out lowers the offender's reputation here, bounded:
 
 * once per (offender, job), however many copies or reporters arrive (deduplicated);
 * a ``wrong_output`` record rests on the reporting user's word about the comparison, so each
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from node.jobs.phase import Misbehaviour
 from node.jobs.receipts import KeptReceipt, ReceiptBook
 from node.jobs.standing import Standing
 from node.net.scoring import Offence as NetOffence
@@ -137,12 +142,31 @@ class EvidenceExchange:
             except OffenceError as exc:
                 log.warning("no offence record for %s: %s", peer_id_to_text(entry.peer_id), exc)
                 continue
-            self._remember(record.dedup_key())  # our own router already counted it
-            try:
-                self._outbox_send.send_nowait(data)
-                self.published.inc(kind=record.kind.value)
-            except trio.WouldBlock:
-                self.refused.inc(reason="outbox_full")
+            self._queue(record, data)
+
+    def _queue(self, record: OffenceRecord, data: bytes) -> None:
+        if not self._remember(record.dedup_key()):  # our own router already counted it
+            return  # already published (or received) for this offender and job
+        try:
+            self._outbox_send.send_nowait(data)
+            self.published.inc(kind=record.kind.value)
+        except trio.WouldBlock:
+            self.refused.inc(reason="outbox_full")
+
+    def on_misbehaviour(self, seen: Misbehaviour) -> None:
+        """The router caught an executor proving its own misbehaviour: publish the record."""
+        try:
+            record = OffenceRecord.create(
+                self._identity, seen.kind, job_id=seen.job_id, offender=seen.offender,
+                statement=seen.statement, proof=seen.proof,
+            )
+            data = record.to_wire()
+            verify_offence(data)
+        except OffenceError as exc:  # e.g. a reveal too large for gossip: penalised here only
+            self.refused.inc(reason=f"own_{exc.reason}")
+            log.warning("no %s record for %s: %s", seen.kind.value, peer_id_to_text(seen.offender), exc)
+            return
+        self._queue(record, data)
 
     # ------------------------------------------------------------------ receiving
 

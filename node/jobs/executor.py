@@ -41,6 +41,7 @@ admission counters; the challenge responder is twenty lines beside it. Frame I/O
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -402,6 +403,13 @@ class Executor:
             )
             self.jobs_committed += 1
             await session.send(commitment.to_wire())
+            if self.faults is not None and self.faults.fault is Fault.EQUIVOCATE:
+                log.warning("FAULT equivocate: a second, different commitment for job %s", req.job_id.hex())
+                other = Commitment.create(
+                    self.identity, job_id=req.job_id, salt=os.urandom(SALT_LEN),
+                    result_digest=result_digest(result_bytes), queue_ms=queue_ms, compute_ms=compute_ms,
+                )
+                await session.send(other.to_wire())
             if self._running.get((session.client, req.job_id)):
                 await self._reveal(session, req.job_id)
         except Busy as exc:
@@ -534,6 +542,9 @@ class Executor:
             return
         del self._pending[(session.client, job_id)]
         digest = result_digest(pending.result_bytes)
+        if self.faults is not None and self.faults.fault is Fault.BAD_REVEAL:
+            log.warning("FAULT bad-reveal: revealing job %s with a salt it did not commit to", job_id.hex())
+            pending = dataclasses.replace(pending, salt=os.urandom(SALT_LEN))
         if not pending.stream:
             sealed = seal_result(pending.session, pending.result_bytes)
             reveal = Reveal.create(

@@ -22,6 +22,12 @@ evidence still verifies — exactly the case cross-checking exists for. Modes:
 ``drop-reveal``
     computes and commits, then never answers the reveal request (the "last revealer" who
     withholds).
+``bad-reveal``
+    computes and commits honestly, then reveals with another salt than the one it committed to:
+    a signed reveal that does not open its own signed commitment (self-proving misbehaviour).
+``equivocate``
+    computes, then sends two different signed commitments for the one job (the second with
+    another salt) and reveals the first: the router holds both signatures.
 ``copy``
     never runs the model: it commits to an answer it has already seen — the result it returned for
     an earlier job — instead of computing this one (a lazy executor replaying a stale answer; a
@@ -67,6 +73,8 @@ class Fault(StrEnum):
     COPY = "copy"
     STALL_MID_STREAM = "stall-mid-stream"
     WRONG_STREAM = "wrong-stream"
+    BAD_REVEAL = "bad-reveal"
+    EQUIVOCATE = "equivocate"
 
 
 class FaultRefused(RuntimeError):

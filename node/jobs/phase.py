@@ -6,7 +6,8 @@ and fixed once; ``PhaseSpec`` is what one phase is asked to do (frozen, so a pha
 what it was asked mid-run); ``Phase`` is the phase's mutable I/O context while it runs (the
 sealing sessions, per-executor timings and challenge results the report reads afterwards).
 ``Committed``, ``Revealed`` and ``Failed`` are what one executor's attempt reports to the phase's
-driver, which turns them into ``JobFlow`` events. They live apart from the router so the chat
+driver, which turns them into ``JobFlow`` events (a ``Failed`` may carry ``Misbehaviour``: the
+executor's own signed statements that prove it). They live apart from the router so the chat
 flow and the reports can use them without it.
 """
 
@@ -19,10 +20,14 @@ from typing import Any, Protocol
 from node.jobs.network_view import ExecutorInfo
 from protocol.jobs.jobflow import Failure, Voter
 from protocol.jobs.messages import Commitment, Mode, Task
+from protocol.jobs.offences import OffenceKind
 from protocol.jobs.payloads import GenerateInput, JobInput
 from protocol.sealing import JobSession
 
-__all__ = ["Committed", "Decoder", "Failed", "LiveSink", "Phase", "PhaseSpec", "Revealed", "Submission"]
+__all__ = [
+    "Committed", "Decoder", "Failed", "LiveSink", "Misbehaviour", "Phase", "PhaseSpec", "Revealed",
+    "Submission",
+]
 
 Decoder = Callable[[bytes], Any]  # result plaintext → comparator value (raises on malformed)
 
@@ -135,9 +140,29 @@ class Revealed:
 
 
 @dataclass(frozen=True)
+class Misbehaviour:
+    """Misbehaviour an executor proved with its own signatures, as an offence record needs it.
+
+    ``statement`` is its signed commitment (wire bytes); ``proof`` its signed reveal that does not
+    open it (``bad_reveal``) or a second, different signed commitment (``equivocation``).
+    """
+
+    kind: OffenceKind
+    job_id: bytes
+    offender: bytes
+    statement: bytes
+    proof: bytes
+
+
+@dataclass(frozen=True)
 class Failed:
-    """An executor's attempt ended without a result; ``failure`` is what JobFlow acts on."""
+    """An executor's attempt ended without a result; ``failure`` is what JobFlow acts on.
+
+    ``misbehaviour`` is set when the failure is provable to third parties (``node.jobs.evidence``
+    publishes it).
+    """
 
     peer: bytes
     failure: Failure
     detail: str
+    misbehaviour: Misbehaviour | None = None

@@ -2,7 +2,8 @@
 
 Order of checks, each failing with the ``Failure`` that ``JobFlow`` penalises or retries on:
 
-1. the reveal is signed by the peer we asked and opens that peer's commitment → ``BAD_REVEAL``;
+1. the reveal is signed by the peer we asked and opens that peer's commitment → ``BAD_REVEAL``
+   (with both signed messages as ``Misbehaviour`` when it is signed but does not open it);
 2. the sealed result opens with this job's session key; a streamed result (chat) is a
    secretstream of UTF-8 text deltas ending with the full result, and the deltas must spell its
    text exactly → ``BAD_REVEAL``;
@@ -17,10 +18,11 @@ from typing import Any
 
 import trio
 
-from node.jobs.phase import Failed, Phase, Revealed
+from node.jobs.phase import Failed, Misbehaviour, Phase, Revealed
 from protocol.jobs import consensus
 from protocol.jobs.jobflow import Failure
 from protocol.jobs.messages import Commitment, MessageError, Reveal, StreamChunk, result_digest
+from protocol.jobs.offences import OffenceKind
 from protocol.jobs.payloads import GenerateResult, PayloadError, decode_result
 from protocol.sealing import JobSession, SealingError, StreamOpener, open_result
 
@@ -33,14 +35,24 @@ class ResultStreamError(Exception):
 
 async def open_reveal(
     phase: Phase, peer: bytes, reveal: Reveal, commitment: Commitment, session: JobSession,
-    receive: trio.MemoryReceiveChannel[Any],
+    receive: trio.MemoryReceiveChannel[Any], *, statement: bytes = b"", reveal_wire: bytes = b"",
 ) -> Revealed | Failed:
-    """Check and open ``reveal``; stream chunks, if any, are read from ``receive``."""
+    """Check and open ``reveal``; stream chunks, if any, are read from ``receive``.
+
+    ``statement`` and ``reveal_wire`` are the signed commitment and reveal as received: a signed
+    reveal that does not open the signed commitment comes back with them as ``Misbehaviour``.
+    """
     try:
         reveal.verify(expected_peer_id=peer)
+    except MessageError as exc:
+        return Failed(peer, Failure.BAD_REVEAL, f"reveal: {exc}")  # not its signature: proves nothing
+    try:
         reveal.check_against(commitment)
     except MessageError as exc:
-        return Failed(peer, Failure.BAD_REVEAL, f"reveal: {exc}")
+        proof = None
+        if statement and reveal_wire:
+            proof = Misbehaviour(OffenceKind.BAD_REVEAL, phase.job_id, peer, statement, reveal_wire)
+        return Failed(peer, Failure.BAD_REVEAL, f"reveal: {exc}", proof)
     try:
         if phase.stream:
             plaintext = await read_result_stream(session, reveal.sealed_result, receive)

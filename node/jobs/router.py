@@ -7,9 +7,13 @@ chosen executor, optionally challenge it for fresh evidence, seal the input to i
 key with a fresh ephemeral key, send it over the long-lived job stream to that peer → collect signed
 commitments → request reveals → open them, check them against the commitments → vote with the
 task's comparator → update reputation (with the signed commitments as evidence) → answer with a
-verification report. The job's life is driven by ``protocol.jobs.jobflow.JobFlow``: replacement of
-busy, slow and dead executors, escalation to 2k+1 fresh ones, and a typed outcome before the
-deadline all come from there; this module only does the I/O (``_drive``: actions in, events out,
+verification report. An executor that proves its own misbehaviour (a signed reveal that does not
+open its signed commitment; two different signed commitments for one job) is also handed, with
+both signed messages, to ``misbehaviour_listeners`` (``node.jobs.evidence`` publishes it).
+
+The job's life is driven by ``protocol.jobs.jobflow.JobFlow``: replacement of busy, slow and dead
+executors, escalation to 2k+1 fresh ones, and a typed outcome before the deadline all come from
+there; this module only does the I/O (``_drive``: actions in, events out,
 one nursery per phase).
 
 Beside it, one concept each: ``chat_flow`` (chat's generate-then-score phases), ``links`` (one
@@ -42,7 +46,7 @@ from node.jobs.errors import RouterError, RouterErrorCode
 from node.jobs.frames import EndOfStream
 from node.jobs.links import Broken, JobLink, LinkPool
 from node.jobs.network_view import Network
-from node.jobs.phase import Committed, Decoder, Failed, Phase, PhaseSpec, Revealed, Submission
+from node.jobs.phase import Committed, Decoder, Failed, Misbehaviour, Phase, PhaseSpec, Revealed, Submission
 from node.jobs.receipts import ReceiptBook
 from node.jobs.reports import Reports, error_for, executor_report
 from node.jobs.reveals import open_reveal
@@ -65,6 +69,7 @@ from protocol.jobs.messages import (
     Task,
     commitment_hash,
 )
+from protocol.jobs.offences import OffenceKind
 from protocol.jobs.payloads import (
     ChatMessage,
     EmbeddingsInput,
@@ -181,6 +186,8 @@ class Router:
         self._client_keys = ClientKeys()
         self.reports = Reports(clock, self.standing.book)
         self.receipts = ReceiptBook(identity) if identity is not None else None  # signed by the user's key
+        # told of every executor that proved its own misbehaviour (``node.jobs.evidence`` publishes it)
+        self.misbehaviour_listeners: list[Callable[[Misbehaviour], None]] = []
         self._chat = ChatFlow(
             self.run_phase, self.reports, self.standing, escalate=self.settings.escalate,
             receipts=self.receipts,
@@ -430,6 +437,9 @@ class Router:
                     phase.reveals[event.peer] = event
                     actions = flow.on_reveal(event.peer, event.salt, event.digest, event.value, now)
                 elif isinstance(event, Failed):
+                    if event.misbehaviour is not None:
+                        for listener in self.misbehaviour_listeners:
+                            listener(event.misbehaviour)
                     self.standing.note_failure(event.peer, event.failure, now)
                     actions = flow.on_failure(event.peer, event.failure, event.detail, now)
                 else:
@@ -494,6 +504,7 @@ class Router:
         """Read one executor's answers for one job until it has revealed or failed."""
         timing = phase.timings[peer]
         commitment: Commitment | None = None
+        statement = b""
         live = phase.live
         async for message, frame in receive:
             if isinstance(message, Broken):
@@ -525,15 +536,21 @@ class Router:
                 except MessageError as exc:
                     await events.send(Failed(peer, Failure.MALFORMED, f"commitment: {exc}"))
                     return
-                commitment = message
+                commitment, statement = message, frame
                 timing["committed"] = self._clock()
                 timing["queue_ms"] = message.queue_ms
                 timing["compute_ms"] = message.compute_ms
                 self.standing.note_queue(peer, message.queue_ms)
                 await events.send(Committed(peer, message, frame))
                 continue
+            if isinstance(message, Commitment) and commitment is not None:
+                second = _second_commitment(phase.job_id, peer, commitment, statement, message, frame)
+                await events.send(second)
+                return
             if isinstance(message, Reveal) and commitment is not None:
-                revealed = await open_reveal(phase, peer, message, commitment, session, receive)
+                revealed = await open_reveal(
+                    phase, peer, message, commitment, session, receive, statement=statement, reveal_wire=frame
+                )
                 timing["revealed"] = self._clock()
                 await events.send(revealed)
                 return
@@ -551,3 +568,17 @@ class Router:
             await link.send(RevealRequest(job_id=phase.job_id).to_wire())
         except Exception as exc:
             await events.send(Failed(peer, Failure.CRASH, f"reveal request failed: {exc}"))
+
+
+def _second_commitment(
+    job_id: bytes, peer: bytes, first: Commitment, statement: bytes, second: Commitment, wire: bytes
+) -> Failed:
+    """A second commitment for one job: equivocation when it is signed and differs from the first."""
+    try:
+        second.verify(expected_peer_id=peer)
+    except MessageError as exc:
+        return Failed(peer, Failure.MALFORMED, f"second commitment: {exc}")
+    if second.job_id != job_id or second.commitment == first.commitment:
+        return Failed(peer, Failure.MALFORMED, "unexpected commitment")
+    proof = Misbehaviour(OffenceKind.EQUIVOCATION, job_id, peer, statement, wire)
+    return Failed(peer, Failure.BAD_REVEAL, "equivocation: two different signed commitments", proof)

@@ -98,6 +98,7 @@ class JobService:
         self.evidence = EvidenceExchange(
             node.identity, net.gossip, self.router.standing, self.router.receipts, node.metrics
         )
+        self.router.misbehaviour_listeners.append(self.evidence.on_misbehaviour)
         self.ready = trio.Event()
         self._nursery: trio.Nursery | None = None
         node.metrics.gauge("veilnet_executor_active_jobs", "Jobs admitted and not yet committed",

@@ -5,19 +5,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 import trio
 from libp2p.peer.id import ID
 
 from node.jobs.evidence import REPORTER_WINDOW_S, EvidenceExchange
+from node.jobs.phase import Misbehaviour
 from node.jobs.receipts import KeptReceipt, ReceiptBook
 from node.jobs.standing import Standing
 from node.metrics import Metrics
 from node.net.scoring import Offence as NetOffence
 from protocol.identity import Identity
-from protocol.jobs.offences import OffenceKind, OffenceRecord
-from protocol.jobs.receipts import Receipt
+from protocol.jobs.messages import Commitment, result_digest
+from protocol.jobs.offences import OffenceKind, OffenceRecord, verify_offence
 from protocol.jobs.reputation import Offence
-from tests.protocol.jobs.receipt_fixtures import EXECUTORS, INPUT_SALT, JOB_ID, USER, make_receipt
+from tests.protocol.jobs.receipt_fixtures import (
+    EXECUTORS,
+    INPUT_SALT,
+    JOB_ID,
+    USER,
+    make_receipt,
+    resign,
+    wrong_output_record,
+)
 
 OFFENDER = EXECUTORS[2]
 FORWARDER = Identity(bytes([21]) * 32)
@@ -81,38 +91,8 @@ def _exchange(
 def _record(reporter: Identity = USER, job_id: bytes = JOB_ID) -> bytes:
     receipt = make_receipt(wrong_third=True, embed=False, job_id=job_id)
     if reporter is not USER:
-        receipt = ReceiptBook(reporter).slim(Receipt.create(reporter, **_fields(receipt)))
-    statement = next(e.commitment for e in receipt.executors if e.peer_id == OFFENDER.peer_id)
-    return OffenceRecord.create(
-        reporter,
-        OffenceKind.WRONG_OUTPUT,
-        job_id=job_id,
-        offender=OFFENDER.peer_id,
-        statement=statement,
-        proof=receipt.to_wire(),
-    ).to_wire()
-
-
-def _fields(receipt: Receipt) -> dict[str, object]:
-    names = (
-        "job_id",
-        "model_id",
-        "task",
-        "mode",
-        "input_digest",
-        "status",
-        "quorum",
-        "needed",
-        "escalated",
-        "comparator",
-        "bounds",
-        "executors",
-        "winners",
-        "created_ms",
-        "finished_ms",
-        "answer_digest",
-    )
-    return {n: getattr(receipt, n) for n in names}
+        receipt = ReceiptBook(reporter).slim(resign(receipt, reporter))
+    return wrong_output_record(reporter, job_id=job_id, receipt=receipt).to_wire()
 
 
 async def _validate(exchange: EvidenceExchange, data: bytes) -> bool:
@@ -182,3 +162,31 @@ async def test_the_router_outvoting_an_executor_queues_one_record_for_gossip() -
         raise AssertionError("a second record was queued")
     except trio.WouldBlock:
         pass
+
+
+def _signed_commitment(result: bytes, salt: bytes, job_id: bytes = JOB_ID) -> bytes:
+    digest = result_digest(result)
+    return Commitment.create(
+        OFFENDER, job_id=job_id, salt=salt, result_digest=digest, queue_ms=0, compute_ms=1
+    ).to_wire()
+
+
+async def test_misbehaviour_the_router_caught_is_published_once_and_only_when_provable() -> None:
+    exchange, _, _, _ = _exchange()
+    first, second = _signed_commitment(b"a", bytes(32)), _signed_commitment(b"a", bytes([1]) * 32)
+    caught = Misbehaviour(OffenceKind.EQUIVOCATION, JOB_ID, OFFENDER.peer_id, first, second)
+    exchange.on_misbehaviour(caught)
+    exchange.on_misbehaviour(caught)  # the same job and offender again: not published twice
+    record = verify_offence(exchange._outbox.receive_nowait())
+    assert (record.kind, record.reporter, record.offender) == (
+        OffenceKind.EQUIVOCATION, ME.peer_id, OFFENDER.peer_id,
+    )
+    assert exchange.published.get(kind="equivocation") == 1
+    # the same commitment twice proves nothing: never published (it would be charged to us)
+    other_job = bytes([4]) * 16
+    same = _signed_commitment(b"a", bytes(32), other_job)
+    unprovable = Misbehaviour(OffenceKind.EQUIVOCATION, other_job, OFFENDER.peer_id, same, same)
+    exchange.on_misbehaviour(unprovable)
+    assert exchange.refused.get(reason="own_not_an_offence") == 1
+    with pytest.raises(trio.WouldBlock):
+        exchange._outbox.receive_nowait()

@@ -3,7 +3,8 @@
 Four honest executors serve all-MiniLM-L6-v2 and the tiny chat model; node 0's API is the user's.
 Later tests add misbehaving nodes to the same testnet: a wrong-output executor, one that crashes
 mid-job, one that withholds its reveal, and one that provides the model in the DHT without valid
-attestation. Each test leaves the network usable for the next.
+attestation; then one that reveals what it did not commit to and one that commits twice. Each
+test leaves the network usable for the next.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import trio
 from node.attest.appraisal import load_policy
 from node.config import NodeConfig, TestEvidenceFault, load_node_config, load_testnet_config
 from node.testnet import NodeProcess, wait_for_info
-from protocol.identity import peer_id_from_text
+from protocol.identity import peer_id_from_text, peer_id_to_text
 from protocol.jobs.receipts import Receipt, ReceiptError, verify_receipt
+from protocol.jobs.reputation import ReputationBook, ReputationFormatError
 from tests.node.cluster import Cluster
 from tests.node.jobs.harness import TEXTS, models
 
@@ -464,3 +466,69 @@ def test_an_outvoted_executor_is_in_the_receipt_and_its_evidence_is_verified_els
     )
     for node in [*observers, user, cluster.nodes[0]]:
         assert _counter(cluster, node, "veilnet_offence_records_refused_total") == 0
+
+
+@pytest.fixture(scope="module")
+def liars(cluster: JobCluster) -> dict[str, NodeProcess]:
+    """An executor that reveals what it did not commit to, and one that commits twice (one wave)."""
+    nodes = {
+        "bad_reveal": cluster.add_job_node(extra={"fault": "bad-reveal"}),
+        "equivocation": cluster.add_job_node(extra={"fault": "equivocate"}),
+    }
+    for node in nodes.values():
+        wait_for_info(node, 60)
+    user = cluster.nodes[2]
+
+    def serving() -> bool:
+        return all(cluster.serving(user, n) for n in nodes.values())
+
+    cluster.wait_until(serving, "the liars serving", 150)
+    return nodes
+
+
+def _reported(node: NodeProcess) -> dict[str, list[str]]:
+    """Peer id → the details of the offences ``node``'s saved reputation book holds as reported."""
+    try:
+        book = ReputationBook.from_bytes((node.data_dir / "reputation.msgpack").read_bytes())
+    except (FileNotFoundError, ReputationFormatError):  # not saved yet (it is replaced atomically)
+        return {}
+    return {
+        peer_id_to_text(peer): [e.detail for e in book.evidence(peer) if "reported by" in e.detail]
+        for peer in book.peers()
+    }
+
+
+def test_self_proving_misbehaviour_is_published_by_the_router_and_applied_elsewhere(cluster, liars):
+    """The user's router catches each liar in its own signed statements and publishes them; another
+    node checks each record before it lowers the liar's standing in its own book."""
+    user, observer = cluster.nodes[2], cluster.nodes[3]
+    ids = {kind: node.info["peer_id"] for kind, node in liars.items()}
+    caught: set[str] = set()
+    for _ in range(30):
+        report = cluster.embed(TEXTS[:1], node=user, replicas=4)["veilnet"]
+        for row in report["executors"]:
+            kind = next((k for k, peer in ids.items() if row["peer_id"] == peer), None)
+            if kind is not None and row["offence"] == "bad_reveal":
+                assert not row["in_majority"]
+                caught.add(kind)
+        if caught == set(ids):
+            break
+    assert caught == set(ids), caught
+    published = _labelled(cluster, user, "veilnet_offence_records_published_total")
+    assert published.get("bad_reveal", 0) >= 1 and published.get("equivocation", 0) >= 1, published
+    cluster.wait_until(
+        lambda: all(
+            any(detail.startswith(f"{kind} reported by") for detail in _reported(observer).get(peer, []))
+            for kind, peer in ids.items()
+        ),
+        "both records applied to the observer's reputation book", 60,
+    )
+    applied = _labelled(cluster, observer, "veilnet_offence_records_applied_total")
+    assert applied.get("bad_reveal", 0) >= 1 and applied.get("equivocation", 0) >= 1, applied
+    assert _counter(cluster, observer, "veilnet_offence_records_refused_total") == 0
+
+
+def _labelled(cluster: JobCluster, node: NodeProcess, name: str) -> dict[str, float]:
+    """A counter with one label, by label value."""
+    prefix = name + '{kind="'
+    return {k[len(prefix):-2]: v for k, v in cluster.metrics(node).items() if k.startswith(prefix)}

@@ -10,8 +10,9 @@ import trio
 
 from node.jobs import receipts as receipt_book
 from node.jobs.faults import Fault
+from node.jobs.phase import Misbehaviour
 from node.jobs.receipts import KeptReceipt
-from protocol.identity import Domain
+from protocol.identity import Domain, Identity, peer_id_to_text
 from protocol.jobs.offences import OffenceKind, OffenceRecord, verify_offence
 from protocol.jobs.receipts import StepStatus, verify_receipt
 from tests.node.jobs.harness import POLICY, TEXTS, MemoryNetwork, add_member, make_router, models, names_for
@@ -92,3 +93,32 @@ async def test_a_chat_receipt_covers_the_primary_and_its_verifiers(models):
     forged = dataclasses.replace(receipt, executors=tuple(moved), sig=b"")
     resigned = dataclasses.replace(forged, sig=net.client.sign(Domain.RECEIPT, forged.signed_body()))
     assert "commitment_wrong_job" in verify_receipt(resigned, policy=POLICY).reasons
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [(Fault.BAD_REVEAL, OffenceKind.BAD_REVEAL), (Fault.EQUIVOCATE, OffenceKind.EQUIVOCATION)],
+)
+async def test_the_router_hands_on_misbehaviour_that_a_third_party_can_verify(models, fault, kind):
+    embed, _, _ = models
+    async with trio.open_nursery() as nursery:
+        net = MemoryNetwork(nursery, names=names_for([embed]))
+        for _ in range(3):
+            add_member(net, {embed.model_id: embed})
+        liar = add_member(net, {embed.model_id: embed}, fault=fault)
+        router = make_router(net, escalate=False)
+        seen: list[Misbehaviour] = []
+        router.misbehaviour_listeners.append(seen.append)
+        await nursery.start(router.run)
+        result = await router.embeddings(embed.model_id, TEXTS[:1], replicas=4)  # every member is asked
+        nursery.cancel_scope.cancel()
+    assert result.report["status"] == "ok"
+    row = next(e for e in result.report["executors"] if e["peer_id"] == peer_id_to_text(liar.peer_id))
+    assert row["offence"] == "bad_reveal" and not row["in_majority"]
+    assert [(s.kind, s.offender, s.job_id) for s in seen] == [(kind, liar.peer_id, result.job_id)]
+    reporter = Identity.generate()  # anyone holding the two signed messages can prove it
+    record = OffenceRecord.create(
+        reporter, kind, job_id=seen[0].job_id, offender=liar.peer_id, statement=seen[0].statement,
+        proof=seen[0].proof,
+    )
+    assert verify_offence(record.to_wire()).kind is kind
