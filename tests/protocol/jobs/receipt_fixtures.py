@@ -122,25 +122,8 @@ def make_receipt(*, wrong_third: bool = False, embed: bool = True, **changes: An
     return Receipt.create(USER, **fields)
 
 
-# every field the user signs, as ``Receipt.create`` takes them (``user`` and ``sig`` come from the key)
-SIGNED_FIELDS = (
-    "job_id",
-    "model_id",
-    "task",
-    "mode",
-    "input_digest",
-    "status",
-    "quorum",
-    "needed",
-    "escalated",
-    "comparator",
-    "bounds",
-    "executors",
-    "winners",
-    "created_ms",
-    "finished_ms",
-    "answer_digest",
-)
+# every field ``Receipt.create`` takes (``user`` and ``sig`` come from the signing key)
+SIGNED_FIELDS = tuple(f.name for f in dataclasses.fields(Receipt) if f.name not in ("user", "sig"))
 
 
 def resign(receipt: Receipt, user: Identity) -> Receipt:
