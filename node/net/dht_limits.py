@@ -14,6 +14,12 @@ on one stream as a peer can send (issue 9: +147 MiB in 8 s from one stream; 512 
 2. :func:`rate_limited_handler` meters every DHT *message* a peer sends (``dht_queries_per_second``
    with a burst): a stream whose peer is over its rate is reset before the message is parsed, and
    the peer is charged a flood offence.
+3. The same meter refuses an inbound message whose length prefix says it is larger than any
+   request an honest peer sends (:func:`inbound_message_limit`: one record value plus two signed
+   peer records and slack), before its body is read. py-libp2p reads up to 4 MiB and parses the
+   whole message on the event loop, sender record included: a FIND_NODE carrying a signed record
+   of 40,000 addresses cost 0.3 s of CPU per message in one synchronous step (a 1.4 s stall on a
+   loaded machine); the peerstore's record cap comes only after that parse.
 """
 
 from __future__ import annotations
@@ -32,7 +38,13 @@ from node.net.boundary import current_inbound_peer
 from node.net.limits import LimitExceeded, Reservation, Resource, ResourceManager, Scope
 from node.net.scoring import Offence, PeerScores
 
-__all__ = ["VEILNET_NAMESPACE", "RecordRefused", "VeilnetRecordValidator", "rate_limited_handler"]
+__all__ = [
+    "VEILNET_NAMESPACE",
+    "RecordRefused",
+    "VeilnetRecordValidator",
+    "inbound_message_limit",
+    "rate_limited_handler",
+]
 
 log = logging.getLogger("veilnet.net.dht")
 
@@ -130,6 +142,15 @@ class VeilnetRecordValidator(NamespacedValidator):
 
 StreamHandler = Callable[[INetStream], Awaitable[None]]
 
+# An inbound request's bytes beyond its record value: key, a signed sender record and, in
+# ADD_PROVIDER, the provider's own (each capped at PeerstoreLimits.max_record_bytes, 4 KiB), framing.
+_REQUEST_OVERHEAD_BYTES = 16 << 10
+
+
+def inbound_message_limit(resources: ResourceManager) -> int:
+    """The largest DHT request a peer may send this node (see the module docstring, rule 3)."""
+    return resources.settings.dht_record_bytes + _REQUEST_OVERHEAD_BYTES
+
 
 def rate_limited_handler(
     handler: StreamHandler, resources: ResourceManager, scores: PeerScores
@@ -156,6 +177,7 @@ class _MessageMeter:
         self._peer = peer
         self._resources = resources
         self._scores = scores
+        self._max_bytes = inbound_message_limit(resources)
         self._varint = 0  # bytes of the current length prefix seen
         self._length = 0
         self._body_left = 0
@@ -179,6 +201,7 @@ class _MessageMeter:
             self._length |= (byte & 0x7F) << (7 * self._varint)
             self._varint += 1
             index += 1
+            self._check_size(self._length)  # a prefix's value only grows with its later bytes
             if not byte & 0x80:
                 self._body_left = self._length
                 self._varint = 0
@@ -195,6 +218,20 @@ class _MessageMeter:
                 limit=self._resources.settings.dht_queries_per_second,
                 key="dht queries per second",
             )
+
+    def _check_size(self, length: int) -> None:
+        if length <= self._max_bytes:
+            return
+        self._resources.hits.inc(scope=Scope.PEER.value, resource="dht_message_bytes")
+        self._scores.penalise(self._peer, Offence.INVALID_MESSAGE)
+        raise LimitExceeded(
+            Scope.PEER,
+            Resource.MEMORY,
+            current=0,
+            attempted=length,
+            limit=self._max_bytes,
+            key="dht message bytes",
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

@@ -7,7 +7,7 @@ import varint
 
 from node.metrics import Metrics
 from node.net import boundary
-from node.net.dht_limits import RecordRefused, VeilnetRecordValidator, _MessageMeter
+from node.net.dht_limits import RecordRefused, VeilnetRecordValidator, _MessageMeter, inbound_message_limit
 from node.net.limits import LimitExceeded, LimitSettings, ResourceManager
 from node.net.scoring import PeerScores
 
@@ -125,3 +125,26 @@ async def test_every_dht_message_is_charged_once_and_a_flood_is_cut_off() -> Non
     clock.now += 1.0
     again = _MessageMeter(ChunkStream(varint.encode(2) + b"tt"), PEER, resources, scores)  # type: ignore[arg-type]
     assert await read_message(again) == b"tt"  # refilled: served
+
+
+@pytest.mark.parametrize("declared", [LimitSettings().dht_record_bytes + (16 << 10) + 1, 1 << 22, 1 << 40])
+async def test_a_dht_message_larger_than_any_request_is_refused_before_its_body_is_read(
+    declared: int,
+) -> None:
+    resources = ResourceManager(LimitSettings(), Metrics())
+    scores = PeerScores()
+    stream = ChunkStream(varint.encode(declared) + b"x" * 64)
+    meter = _MessageMeter(stream, PEER, resources, scores)  # type: ignore[arg-type]
+    assert inbound_message_limit(resources) < declared
+    with pytest.raises(LimitExceeded):
+        await read_message(meter)
+    assert stream._data == b"x" * 64  # the body was never read
+    assert scores.penalty(PEER) > 0
+    assert resources.hits.get(scope="peer", resource="dht_message_bytes") == 1
+
+
+async def test_a_dht_request_carrying_a_full_size_record_still_passes() -> None:
+    resources = ResourceManager(LimitSettings(), Metrics())
+    body = b"v" * inbound_message_limit(resources)
+    meter = _MessageMeter(ChunkStream(varint.encode(len(body)) + body), PEER, resources, PeerScores())  # type: ignore[arg-type]
+    assert await read_message(meter) == body
