@@ -40,9 +40,11 @@ STOP_DEADLINE = 4.0  # seconds from a stop signal to forced cancellation (exit w
 
 
 async def _serve(config: NodeConfig, testnet: TestnetConfig) -> None:
+    from node.heap import freeze_long_lived
     from node.peer import build_peer
 
-    node = build_peer(config, testnet).node
+    peer = build_peer(config, testnet)
+    node = peer.node
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
 
@@ -65,8 +67,16 @@ async def _serve(config: NodeConfig, testnet: TestnetConfig) -> None:
                 api = info.get("api_url") or "off"
                 print(f"up: {info['peer_id']} on {' '.join(map(str, addrs))}; API {api}", flush=True)
 
+            async def freeze_start_up_heap() -> None:
+                await node.started.wait()
+                freeze_long_lived("node up")
+                await peer.jobs.ready.wait()
+                if config.models:
+                    freeze_long_lived("models loaded")
+
             nursery.start_soon(watch_signals)
             nursery.start_soon(announce_up)
+            nursery.start_soon(freeze_start_up_heap)
             try:
                 await node.run()
             finally:
