@@ -16,13 +16,14 @@ Why one module over 500 lines: it is a catalogue, one short function per attack 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -99,6 +100,7 @@ class Outcome:
 
 
 AttackFn = Callable[[Context, Outcome], Awaitable[None]]
+StreamHandler = Callable[[INetStream], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ async def run_attack(name: str, context: Context) -> Outcome:
     with trio.move_on_after(context.duration + 15.0) as overall:
         try:
             await ATTACKS[name].fn(context, outcome)
+        except Unreachable:
+            pass  # counted in ``errors`` where it happened
         except Exception as exc:  # the attacker's own failure, reported, never raised
             outcome.errors += 1
             outcome.notes["failure"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -145,6 +149,36 @@ async def attacker_host(context: Context, identity: Identity | None = None) -> A
     host = build_host(identity or Identity.generate(), context.psk, [LISTEN], target_peers=1)
     async with host.run([multiaddr.Multiaddr(LISTEN)]):
         yield host
+
+
+class Unreachable(Exception):
+    """The target could not be connected to (or would not hand out its bundle): the attack step
+    is skipped and counted once in ``Outcome.errors``. :func:`run_attack` absorbs it; an attack
+    that runs several steps side by side absorbs it per step (``contextlib.suppress``)."""
+
+
+@asynccontextmanager
+async def connected_host(
+    context: Context,
+    outcome: Outcome,
+    identity: Identity | None = None,
+    handlers: Mapping[str, StreamHandler] | None = None,
+) -> AsyncIterator[IHost]:
+    """An attacker host (``identity`` or a fresh one, serving ``handlers``) connected to the
+    target; raises :class:`Unreachable` (counted as an error) when it cannot connect."""
+    async with attacker_host(context, identity) as host:
+        for protocol, handler in (handlers or {}).items():
+            host.set_stream_handler(TProtocol(protocol), handler)
+        await reconnect(host, context, outcome)
+        yield host
+
+
+async def reconnect(host: IHost, context: Context, outcome: Outcome) -> None:
+    """Connect ``host`` to the target unless it still is; :class:`Unreachable` (counted) if not."""
+    if connected(host, context.target) or await connect(host, context.target):
+        return
+    outcome.errors += 1
+    raise Unreachable(f"cannot connect to {context.target.multiaddr}")
 
 
 async def connect(host: IHost, target: Target) -> bool:
@@ -249,8 +283,9 @@ async def garbage_streams(context: Context, outcome: Outcome) -> None:
             for label, payload in inputs:
                 if trio.current_time() > deadline:
                     return
-                if not connected(host, context.target) and not await connect(host, context.target):
-                    outcome.errors += 1
+                try:
+                    await reconnect(host, context, outcome)
+                except Unreachable:
                     outcome.notes.setdefault("connect_failed_at", f"{protocol} {label}")
                     continue
                 stream = await open_stream(host, context.target, protocol)
@@ -277,8 +312,9 @@ async def meshsub_cut_field(context: Context, outcome: Outcome) -> None:
     async with attacker_host(context) as host:
         for index in range(2 * rounds):
             protocol = MESHSUB_12 if index % 2 == 0 else MESHSUB_11
-            if not connected(host, context.target) and not await connect(host, context.target):
-                outcome.errors += 1
+            try:
+                await reconnect(host, context, outcome)
+            except Unreachable:
                 continue
             stream = await open_stream(host, context.target, protocol)
             if stream is None:
@@ -327,10 +363,20 @@ async def _gossip_session(
     deadline: float,
 ) -> None:
     """One identity: connect, subscribe, then write ``count`` RPCs at ``rate`` per second."""
-    async with attacker_host(context, identity) as host:
-        if not await connect(host, context.target):
-            outcome.errors += 1
-            return
+    with contextlib.suppress(Unreachable):  # one of several sessions side by side
+        await _gossip_writes(context, outcome, identity, messages, count, rate, deadline)
+
+
+async def _gossip_writes(
+    context: Context,
+    outcome: Outcome,
+    identity: Identity,
+    messages: Callable[[int], bytes],
+    count: int,
+    rate: float,
+    deadline: float,
+) -> None:
+    async with connected_host(context, outcome, identity) as host:
         stream = await open_stream(host, context.target, MESHSUB_11)
         if stream is None:
             outcome.errors += 1
@@ -415,6 +461,15 @@ async def gossip_flood(context: Context, outcome: Outcome) -> None:
     outcome.notes["identities"] = identities
 
 
+async def target_bundle(host: IHost, context: Context, outcome: Outcome) -> bytes:
+    """The target's bundle (:func:`fetch_bundle`); :class:`Unreachable` (counted) if it gives none."""
+    bundle = await fetch_bundle(host, context.target)
+    if bundle is None:
+        outcome.errors += 1
+        raise Unreachable("the target handed out no bundle")
+    return bundle
+
+
 async def fetch_bundle(host: IHost, target: Target) -> bytes | None:
     """The target's own attestation bundle, as anyone may fetch it over /veilnet/attest/1.0.0."""
     stream = await open_stream(host, target, ATTEST)
@@ -441,14 +496,8 @@ async def fetch_bundle(host: IHost, target: Target) -> bytes | None:
 @attack("gossip-replay", "gossip")
 async def gossip_replay(context: Context, outcome: Outcome) -> None:
     """The target's own valid bundle, re-published under the attacker's pubsub signature, repeated."""
-    async with attacker_host(context) as host:
-        if not await connect(host, context.target):
-            outcome.errors += 1
-            return
-        bundle = await fetch_bundle(host, context.target)
-    if bundle is None:
-        outcome.errors += 1
-        return
+    async with connected_host(context, outcome) as host:
+        bundle = await target_bundle(host, context, outcome)
     identity = Identity.generate()
     seq = int(time.time() * 1e9)
 
@@ -531,10 +580,7 @@ async def _kad_requests(
 ) -> None:
     """``count`` kad requests on one stream (reopened if the target resets it), bounded in time."""
     deadline = trio.current_time() + context.duration
-    async with attacker_host(context) as host:
-        if not await connect(host, context.target):
-            outcome.errors += 1
-            return
+    async with connected_host(context, outcome) as host:
         started = trio.current_time()
         stream: INetStream | None = None
         reader: wire.Reader | None = None
@@ -638,11 +684,7 @@ async def dht_fabricated_answers(context: Context, outcome: Outcome) -> None:
         except Exception:
             await reset_quietly(stream)
 
-    async with attacker_host(context) as host:
-        host.set_stream_handler(TProtocol(KAD), answer)
-        if not await connect(host, context.target):
-            outcome.errors += 1
-            return
+    async with connected_host(context, outcome, handlers={KAD: answer}) as host:
         # Also ask the target ourselves, so it learns we speak kad and adds us to its table.
         stream = await open_stream(host, context.target, KAD)
         if stream is not None:
@@ -674,10 +716,7 @@ async def dht_huge_sender_record(context: Context, outcome: Outcome) -> None:
     identity = Identity.generate()
     record = huge_peer_record(identity, context.count(40_000))
     deadline = trio.current_time() + context.duration
-    async with attacker_host(context, identity) as host:
-        if not await connect(host, context.target):
-            outcome.errors += 1
-            return
+    async with connected_host(context, outcome, identity) as host:
         for _ in range(context.count(3)):
             if trio.current_time() > deadline:
                 break
@@ -738,32 +777,37 @@ async def identify_huge(context: Context, outcome: Outcome) -> None:
             identity = Identity.generate()
             payload = huge_identify(identity, addresses, protocols, record_addresses)
             outcome.notes[f"{label}_bytes"] = len(payload)
+            answer_timeout = 2.0 if round_index else 4.0
+            with contextlib.suppress(Unreachable):  # the next identity tries again
+                await _push_identify(context, outcome, identity, payload, answer_timeout)
 
-            async def answer_identify(stream: INetStream, payload: bytes = payload) -> None:
-                try:
-                    await stream.write(payload)
-                    await stream.close()
-                    outcome.notes["identify_answers"] = outcome.notes.get("identify_answers", 0) + 1
-                except Exception:
-                    await reset_quietly(stream)
 
-            async with attacker_host(context, identity) as host:
-                host.set_stream_handler(TProtocol(IDENTIFY), answer_identify)
-                if not await connect(host, context.target):
-                    outcome.errors += 1
-                    continue
-                stream = await open_stream(host, context.target, IDENTIFY_PUSH)
-                if stream is None:
-                    outcome.errors += 1
-                    continue
-                try:
-                    await stream.write(payload)
-                    await stream.close()
-                    outcome.sent += 1
-                    outcome.bytes_sent += len(payload)
-                except Exception:
-                    outcome.refused += 1
-                tally(outcome, await read_answer(stream, timeout=2.0 if round_index else 4.0))
+async def _push_identify(
+    context: Context, outcome: Outcome, identity: Identity, payload: bytes, answer_timeout: float
+) -> None:
+    """One identity pushes ``payload`` as identify push and answers the target's identify with it."""
+
+    async def answer_identify(stream: INetStream) -> None:
+        try:
+            await stream.write(payload)
+            await stream.close()
+            outcome.notes["identify_answers"] = outcome.notes.get("identify_answers", 0) + 1
+        except Exception:
+            await reset_quietly(stream)
+
+    async with connected_host(context, outcome, identity, {IDENTIFY: answer_identify}) as host:
+        stream = await open_stream(host, context.target, IDENTIFY_PUSH)
+        if stream is None:
+            outcome.errors += 1
+            return
+        try:
+            await stream.write(payload)
+            await stream.close()
+            outcome.sent += 1
+            outcome.bytes_sent += len(payload)
+        except Exception:
+            outcome.refused += 1
+        tally(outcome, await read_answer(stream, timeout=answer_timeout))
 
 
 # ------------------------------------------------------------------------ connections, streams
@@ -820,10 +864,7 @@ async def challenge_flood(context: Context, outcome: Outcome) -> None:
     from protocol.jobs.messages import ChallengeRequest
 
     deadline = trio.current_time() + context.duration
-    async with attacker_host(context) as host:
-        if not await connect(host, context.target):
-            outcome.errors += 1
-            return
+    async with connected_host(context, outcome) as host:
         started = trio.current_time()
 
         async def worker() -> None:
@@ -857,10 +898,7 @@ async def stream_flood(context: Context, outcome: Outcome) -> None:
     opening_until = trio.current_time() + context.duration / 2
     held: list[INetStream] = []
     wanted = context.count(2000)
-    async with attacker_host(context) as host:
-        if not await connect(host, context.target):
-            outcome.errors += 1
-            return
+    async with connected_host(context, outcome) as host:
 
         async def opener() -> None:
             while outcome.sent < wanted and trio.current_time() < opening_until:
@@ -1216,14 +1254,8 @@ def sealed_embeddings_jobs(bundle_bytes: bytes, texts: int, deadline_s: float = 
 
 async def _job_streams(context: Context, outcome: Outcome, streams: int, texts: int, read: bool) -> None:
     deadline = trio.current_time() + context.duration
-    async with attacker_host(context) as host:
-        if not await connect(host, context.target):
-            outcome.errors += 1
-            return
-        bundle = await fetch_bundle(host, context.target)
-        if bundle is None:
-            outcome.errors += 1
-            return
+    async with connected_host(context, outcome) as host:
+        bundle = await target_bundle(host, context, outcome)
         held: list[INetStream] = []
 
         async def one() -> None:
@@ -1269,14 +1301,8 @@ async def greedy_client(context: Context, outcome: Outcome) -> None:
 @attack("job-replay", "jobs")
 async def job_replay(context: Context, outcome: Outcome) -> None:
     """One valid job (2 texts) sent, then replayed 50 times on the same stream and on fresh ones."""
-    async with attacker_host(context) as host:
-        if not await connect(host, context.target):
-            outcome.errors += 1
-            return
-        bundle = await fetch_bundle(host, context.target)
-        if bundle is None:
-            outcome.errors += 1
-            return
+    async with connected_host(context, outcome) as host:
+        bundle = await target_bundle(host, context, outcome)
         frames = b"".join(sealed_embeddings_jobs(bundle, texts=2))
         deadline = trio.current_time() + context.duration
         for round_index in range(context.count(50)):
