@@ -68,7 +68,13 @@ CASES = [
     Case(
         "px-injection", (), contained=lambda notes: notes["dials_to_fake_peers"] == 0
     ),  # PX from a stranger: ignored
-    Case("dht-put-flood", ("veilnet_dht_records_refused_total",), scored=True, scale=0.3),
+    # 1 MiB records: refused from their length prefix (dht_message_bytes), before the validator.
+    Case(
+        "dht-put-flood",
+        ("veilnet_dht_records_refused_total", "veilnet_limit_hits_total"),
+        scored=True,
+        scale=0.3,
+    ),
     # A loaded executor answers queries more slowly than its per-peer rate limit (20/s) admits, so
     # the flood is bounded by the handler itself; node.net's own tests show the limit on an idle node.
     Case("dht-query-flood", ()),
