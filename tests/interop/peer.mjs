@@ -78,7 +78,10 @@ async function start (req) {
     streamMuxers: [yamux()],
     services: {
       identify: identify(),
-      ping: ping()
+      // js-libp2p's connection monitor pings every connection on /ipfs/ping/1.0.0 too; with the
+      // default of one outbound ping stream, a test's ping that meets the monitor's is refused
+      // locally (TooManyOutboundProtocolStreamsError) before anything reaches the node.
+      ping: ping({ maxOutboundStreams: 4 })
     }
   }
   if (req.seed_hex != null) {
