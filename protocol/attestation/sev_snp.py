@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from protocol.attestation import allowlist, der
 from protocol.attestation.evidence import Evidence, EvidenceKind, EvidenceVerdict, Reason
+from protocol.attestation.issuer_links import verify_issued_by
 from protocol.attestation.roots import AMD_PRODUCTS, amd_chain, fingerprint
 from protocol.attestation.snp_report import (
     SIG_ALGO_ECDSA_P384_SHA384,
@@ -123,7 +124,7 @@ def _check_validity(cert: x509.Certificate, now: int, what: str) -> None:
 
 def _issued_by(child: x509.Certificate, parent: x509.Certificate, what: str) -> None:
     try:
-        child.verify_directly_issued_by(parent)
+        verify_issued_by(child, parent)  # remembered when it verifies: every VCEK shares its ASK
     except InvalidSignature as exc:
         raise _Refusal(Reason.CHAIN_INVALID, f"{what}: the signature does not verify") from exc
     except (ValueError, TypeError) as exc:
