@@ -1,30 +1,40 @@
-"""In-process executors and a router wired by memory pipes: the job protocol without libp2p.
+"""Job-test harnesses: in-process executors wired by memory pipes, and a cluster of node processes.
 
-Every byte still goes through the real code paths — sealing, framing, message codecs, commit/
-reveal, the executor's checks, the router's flow and vote — only the transport is a pair of trio
-memory channels. Multi-node process tests cover libp2p.
+In-process (``MemoryNetwork``): every byte still goes through the real code paths — sealing,
+framing, message codecs, commit/reveal, the executor's checks, the router's flow and vote — only
+the transport is a pair of trio memory channels. ``JobCluster`` / ``job_cluster`` is the testnet of
+real node processes on 127.0.0.1 that the multi-node job tests (``test_network``,
+``test_live_stream``) share, so both cover libp2p with one set-up.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
+from node.config import NodeConfig, TestEvidenceFault, load_node_config
 from node.jobs.executor import Executor, ExecutorSettings
 from node.jobs.faults import Fault, FaultConfig
 from node.jobs.frames import FrameIO, memory_frame_pair
 from node.jobs.network_view import ExecutorInfo
 from node.jobs.router import Router, RouterSettings
+from node.testnet import NodeProcess
 from protocol.attestation.bundle import build_bundle
 from protocol.attestation.policy import Policy
 from protocol.attestation.simulated import SimulatedPlatform, source_measurement
 from protocol.identity import Identity
 from protocol.sealing import EncryptionKeyPair
+from tests.node.cluster import Cluster
 
 # Each member carries a real simulated-evidence bundle for its key (receipts embed them).
 PLATFORM = SimulatedPlatform(bytes([11]) * 32, testnet="harness")
@@ -145,3 +155,87 @@ def models():
     chat = load_runtime("veilnet-tiny-random-lm")
     reference = embed.embed(TEXTS)  # type: ignore[attr-defined]
     return embed, chat, reference
+
+
+# ---------------------------------------------------------------------------- node processes
+
+MODELS = ("all-MiniLM-L6-v2", "veilnet-tiny-random-lm")
+EMBED, CHAT = MODELS
+# Generous timeouts: up to eight node processes share two cores here (a warm embedding takes
+# ~30 ms alone, seconds when every process computes at once).
+ROUTER_EXTRA = {"commit_timeout_s": 15, "reveal_timeout_s": 3, "deadline_s": 60}
+
+
+class JobCluster(Cluster):
+    """Executors serving ``models``; every node traces its job-stream frames for the canary tests."""
+
+    def __init__(self, root: Path, nodes: int, *, models: Sequence[str] = MODELS, **kwargs: Any) -> None:
+        super().__init__(root, nodes, **kwargs)
+        self.models = tuple(models)
+
+    def _overrides(self, index: int, config: NodeConfig) -> NodeConfig:
+        config = super()._overrides(index, config)
+        extra = {**ROUTER_EXTRA, "trace_job_frames": str(config.data_dir / "frames.trace")}
+        return replace(config, models=self.models, extra=extra)
+
+    def add_job_node(self, *, extra: dict[str, Any], fault: TestEvidenceFault | None = None) -> NodeProcess:
+        """Start one more executor of this testnet with ``[extra]`` settings (e.g. a fault mode)."""
+        assert self.layout is not None
+        index = len(self.nodes)
+        template = load_node_config(self.layout.node_configs[0])
+        node_dir = self.root / f"node-{index}"
+        config = replace(
+            template, data_dir=node_dir, listen=("/ip4/127.0.0.1/tcp/0",), api="127.0.0.1:0",
+            log_file=node_dir / "node.log", label=f"node-{index}", test_evidence_fault=fault,
+            models=self.models,
+            extra={**ROUTER_EXTRA, "trace_job_frames": str(node_dir / "frames.trace"), **extra},
+        )
+        path = node_dir / "node.toml"
+        config.save(path)
+        return self._spawn(index, path, ("--bootstrap", self.nodes[0].multiaddr))
+
+    def serving(self, observer: NodeProcess, peer: NodeProcess) -> bool:
+        """``observer`` has ``peer`` attested with every model of this cluster."""
+        wanted = peer.info["peer_id"]
+        return any(
+            p["peer_id"] == wanted and len(p["models"]) == len(self.models) for p in self.peers(observer)
+        )
+
+    def post(self, node: NodeProcess, path: str, body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(f"{node.api_url}{path}", json=body, timeout=90.0)
+
+    def embed(self, texts: list[str], node: NodeProcess | None = None, **veilnet: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": EMBED, "input": texts}
+        if veilnet:
+            body["veilnet"] = veilnet
+        response = self.post(node or self.nodes[0], "/v1/embeddings", body)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def gauge(self, node: NodeProcess, name: str) -> float:
+        return self.metrics(node).get(name, 0.0)
+
+
+def job_cluster(prefix: str, models: Sequence[str] = MODELS) -> Iterator[JobCluster]:
+    """A module fixture's body: four executors of ``models``, each seen serving by node 0.
+
+    Not tmp_path_factory: pytest deletes all but the newest three base temp dirs, and a concurrent
+    pytest run (CI shards, other developers) would delete this cluster's live files. One torch
+    thread per node process: eight processes with two threads each on two cores would mostly
+    measure oversubscription (children inherit the environment).
+    """
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    previous_threads = os.environ.get("VEILNET_TORCH_THREADS")
+    os.environ["VEILNET_TORCH_THREADS"] = "1"
+    c = JobCluster(root, 4, models=models, reannounce_seconds=4)
+    try:
+        c.start()
+        c.wait_until(lambda: all(c.serving(c.nodes[0], n) for n in c.nodes[1:]), "4 executors serving", 120)
+        yield c
+    finally:
+        c.close()
+        shutil.rmtree(root, ignore_errors=True)
+        if previous_threads is None:
+            os.environ.pop("VEILNET_TORCH_THREADS", None)
+        else:
+            os.environ["VEILNET_TORCH_THREADS"] = previous_threads

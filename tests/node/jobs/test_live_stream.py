@@ -11,75 +11,30 @@ tests stream fresh requests until it is (bounded), reading the primary from the 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
 
-from node.config import NodeConfig, load_node_config
 from node.testnet import NodeProcess, wait_for_info
-from tests.node.jobs.harness import models
-from tests.node.jobs.test_network import MODELS, ROUTER_EXTRA, JobCluster
+from tests.node.jobs.harness import CHAT, JobCluster, job_cluster, models
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(420)]
 __all__ = ["models"]
 
-CHAT = MODELS[1]
 MESSAGES = [{"role": "user", "content": "Tell me about enclaves."}]
 MAX_TOKENS = 48
 ATTEMPTS = 40  # requests until a given faulty node is drawn as primary (1 in ~7 each)
 
 
-class LiveCluster(JobCluster):
-    """A testnet whose executors serve only the chat model."""
-
-    def _overrides(self, index: int, config: NodeConfig) -> NodeConfig:
-        return replace(super()._overrides(index, config), models=(CHAT,))
-
-    def add_job_node(self, *, extra: dict[str, Any], fault: Any = None) -> NodeProcess:
-        assert self.layout is not None
-        index = len(self.nodes)
-        template = load_node_config(self.layout.node_configs[0])
-        node_dir = self.root / f"node-{index}"
-        config = replace(
-            template, data_dir=node_dir, listen=("/ip4/127.0.0.1/tcp/0",), api="127.0.0.1:0", models=(CHAT,),
-            log_file=node_dir / "node.log", label=f"node-{index}", extra={**ROUTER_EXTRA, **extra},
-        )
-        path = node_dir / "node.toml"
-        config.save(path)
-        return self._spawn(index, path, ("--bootstrap", self.nodes[0].multiaddr))
-
-    def serving(self, observer: NodeProcess, peer: NodeProcess) -> bool:
-        wanted = peer.info["peer_id"]
-        return any(p["peer_id"] == wanted and p["models"] for p in self.peers(observer))
-
-
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LiveCluster]:
-    root = Path(tempfile.mkdtemp(prefix="veilnet-live-"))
-    previous_threads = os.environ.get("VEILNET_TORCH_THREADS")
-    os.environ["VEILNET_TORCH_THREADS"] = "1"
-    c = LiveCluster(root, 4, reannounce_seconds=4)
-    try:
-        c.start()
-        c.wait_until(lambda: all(c.serving(c.nodes[0], n) for n in c.nodes[1:]), "4 executors serving", 120)
-        yield c
-    finally:
-        c.close()
-        shutil.rmtree(root, ignore_errors=True)
-        if previous_threads is None:
-            os.environ.pop("VEILNET_TORCH_THREADS", None)
-        else:
-            os.environ["VEILNET_TORCH_THREADS"] = previous_threads
+def cluster() -> Iterator[JobCluster]:
+    """Executors serving only the chat model (no embedding model to load)."""
+    yield from job_cluster("veilnet-live-", models=(CHAT,))
 
 
 def _events(cluster: JobCluster, **veilnet: Any) -> list[dict[str, Any]]:

@@ -12,13 +12,10 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,91 +25,22 @@ import pytest
 import trio
 
 from node.attest.appraisal import load_policy
-from node.config import NodeConfig, TestEvidenceFault, load_node_config, load_testnet_config
+from node.config import TestEvidenceFault, load_testnet_config
 from node.testnet import NodeProcess, wait_for_info
 from protocol.identity import peer_id_from_text, peer_id_to_text
 from protocol.jobs.receipts import Receipt, ReceiptError, verify_receipt
 from protocol.jobs.reputation import ReputationBook, ReputationFormatError
-from tests.node.cluster import Cluster
-from tests.node.jobs.harness import TEXTS, models
+from tests.node.jobs.harness import EMBED, MODELS, ROUTER_EXTRA, TEXTS, JobCluster, job_cluster, models
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(300)]
 __all__ = ["models"]
 
-MODELS = ("all-MiniLM-L6-v2", "veilnet-tiny-random-lm")
-EMBED = "all-MiniLM-L6-v2"
-# Generous timeouts: up to eight node processes share two cores here (a warm embedding takes
-# ~30 ms alone, seconds when every process computes at once).
-ROUTER_EXTRA = {"commit_timeout_s": 15, "reveal_timeout_s": 3, "deadline_s": 60}
 CANARY = "CANARY-7f3a9c1e-do-not-leak"
-
-
-class JobCluster(Cluster):
-    """Executors with models; every node traces its job-stream frames for the canary test."""
-
-    def _overrides(self, index: int, config: NodeConfig) -> NodeConfig:
-        config = super()._overrides(index, config)
-        extra = {**ROUTER_EXTRA, "trace_job_frames": str(config.data_dir / "frames.trace")}
-        return replace(config, models=MODELS, extra=extra)
-
-    def add_job_node(self, *, extra: dict[str, Any], fault: TestEvidenceFault | None = None) -> NodeProcess:
-        """Start one more executor of this testnet with ``[extra]`` settings (e.g. a fault mode)."""
-        assert self.layout is not None
-        index = len(self.nodes)
-        template = load_node_config(self.layout.node_configs[0])
-        node_dir = self.root / f"node-{index}"
-        config = replace(
-            template, data_dir=node_dir, listen=("/ip4/127.0.0.1/tcp/0",), api="127.0.0.1:0",
-            log_file=node_dir / "node.log", label=f"node-{index}", test_evidence_fault=fault,
-            extra={**ROUTER_EXTRA, "trace_job_frames": str(node_dir / "frames.trace"), **extra},
-        )
-        path = node_dir / "node.toml"
-        config.save(path)
-        return self._spawn(index, path, ("--bootstrap", self.nodes[0].multiaddr))
-
-    # ------------------------------------------------------------------ helpers
-
-    def serving(self, observer: NodeProcess, peer: NodeProcess) -> bool:
-        """``observer`` has ``peer`` attested with both models."""
-        wanted = peer.info["peer_id"]
-        return any(p["peer_id"] == wanted and len(p["models"]) == len(MODELS) for p in self.peers(observer))
-
-    def post(self, node: NodeProcess, path: str, body: dict[str, Any]) -> httpx.Response:
-        return httpx.post(f"{node.api_url}{path}", json=body, timeout=90.0)
-
-    def embed(self, texts: list[str], node: NodeProcess | None = None, **veilnet: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": EMBED, "input": texts}
-        if veilnet:
-            body["veilnet"] = veilnet
-        response = self.post(node or self.nodes[0], "/v1/embeddings", body)
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    def gauge(self, node: NodeProcess, name: str) -> float:
-        return self.metrics(node).get(name, 0.0)
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[JobCluster]:
-    # Not tmp_path_factory: pytest deletes all but the newest three base temp dirs, and a
-    # concurrent pytest run (CI shards, other developers) would delete this cluster's live files.
-    root = Path(tempfile.mkdtemp(prefix="veilnet-jobs-"))
-    # One torch thread per node process: eight processes with two threads each on two cores
-    # would mostly measure oversubscription. (Children inherit the environment.)
-    previous_threads = os.environ.get("VEILNET_TORCH_THREADS")
-    os.environ["VEILNET_TORCH_THREADS"] = "1"
-    c = JobCluster(root, 4, reannounce_seconds=4)
-    try:
-        c.start()
-        c.wait_until(lambda: all(c.serving(c.nodes[0], n) for n in c.nodes[1:]), "4 executors serving", 120)
-        yield c
-    finally:
-        c.close()
-        shutil.rmtree(root, ignore_errors=True)
-        if previous_threads is None:
-            os.environ.pop("VEILNET_TORCH_THREADS", None)
-        else:
-            os.environ["VEILNET_TORCH_THREADS"] = previous_threads
+    yield from job_cluster("veilnet-jobs-")
 
 
 def _vectors(answer: dict[str, Any]) -> np.ndarray:
