@@ -10,7 +10,10 @@ The last chunk has the ``finish_reason`` and adds ``"report"`` (the full verific
 with ``stream_options: {"include_usage": true}`` a usage chunk (empty ``choices``) follows it. A
 stream that fails ends with one ``{"error": {...}, "veilnet": {...}}`` event, whose error code is
 the router's (``stream_rejected`` names ``rejected_at``, the first rejected token index), then
-``[DONE]``.
+``[DONE]``. With ``veilnet: {"retry": true}`` a rejected stream is not ended but restarted once
+with a fresh primary: one chunk with an empty delta and ``"restart": {"attempt": 2, "rejected_at":
+…, "message": …}`` in its ``veilnet`` object tells the client to discard the content received so
+far; the deltas after it are the new completion from its start (their ``veilnet.attempt`` is 2).
 
 The response owns a nursery: the job runs beside the writer, and a client that disconnects
 cancels the job with it (no task outlives the request).
@@ -27,7 +30,7 @@ import trio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from node.jobs.chat_stream import StreamDelta, StreamDone, StreamEvent, StreamFailed
+from node.jobs.chat_stream import StreamDelta, StreamDone, StreamEvent, StreamFailed, StreamRestart
 
 __all__ = ["ChatEventStream"]
 
@@ -70,6 +73,10 @@ class ChatEventStream(Response):
         lines = []
         if first and not isinstance(event, StreamFailed):
             lines.append(self._chunk({"role": "assistant", "content": ""}, None, event.progress))
+        if isinstance(event, StreamRestart):
+            restart = {"attempt": event.attempt, "rejected_at": event.rejected_at, "message": event.message}
+            lines.append(self._chunk({}, None, {**event.progress, "restart": restart}))
+            return lines
         if isinstance(event, StreamDelta):
             if event.text or not first:
                 lines.append(self._chunk({"content": event.text} if event.text else {}, None, event.progress))

@@ -221,7 +221,7 @@ def veilnet_options(body: Mapping[str, Any]) -> dict[str, Any]:
     raw = body.get("veilnet") or {}
     if not isinstance(raw, dict):
         raise bad("veilnet must be an object", "veilnet")
-    unknown = set(raw) - {"replicas", "mode", "challenge", "deadline_s", "stream"}
+    unknown = set(raw) - {"replicas", "mode", "challenge", "deadline_s", "stream", "retry"}
     if unknown:
         raise bad(f"unknown veilnet options {sorted(unknown)}", "veilnet")
     options: dict[str, Any] = {}
@@ -249,4 +249,8 @@ def veilnet_options(body: Mapping[str, Any]) -> dict[str, Any]:
         if raw["stream"] not in ("live", "verified", "after"):
             raise bad("veilnet.stream must be live, verified or after", "veilnet.stream")
         options["stream"] = raw["stream"]
+    if "retry" in raw:  # live chat: restart a rejected stream once with a fresh primary
+        if not isinstance(raw["retry"], bool):
+            raise bad("veilnet.retry must be a boolean", "veilnet.retry")
+        options["retry"] = raw["retry"]
     return options

@@ -12,12 +12,14 @@ returns the report of a recent job, ``GET /veilnet/v1/jobs/{id}/receipt`` its si
 Veilnet options ride in the request body (``extra_body`` in the openai client)::
 
     {"veilnet": {"replicas": 3, "mode": "consensus" | "spot-check", "challenge": false, "deadline_s": 30,
-                 "stream": "live" | "verified" | "after"}}
+                 "stream": "live" | "verified" | "after", "retry": false}}
 
 ``stream: true`` is live by default: tokens are forwarded as the primary generates them and each
 chunk's ``veilnet`` object says how far verification got; ``verified`` releases each piece once
 the verifiers accepted it; ``after`` sends the whole verified completion at the end (refusals
-then stay HTTP errors; in the live modes they arrive as an error event in the stream).
+then stay HTTP errors; in the live modes they arrive as an error event in the stream). ``retry``
+(live modes): a stream the verifiers reject restarts once with a fresh primary (a ``restart``
+chunk tells the client to discard the text so far) instead of ending with ``stream_rejected``.
 
 Chat completions are greedy (temperature is ignored; the report says ``sampling: greedy``):
 greedy decoding is what verifiers can check token by token. Before a job is dispatched the node
@@ -144,8 +146,9 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
                                            or dimensions < 1):
                 raise bad("dimensions must be a positive integer", "dimensions")
             options = veilnet_options(body)
-            if "stream" in options:
-                raise bad("veilnet.stream applies to chat completions only", "veilnet.stream")
+            for chat_only in ("stream", "retry"):
+                if chat_only in options:
+                    raise bad(f"veilnet.{chat_only} applies to chat completions only", f"veilnet.{chat_only}")
             model_id = await admit(model, "embeddings", options)
             result = await router().embeddings(model, texts, **options)
             vectors = result.vectors
@@ -182,6 +185,7 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
             include_usage = _include_usage(body)
             if stream and release != "after":
                 return _live(router(), model, messages, max_tokens, release, include_usage, created, options)
+            options.pop("retry", None)  # not live: a rejected primary is always retried once
             # Not live: the text is released only once verification passed, so the job runs first
             # and any refusal is an HTTP error before the stream starts.
             result = await router().chat(model, messages, max_tokens=max_tokens, **options)

@@ -20,6 +20,13 @@ Endings, each before the job's deadline:
   ``stall_s`` → ``StreamFailed`` (``primary_failed``), the report says how many tokens arrived.
 
 ``release="verified"`` holds each piece of text back until the verifiers accepted its tokens.
+
+``retry=True`` (the request's ``veilnet: {retry: true}``): a stream the verifiers rejected is run
+once more from the start with a fresh primary (never a rejected one) instead of ending. The
+caller gets a ``StreamRestart`` (the rejected attempt's ``rejected_at`` and why) and must discard
+the text it received so far; the next attempt's deltas are the completion from its first token.
+The report lists every attempt. A primary that failed (``primary_failed``) is not retried: its
+tokens were not judged wrong, and its recovery before the first token is the phase's own.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import Any
 
 import trio
 
-from node.jobs.chat_flow import RunPhase, score_decoder
+from node.jobs.chat_flow import PRIMARY_ATTEMPTS, RunPhase, score_decoder
 from node.jobs.errors import RouterError, RouterErrorCode
 from node.jobs.phase import Phase, PhaseSpec, Submission
 from node.jobs.reports import Reports, error_for, executor_report
@@ -56,6 +63,7 @@ __all__ = [
     "StreamDone",
     "StreamEvent",
     "StreamFailed",
+    "StreamRestart",
 ]
 
 VERIFY_CHUNK_TOKENS = 16  # re-score once this many tokens are unverified ...
@@ -90,7 +98,17 @@ class StreamFailed:
     progress: dict[str, Any]
 
 
-StreamEvent = StreamDelta | StreamDone | StreamFailed
+@dataclass(frozen=True)
+class StreamRestart:
+    """The verifiers rejected attempt ``attempt - 1``; the caller discards its text, ``attempt`` starts."""
+
+    attempt: int
+    rejected_at: int | None
+    message: str
+    progress: dict[str, Any]
+
+
+StreamEvent = StreamDelta | StreamDone | StreamFailed | StreamRestart
 
 
 # -- what the tap and the tasks tell the coordinator ----------------------------------------------
@@ -204,7 +222,7 @@ class ChatStream:
     def __init__(
         self, run_phase: RunPhase, reports: Reports, standing: Standing, sub: Submission,
         report: dict[str, Any], *, release: str = "live", commit_timeout_s: float = 10.0,
-        stall_s: float = STALL_S, clock: Callable[[], float] = time.time,
+        stall_s: float = STALL_S, clock: Callable[[], float] = time.time, retry: bool = False,
     ) -> None:
         if release not in RELEASES:
             raise ValueError(f"release must be one of {RELEASES}")
@@ -223,12 +241,40 @@ class ChatStream:
         self._verifiers = (sub.k - 1 if sub.mode is Mode.CONSENSUS else sub.k) if sub.verify else 0
         self._state = _State()
         self._changed = trio.Event()
+        self._attempts = PRIMARY_ATTEMPTS if retry else 1
+        self._attempt = 1
+        self._gen_id = sub.job_id
+        self._rejected: set[bytes] = set()  # primaries the verifiers' majority rejected
+        self._past_rows: list[dict[str, Any]] = []  # executor rows of the earlier attempts
+        self._history: list[dict[str, Any]] = []  # one summary per finished attempt
 
     async def run(self, out: trio.MemorySendChannel[StreamEvent]) -> None:
         """Drive the job to one final event on ``out`` (a failure is an event, never an exception)."""
-        state = self._state
         self._report["phases"] = []
-        self._report["stream"] = {"release": self._release}
+        self._report["stream"] = {"release": self._release, "retry": self._attempts > 1}
+        while True:
+            final = await self._run_attempt(out)
+            restart = (
+                isinstance(final, StreamFailed) and final.error.code is RouterErrorCode.STREAM_REJECTED
+                and self._attempt < self._attempts and self._clock() < self._sub.deadline
+            )
+            if not restart:
+                break
+            assert isinstance(final, StreamFailed) and self._state.primary is not None
+            self._rejected.add(self._state.primary)
+            self._past_rows = self._report["executors"]
+            self._attempt += 1
+            self._gen_id = os.urandom(JOB_ID_LEN)
+            self._state = _State()
+            self._report["stream"].pop("first_token_ms", None)
+            self._report["stream"].pop("rejected_at", None)
+            restart = StreamRestart(self._attempt, final.rejected_at, final.error.message, self._progress())
+            await out.send(restart)
+        await out.send(final)
+
+    async def _run_attempt(self, out: trio.MemorySendChannel[StreamEvent]) -> StreamEvent:
+        """One primary's stream, verified as it grows, to its final event (not yet sent)."""
+        state = self._state
         inbox_send, inbox = trio.open_memory_channel[Any](math.inf)
         tap = LiveTap(inbox_send)
         final: StreamEvent | None = None
@@ -253,15 +299,16 @@ class ChatStream:
                 nursery.cancel_scope.cancel()
         if final is None:
             final = self._fail(RouterErrorCode.DEADLINE, "the job's deadline passed during the stream")
-        await out.send(final)
+        return final
 
     # ------------------------------------------------------------------ tasks
 
     async def _primary(self, tap: LiveTap, inbox: trio.MemorySendChannel[Any]) -> None:
         sub = self._sub
         outcome, phase = await self._run_phase(PhaseSpec(
-            sub.job_id, sub.model_id, Task.CHAT, sub.mode, self._job, sub.decode, sub.infos, quorum=1,
+            self._gen_id, sub.model_id, Task.CHAT, sub.mode, self._job, sub.decode, sub.infos, quorum=1,
             deadline=sub.deadline, challenge=sub.challenge, escalate=False, live=tap,
+            exclude=frozenset(self._rejected),
             pipeline=True,  # the tokens are out already: nothing is gained by holding the reveal back
         ))
         inbox.send_nowait(_PrimaryDone(outcome, phase))
@@ -291,7 +338,8 @@ class ChatStream:
             outcome, phase = await self._run_phase(PhaseSpec(
                 score_id, sub.model_id, Task.CHAT, sub.mode, ScoreInput(self._job.messages, prefix),
                 score_decoder(len(prefix)), sub.infos, quorum=self._verifiers, deadline=sub.deadline,
-                challenge=sub.challenge, escalate=False, exclude=frozenset({state.primary}), voter=voter,
+                challenge=sub.challenge, escalate=False, exclude=frozenset(self._rejected | {state.primary}),
+                voter=voter,
                 needed=1,
             ))
             inbox.send_nowait(_Verified(len(prefix), score_id, outcome, phase, voter))
@@ -336,7 +384,7 @@ class ChatStream:
             row["in_majority"] = not self._verifiers and row["in_majority"]
         state.executors = rows
         self._report["phases"].append(
-            {"job_id": self._sub.job_id.hex(), "op": "generate", "status": outcome.status.value}
+            {"job_id": self._gen_id.hex(), "op": "generate", "status": outcome.status.value}
         )
         if not outcome.ok:
             self._reports.finish(self._report, outcome, self._sub.started)
@@ -346,7 +394,7 @@ class ChatStream:
         primary, generation = outcome.value
         assert isinstance(generation, GenerateResult)
         if not tap.complete(primary) or generation.tokens != tuple(state.tokens):
-            self._standing.penalise(primary, "wrong_output", self._sub.job_id,
+            self._standing.penalise(primary, "wrong_output", self._gen_id,
                                     "revealed tokens differ from the streamed ones")
             self._penalty(primary)
             why = "the revealed completion differs from the stream"
@@ -380,7 +428,7 @@ class ChatStream:
         if outcome.status is OutcomeStatus.NO_CONSENSUS and len(rejecters) * 2 > 1 + len(voter.last_verdicts):
             assert state.primary is not None
             detail = voter.detail_for_primary()
-            self._standing.penalise(state.primary, "wrong_output", self._sub.job_id, detail)
+            self._standing.penalise(state.primary, "wrong_output", self._gen_id, detail)
             self._penalty(state.primary)
             first = min(
                 (v.first_rejected for p, v in voter.last_verdicts.items() if p in rejecters
@@ -402,7 +450,7 @@ class ChatStream:
         if generation is None or (self._verifiers and state.verified < len(generation.tokens)):
             return None
         report = self._report
-        self._fill_report()
+        self._fill_report("ok")
         if not self._verifiers:
             self._reports.finish(report, None, self._sub.started)
             report["status"] = OutcomeStatus.OK.value
@@ -432,6 +480,7 @@ class ChatStream:
             "verified_tokens": state.verified,
             "verification_rounds": state.rounds,
             "verified": bool(self._verifiers),
+            "attempt": self._attempt,
         }
         if state.agreement:
             progress["agreement"] = dict(state.agreement)
@@ -439,13 +488,22 @@ class ChatStream:
             progress["primary"] = peer_id_to_text(state.primary)
         return progress
 
-    def _fill_report(self) -> None:
+    def _fill_report(self, status: str) -> None:
         state = self._state
-        self._report["executors"] = state.executors + state.verifier_rows
+        self._report["executors"] = self._past_rows + state.executors + state.verifier_rows
+        summary = {
+            "attempt": self._attempt, "primary": peer_id_to_text(state.primary) if state.primary else None,
+            "status": status, "generated_tokens": len(state.tokens), "verified_tokens": state.verified,
+            "verification_rounds": state.rounds,
+        }
+        if "rejected_at" in self._report["stream"]:
+            summary["rejected_at"] = self._report["stream"]["rejected_at"]
         self._report["stream"].update({
             "generated_tokens": len(state.tokens), "verified_tokens": state.verified,
-            "verification_rounds": state.rounds,
+            "verification_rounds": state.rounds, "attempts": [*self._history, summary],
         })
+        if status != "ok":
+            self._history.append(summary)
 
     def _penalty(self, peer: bytes) -> None:
         self._report.setdefault("penalties", []).append(
@@ -454,7 +512,7 @@ class ChatStream:
 
     def _fail(self, code: RouterErrorCode, message: str, *, rejected_at: int | None = None,
               finished: bool = False) -> StreamFailed:
-        self._fill_report()
+        self._fill_report(code.value)
         if not finished:
             self._reports.finish(self._report, None, self._sub.started)
             self._report["status"] = code.value

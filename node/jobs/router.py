@@ -276,6 +276,7 @@ class Router:
         self, model: str, messages: Sequence[Mapping[str, str]], out: trio.MemorySendChannel[StreamEvent], *,
         max_tokens: int | None = None, replicas: int | None = None, mode: Mode | None = None,
         challenge: bool | None = None, deadline_s: float | None = None, release: str = "live",
+        retry: bool = False,
     ) -> None:
         """Live chat (``node.jobs.chat_stream``): events on ``out``, the last a StreamDone or StreamFailed."""
         async with out:
@@ -290,7 +291,7 @@ class Router:
                 return
             stream = ChatStream(
                 self.run_phase, self.reports, self.standing, sub, report, release=release,
-                commit_timeout_s=self.settings.commit_timeout_s, clock=self._clock,
+                commit_timeout_s=self.settings.commit_timeout_s, clock=self._clock, retry=retry,
             )
             await stream.run(out)
 

@@ -2,7 +2,8 @@
 
 Four honest executors serve the tiny chat model (only it: no embedding model to load); node 0's
 API is the user's. Later tests add a ``wrong-stream`` primary (lies from token 2 on, honest as a
-verifier) and one that stalls mid-stream, which the last test kills while it streams. A faulty
+verifier; the retry test has one of its own) and one that stalls mid-stream, which the last test
+kills while it streams. A faulty
 node is only the primary when the rendezvous ranking picks it, so those
 tests stream fresh requests until it is (bounded), reading the primary from the chunks'
 ``veilnet`` object. Assertions are on event order and content, never on wall time.
@@ -134,6 +135,52 @@ def test_a_canary_in_a_streamed_prompt_never_appears_in_clear_outside_the_user_n
         frames = trace.read_text() if trace.exists() else ""
         assert canary.encode().hex() not in frames, f"canary in clear in node {node.index}'s frames"
     assert (cluster.nodes[0].data_dir / "frames.trace").stat().st_size > 0  # the job did travel, sealed
+
+
+@pytest.fixture(scope="module")
+def retry_liar(cluster: JobCluster) -> NodeProcess:
+    """A ``wrong-stream`` node of its own: while the retry test runs it is the only liar, so the
+    fresh primary of the retry is honest (the ``faulty`` nodes join only after this test)."""
+    node = cluster.add_job_node(extra={"fault": "wrong-stream"})
+    wait_for_info(node, 60)
+    cluster.wait_until(lambda: cluster.serving(cluster.nodes[0], node), "the liar serving", 150)
+    return node
+
+
+def test_with_retry_a_rejected_stream_restarts_once_with_a_fresh_primary(cluster, retry_liar, models):
+    _, chat, _ = models
+    direct = chat.generate(MESSAGES, MAX_TOKENS)  # type: ignore[attr-defined]
+    wanted = retry_liar.info["peer_id"]
+    for _ in range(ATTEMPTS):
+        events = _events(cluster, retry=True)
+        if _primary_of(events) == wanted:
+            break
+    else:
+        raise AssertionError(f"node {retry_liar.index} was never drawn as primary in {ATTEMPTS} requests")
+    restarts = [i for i, e in enumerate(events) if "restart" in e.get("veilnet", {})]
+    assert len(restarts) == 1, events
+    restart = events[restarts[0]]["veilnet"]["restart"]
+    assert restart["attempt"] == 2 and restart["rejected_at"] == 2  # the fault lies from token 2 on
+    after = events[restarts[0] + 1:]
+    assert not any("error" in e for e in events)
+    assert all(e["veilnet"]["attempt"] == 2 and e["veilnet"].get("primary") != wanted for e in after
+               if "veilnet" in e)
+    # the client discards what came before the restart: the rest is the completion from its start
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in after if e.get("choices"))
+    assert text == direct.text
+    final = [e for e in after if e.get("choices") and e["choices"][0]["finish_reason"]]
+    assert len(final) == 1
+    report = final[0]["veilnet"]["report"]
+    assert report["status"] == "ok"
+    assert [(a["status"], a.get("rejected_at")) for a in report["stream"]["attempts"]] == [
+        ("stream_rejected", 2), ("ok", None)
+    ]
+    assert report["stream"]["attempts"][0]["primary"] == wanted
+    assert {"peer_id": wanted, "offence": "wrong_output"} in [
+        {k: p[k] for k in ("peer_id", "offence")} for p in report["penalties"]
+    ]
+    usage = [e["usage"] for e in after if e.get("usage")]
+    assert len(usage) == 1 and usage[0]["completion_tokens"] == len(direct.tokens)
 
 
 @pytest.fixture(scope="module")
