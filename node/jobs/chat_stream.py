@@ -42,23 +42,21 @@ import trio
 
 from node.jobs.chat_flow import PRIMARY_ATTEMPTS, RunPhase, score_decoder
 from node.jobs.errors import RouterError, RouterErrorCode
+from node.jobs.live_tap import LiveTap, TapBroken, TapEnded, TapTokens
 from node.jobs.phase import Phase, PhaseSpec, Submission
 from node.jobs.reports import Reports, error_for, executor_report
 from node.jobs.standing import Standing
 from node.jobs.voters import ChatVoter
 from protocol.identity import peer_id_to_text
 from protocol.jobs.jobflow import Outcome, OutcomeStatus
-from protocol.jobs.live import LiveChunk, LiveChunkError, decode_live_chunk
 from protocol.jobs.messages import JOB_ID_LEN, Mode, Task
 from protocol.jobs.payloads import GenerateInput, GenerateResult, ScoreInput
-from protocol.sealing import JobSession, SealingError, StreamOpener
 
 __all__ = [
     "RELEASES",
     "VERIFY_CHUNK_TOKENS",
     "VERIFY_INTERVAL_S",
     "ChatStream",
-    "LiveTap",
     "StreamDelta",
     "StreamDone",
     "StreamEvent",
@@ -111,24 +109,7 @@ class StreamRestart:
 StreamEvent = StreamDelta | StreamDone | StreamFailed | StreamRestart
 
 
-# -- what the tap and the tasks tell the coordinator ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Tokens:
-    peer: bytes
-    chunk: LiveChunk
-
-
-@dataclass(frozen=True)
-class _Ended:
-    peer: bytes
-
-
-@dataclass(frozen=True)
-class _Broken:
-    peer: bytes
-    why: str
+# -- what the tasks tell the coordinator (the tap's own events are in live_tap) --------------------
 
 
 @dataclass(frozen=True)
@@ -144,60 +125,6 @@ class _Verified:
     outcome: Outcome
     phase: Phase
     voter: ChatVoter
-
-
-class LiveTap:
-    """Opens one live primary's sealed chunks in order (``phase.LiveSink``).
-
-    The first peer that streams owns the stream; a peer that fails before it sent a token may be
-    replaced (the flow tries the next one), one that fails after cannot: the user already has its
-    text. Secretstream order and the FINAL tag are checked by ``StreamOpener``.
-    """
-
-    def __init__(self, inbox: trio.MemorySendChannel[Any]) -> None:
-        self._inbox = inbox
-        self.owner: bytes | None = None
-        self._opener: StreamOpener | None = None
-        self._finished = False
-        self.tokens = 0
-
-    def on_chunk(self, peer: bytes, session: JobSession, data: bytes) -> str | None:
-        if self.owner is None:
-            self.owner = peer
-        elif peer != self.owner:
-            return "another primary already streams this job"
-        try:
-            if self._opener is None:
-                self._opener = StreamOpener.start(session, data)
-                return None
-            if self._finished:
-                raise LiveChunkError("after_final", "a chunk after the FINAL one")
-            plaintext = self._opener.pull(data)
-            if self._opener.finished:
-                if plaintext:
-                    raise LiveChunkError("bad_final", "the FINAL chunk must be empty")
-                self._finished = True
-                self._inbox.send_nowait(_Ended(peer))
-                return None
-            chunk = decode_live_chunk(plaintext)
-        except (SealingError, LiveChunkError) as exc:
-            why = str(exc)
-            self._inbox.send_nowait(_Broken(peer, f"the primary's stream is broken: {why}"))
-            return why
-        self.tokens += len(chunk.tokens)
-        self._inbox.send_nowait(_Tokens(peer, chunk))
-        return None
-
-    def on_failure(self, peer: bytes, why: str) -> None:
-        if peer != self.owner:
-            return
-        if self.tokens == 0 and not self._finished:
-            self.owner, self._opener = None, None  # nothing reached the user: a replacement may stream
-            return
-        self._inbox.send_nowait(_Broken(peer, why))
-
-    def complete(self, peer: bytes) -> bool:
-        return peer == self.owner and self._finished
 
 
 @dataclass
@@ -254,11 +181,11 @@ class ChatStream:
         self._report["stream"] = {"release": self._release, "retry": self._attempts > 1}
         while True:
             final = await self._run_attempt(out)
-            restart = (
+            again = (
                 isinstance(final, StreamFailed) and final.error.code is RouterErrorCode.STREAM_REJECTED
                 and self._attempt < self._attempts and self._clock() < self._sub.deadline
             )
-            if not restart:
+            if not again:
                 break
             assert isinstance(final, StreamFailed) and self._state.primary is not None
             self._rejected.add(self._state.primary)
@@ -316,6 +243,7 @@ class ChatStream:
     async def _verify_loop(self, inbox: trio.MemorySendChannel[Any]) -> None:
         state, sub = self._state, self._sub
         checked = 0
+        rank_key = os.urandom(JOB_ID_LEN)  # one verifier ranking for all rounds: KV caches are reused
         while True:
             while True:
                 pending = len(state.tokens) - checked
@@ -339,8 +267,7 @@ class ChatStream:
                 score_id, sub.model_id, Task.CHAT, sub.mode, ScoreInput(self._job.messages, prefix),
                 score_decoder(len(prefix)), sub.infos, quorum=self._verifiers, deadline=sub.deadline,
                 challenge=sub.challenge, escalate=False, exclude=frozenset(self._rejected | {state.primary}),
-                voter=voter,
-                needed=1,
+                voter=voter, needed=1, rank_key=rank_key,
             ))
             inbox.send_nowait(_Verified(len(prefix), score_id, outcome, phase, voter))
             if not outcome.ok:
@@ -353,7 +280,7 @@ class ChatStream:
         self, event: Any, tap: LiveTap, out: trio.MemorySendChannel[StreamEvent]
     ) -> StreamEvent | None:
         state = self._state
-        if isinstance(event, _Tokens):
+        if isinstance(event, TapTokens):
             if state.first_token_at is None:
                 state.first_token_at = self._clock()
                 first_ms = round((state.first_token_at - self._sub.started) * 1000, 3)
@@ -366,11 +293,11 @@ class ChatStream:
             else:
                 state.held.append((len(state.tokens), event.chunk.text))
             return None
-        if isinstance(event, _Ended):
+        if isinstance(event, TapEnded):
             state.streamed = True
             self._wake()
             return self._finished()
-        if isinstance(event, _Broken):
+        if isinstance(event, TapBroken):
             return self._fail(RouterErrorCode.PRIMARY_FAILED, f"the primary failed mid-stream: {event.why}")
         if isinstance(event, _PrimaryDone):
             return self._primary_done(event, tap)
