@@ -506,7 +506,9 @@ class Executor:
 
         def score() -> JobResult:
             timing["start"] = time.monotonic()
-            s = runtime.score(messages, list(job.tokens))  # type: ignore[attr-defined]
+            # a live stream's verifiers re-score a growing prefix: extend the KV cache of this
+            # client's last round (scoped to the client: no one can time another's cached prompt)
+            s = runtime.score(messages, list(job.tokens), prefix_scope=client)  # type: ignore[attr-defined]
             return ScoreResult(
                 tuple(int(r) for r in s.ranks), tuple(float(g) for g in s.gaps),
                 tuple(float(p) for p in s.logprobs),

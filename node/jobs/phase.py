@@ -84,6 +84,8 @@ class PhaseSpec:
     needed: int | None = None
     pipeline: bool = False  # k = 1 without cross-check: ask for the reveal with the job
     live: LiveSink | None = None  # a live chat primary: where its streamed tokens go
+    rank_key: bytes | None = None  # rank executors on this random key instead of the job id (a
+    # live stream's verification rounds share one, so the same verifiers extend their KV caches)
 
 
 @dataclass

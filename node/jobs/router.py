@@ -396,7 +396,7 @@ class Router:
             for peer in spec.infos
             if peer not in banned
         ]
-        ranking = rank_peers(spec.job_id, candidates, exclude=set(spec.exclude))
+        ranking = rank_peers(spec.rank_key or spec.job_id, candidates, exclude=set(spec.exclude))
         phase = Phase.start(spec, now)
         flow_deadline = max(now + 0.05, spec.deadline - self.settings.deadline_margin_s)
         flow = JobFlow(

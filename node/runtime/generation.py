@@ -5,14 +5,25 @@ greedily; each verifier runs ONE prefill over prompt ‖ claimed tokens and repo
 the rank of the claimed token and its logit gap to the top-1 token. Independent regeneration would
 diverge under harmless float noise (and cost a full decode); a prefill conditions every position
 on the same prefix and costs one parallel forward pass.
+
+Live streams are verified in rounds over a growing prefix (every 16 tokens): given a
+``prefix_scope`` (the requesting client's peer id) a verifier keeps the KV cache of the sequence it
+scored last (``PrefixCache``) and prefills only the new tokens on top of it, so a stream of n
+tokens costs one prefill of n tokens in total instead of one per round. Incremental and full
+prefill differ only by float reordering, far inside the calibrated bounds
+(``tests/node/runtime/test_prefix_cache.py``). Entries are only reused within their scope, so one
+client cannot time another's cached prompts.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +36,7 @@ from node.runtime.errors import InvalidInput, UnsupportedModel
 __all__ = [
     "ChatRuntime",
     "Generation",
+    "PrefixCache",
     "Prompt",
     "TokenCallback",
     "TokenScores",
@@ -38,6 +50,8 @@ Prompt = str | Sequence[Mapping[str, str]]
 TokenCallback = Callable[[int, str], None]
 """Called from the worker thread after each generated token with (token id, new text)."""
 
+PREFIX_CACHE_ENTRIES = 4  # live streams verified at once by one verifier, each keeps its KV cache ...
+PREFIX_CACHE_TTL_S = 30.0  # ... until its next round is this late (then it is dropped: memory, privacy)
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 _MAX_MESSAGES = 1024
 
@@ -65,6 +79,72 @@ class TokenScores:
     ranks: np.ndarray  # uint32 [n]
     gaps: np.ndarray  # float32 [n]
     logprobs: np.ndarray  # float32 [n]
+
+
+@dataclass
+class _Scored:
+    """A scored sequence and the model state after it: the start of the next round."""
+
+    scope: bytes  # whose requests may reuse it
+    ids: tuple[int, ...]  # prompt ids ‖ fed claimed tokens
+    prompt_len: int
+    past: Any  # the model's KV cache over ``ids`` (mutated in place when extended)
+    next_logits: torch.Tensor  # [vocab]: the logits that predict the token after ``ids``
+    ranks: np.ndarray  # raw scores of ids[prompt_len:], before out-of-vocabulary claims are marked
+    gaps: np.ndarray
+    logprobs: np.ndarray
+    used: float
+
+
+class PrefixCache:
+    """The KV caches of the last few scored sequences, for re-scoring a prefix that grew.
+
+    An entry is taken out when a longer sequence extends it (its KV cache is extended in place)
+    and put back as that sequence; least recently used entries, and entries idle for ``ttl_s``,
+    are dropped. Not thread-safe: the runtime's lock guards it.
+    """
+
+    def __init__(self, entries: int = PREFIX_CACHE_ENTRIES, ttl_s: float = PREFIX_CACHE_TTL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._entries: OrderedDict[tuple[bytes, tuple[int, ...]], _Scored] = OrderedDict()
+        self._max = entries
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self.hits = 0  # rounds that extended a cached prefix (for tests and benchmarks)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def take(self, scope: bytes, ids: tuple[int, ...], prompt_len: int) -> _Scored | None:
+        """The longest sequence of ``scope`` that ``ids`` starts with (same prompt), taken out."""
+        self._expire()
+        best: _Scored | None = None
+        for entry in self._entries.values():
+            extends = len(entry.ids) <= len(ids) and ids[: len(entry.ids)] == entry.ids
+            if entry.scope == scope and entry.prompt_len == prompt_len and extends and (
+                best is None or len(entry.ids) > len(best.ids)
+            ):
+                best = entry
+        if best is not None:
+            del self._entries[(best.scope, best.ids)]
+            self.hits += 1
+        return best
+
+    def put(self, entry: _Scored) -> None:
+        entry.used = self._clock()
+        key = (entry.scope, entry.ids)
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for key in [key for key, entry in self._entries.items() if now - entry.used > self._ttl_s]:
+            del self._entries[key]
 
 
 class ChatRuntime(ModelRuntime):
@@ -102,6 +182,7 @@ class ChatRuntime(ModelRuntime):
         eos = config.eos_token_id
         self.eos_token_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
         self._lock = threading.Lock()
+        self.prefix_cache = PrefixCache()
 
     @property
     def model(self) -> torch.nn.Module:
@@ -180,11 +261,20 @@ class ChatRuntime(ModelRuntime):
         text = self.decode(tokens)
         return Generation(tuple(prompt_ids), tuple(tokens), text, finish)
 
-    def score(self, prompt: Prompt, tokens: Sequence[int]) -> TokenScores:
-        """Teacher-forced verification of claimed ``tokens`` after ``prompt`` in one prefill."""
-        return self.score_ids(self.encode_prompt(prompt), tokens)
+    def score(
+        self, prompt: Prompt, tokens: Sequence[int], *, prefix_scope: bytes | None = None
+    ) -> TokenScores:
+        """Teacher-forced verification of claimed ``tokens`` after ``prompt`` in one prefill.
 
-    def score_ids(self, prompt_ids: Sequence[int], tokens: Sequence[int]) -> TokenScores:
+        ``prefix_scope``: start from the cached KV state of an earlier call of the same scope
+        whose sequence this one extends (a live stream's next round), and cache this call's state
+        for the next; None computes from scratch and caches nothing.
+        """
+        return self.score_ids(self.encode_prompt(prompt), tokens, prefix_scope=prefix_scope)
+
+    def score_ids(
+        self, prompt_ids: Sequence[int], tokens: Sequence[int], *, prefix_scope: bytes | None = None
+    ) -> TokenScores:
         """As ``score``, for an already tokenised prompt."""
         claimed = [int(t) for t in tokens]
         if not prompt_ids:
@@ -201,24 +291,67 @@ class ChatRuntime(ModelRuntime):
         # finite gap) and a stand-in id feeds the forward pass for the positions after it.
         outside = [i for i, t in enumerate(claimed) if t < 0 or t >= self.vocab_size]
         feed = [t if 0 <= t < self.vocab_size else 0 for t in claimed]
+        sequence = tuple(int(t) for t in prompt_ids) + tuple(feed)
         with self._lock, torch.inference_mode():
-            ids = torch.tensor([list(prompt_ids) + feed], dtype=torch.long)
-            logits = self._model(input_ids=ids, use_cache=False).logits[0].float()
-            # Position p predicts token p+1: claimed token i is predicted at len(prompt)-1+i.
-            window = logits[len(prompt_ids) - 1 : total - 1]
-            target = torch.tensor(feed, dtype=torch.long)
-            claimed_logit = window.gather(1, target[:, None])[:, 0]
-            ranks = (window > claimed_logit[:, None]).sum(dim=1)
-            gaps = window.max(dim=1).values - claimed_logit
-            logprobs = torch.log_softmax(window, dim=1).gather(1, target[:, None])[:, 0]
-        rank_array = ranks.numpy().astype(np.uint32)
-        gap_array = gaps.numpy().astype(np.float32)
-        logprob_array = logprobs.numpy().astype(np.float32)
+            if prefix_scope is not None:
+                rank_array, gap_array, logprob_array = self._score_extending(
+                    prefix_scope, sequence, len(prompt_ids)
+                )
+            else:
+                ids = torch.tensor([sequence], dtype=torch.long)
+                logits = self._model(input_ids=ids, use_cache=False).logits[0].float()
+                # Position p predicts token p+1: claimed token i is predicted at len(prompt)-1+i.
+                rank_array, gap_array, logprob_array = _token_scores(
+                    logits[len(prompt_ids) - 1 : total - 1], feed
+                )
+        rank_array, gap_array, logprob_array = rank_array.copy(), gap_array.copy(), logprob_array.copy()
         if outside:
             rank_array[outside] = self.vocab_size
             gap_array[outside] = np.finfo(np.float32).max
             logprob_array[outside] = np.finfo(np.float32).min
         return TokenScores(ranks=rank_array, gaps=gap_array, logprobs=logprob_array)
+
+
+    def _score_extending(
+        self, scope: bytes, sequence: tuple[int, ...], prompt_len: int
+    ) -> tuple[np.ndarray, ...]:
+        """Raw scores of ``sequence[prompt_len:]``, prefilling only what the cache does not cover."""
+        cached = self.prefix_cache.take(scope, sequence, prompt_len)
+        if cached is None:
+            ids = torch.tensor([sequence], dtype=torch.long)
+            out = self._model(input_ids=ids, use_cache=True)
+            logits = out.logits[0].float()
+            scores = _token_scores(logits[prompt_len - 1 : len(sequence) - 1], sequence[prompt_len:])
+            entry = _Scored(scope, sequence, prompt_len, out.past_key_values, logits[-1], *scores, used=0.0)
+        elif len(cached.ids) == len(sequence):
+            entry = cached
+        else:
+            new = sequence[len(cached.ids) :]
+            out = self._model(
+                input_ids=torch.tensor([new], dtype=torch.long), past_key_values=cached.past, use_cache=True
+            )
+            logits = out.logits[0].float()
+            # the cached next-token logits predict new[0]; the new positions predict new[1:] and beyond
+            window = torch.cat([cached.next_logits[None, :], logits[:-1]])
+            ranks, gaps, logprobs = _token_scores(window, new)
+            entry = _Scored(
+                scope, sequence, prompt_len, out.past_key_values, logits[-1],
+                np.concatenate([cached.ranks, ranks]), np.concatenate([cached.gaps, gaps]),
+                np.concatenate([cached.logprobs, logprobs]), used=0.0,
+            )
+        self.prefix_cache.put(entry)
+        return entry.ranks, entry.gaps, entry.logprobs
+
+
+def _token_scores(window: torch.Tensor, claimed: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rank, gap to top-1, log-probability) of each claimed token under its row of logits."""
+    target = torch.tensor(list(claimed), dtype=torch.long)
+    claimed_logit = window.gather(1, target[:, None])[:, 0]
+    ranks = (window > claimed_logit[:, None]).sum(dim=1)
+    gaps = window.max(dim=1).values - claimed_logit
+    logprobs = torch.log_softmax(window, dim=1).gather(1, target[:, None])[:, 0]
+    return (ranks.numpy().astype(np.uint32), gaps.numpy().astype(np.float32),
+            logprobs.numpy().astype(np.float32))
 
 
 def prompt_bytes(prompt: Prompt) -> int:

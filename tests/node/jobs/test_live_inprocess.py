@@ -100,3 +100,30 @@ async def test_without_retry_a_rejected_stream_ends_with_the_typed_error(models)
         assert failed.error.code.value == "stream_rejected"
         assert [a["status"] for a in failed.error.report["stream"]["attempts"]] == ["stream_rejected"]
         nursery.cancel_scope.cancel()
+
+
+async def test_the_rounds_of_one_stream_go_to_the_same_verifiers_which_extend_their_kv_caches(models):
+    from node.runtime import load_runtime
+
+    _, chat, _ = models
+    direct = chat.generate(MESSAGES, 48)  # type: ignore[attr-defined]
+    async with trio.open_nursery() as nursery:
+        net = MemoryNetwork(nursery, names=names_for([chat]))
+        runtimes = [load_runtime("veilnet-tiny-random-lm") for _ in range(5)]  # one KV cache each
+        for runtime in runtimes:
+            add_member(net, {runtime.model_id: runtime})
+        router = make_router(net)
+        await nursery.start(router.run)
+        out, events = trio.open_memory_channel[StreamEvent](math.inf)
+        with trio.fail_after(60):
+            await router.chat_stream(chat.model_id, MESSAGES, out, max_tokens=48, replicas=3)
+            received = [event async for event in events]
+        done = received[-1]
+        assert isinstance(done, StreamDone) and done.generation.tokens == direct.tokens
+        rounds = done.report["stream"]["verification_rounds"]
+        assert rounds >= 3  # 48 tokens: at least one round per 16
+        hits = sorted(runtime.prefix_cache.hits for runtime in runtimes)  # type: ignore[attr-defined]
+        # two verifiers saw every round and extended their cache in all but the first; the
+        # primary and the two others scored nothing
+        assert hits == [0, 0, 0, rounds - 1, rounds - 1]
+        nursery.cancel_scope.cancel()
