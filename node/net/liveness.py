@@ -89,13 +89,21 @@ class Liveness:
             nursery.start_soon(self._check, limiter, peer, why)
 
     async def _check(self, limiter: trio.CapacityLimiter, peer: bytes, why: str) -> None:
+        checked = self._registry.get(peer)
         try:
             async with limiter:
                 alive = await self.is_alive(peer)
         finally:
             self._checking.discard(peer)
         self.checks.inc(outcome="alive" if alive else "dead")
-        if not alive and self._registry.remove(peer, f"no answer to a liveness check ({why})"):
+        if alive or checked is None:
+            return
+        current = self._registry.get(peer)
+        if current is not None and current.verified_at != checked.verified_at:
+            # Verified afresh while this check waited out its timeouts (a healed partition: the
+            # check began before the heal, the peer's bundle arrived after it): it answered.
+            return
+        if self._registry.remove(peer, f"no answer to a liveness check ({why})"):
             self.removed.inc(cause="liveness")
 
     async def is_alive(self, peer: bytes) -> bool:
