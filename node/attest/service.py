@@ -368,8 +368,8 @@ class AttestService:
                 self.pulls.inc(outcome="bad_response")
                 return None
             sender = remote_peer_id(stream).to_bytes()
-            for relayed in known:  # signed by their own nodes; relayed, so no origin to check
-                await self.gossip.accept(relayed, None, forwarder=sender, source="sync")
+            # Signed by their own nodes; relayed, so no origin to check.
+            await self.gossip.accept_relayed(known, forwarder=sender, source="sync")
             if bundle is None:
                 self.pulls.inc(outcome="no_bundle")
                 self._no_bundle.add(peer)  # a client-only peer: do not sweep it again

@@ -152,6 +152,11 @@ class AttestationGossip:
         self.rejected_by_peer = metrics.counter(
             "veilnet_bundles_rejected_by_peer_total", "Bundles refused, by the peer that sent them", ("peer",)
         )
+        self.already_held = metrics.counter(
+            "veilnet_bundles_already_held_total",
+            "Relayed bundles not appraised again: the registry holds the same bytes, unexpired",
+            ("source",),
+        )
         self.messages_in = metrics.counter(
             "veilnet_gossip_messages_in_total", "Gossip messages received on the attestation topic"
         )
@@ -269,6 +274,20 @@ class AttestationGossip:
             return False
         self._refused(appraisal, sender=sender, forwarder=forwarder, source=source)
         return False
+
+    async def accept_relayed(self, bundles: list[bytes], *, forwarder: bytes, source: str) -> None:
+        """Bundles another peer relays (a sync answer: up to 256, signed by their own nodes).
+
+        A bundle whose exact bytes the registry already holds, unexpired, is skipped: appraising it
+        again changes nothing. Every sync used to re-appraise all of them; on 20 loaded nodes that
+        was 7,132 appraisals against 1,821 for gossip in 37 s, most of the nodes' CPU.
+        """
+        held = {entry.bundle_digest for entry in self.registry.attested() if entry.bundle_digest}
+        for bundle in bundles:
+            if bundle_digest(bundle) in held:
+                self.already_held.inc(source=source)
+                continue
+            await self.accept(bundle, None, forwarder=forwarder, source=source)
 
     def _safe_appraise(self, bundle: bytes, sender: bytes | None, now: int) -> Appraisal:
         try:

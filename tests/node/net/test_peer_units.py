@@ -29,7 +29,7 @@ from node.config import (
 from node.keyfile import IdentityFileError, load_or_create_identity
 from node.logging_setup import configure_logging
 from node.metrics import Metrics
-from node.net.gossip import Appraisal, AttestationGossip
+from node.net.gossip import Appraisal, AttestationGossip, bundle_digest
 from node.net.host import build_host, key_pair_for, wrap_handler
 from node.net.registry import Change, Registry, RegistryEntry
 from node.testnet import create_testnet
@@ -372,6 +372,26 @@ async def test_a_refused_new_bundle_costs_the_peer_its_entry_but_a_stale_copy_do
     assert gossip.rejected.by("reason") == {"expired": 1.0, "bad_signature": 1.0}
     assert gossip.rejected_by_peer.total() == 2
     assert gossip.penalty(peer) > 15 and gossip._app_score(ID(peer)) < 0
+
+
+async def test_a_sync_appraises_only_the_relayed_bundles_the_registry_does_not_hold() -> None:
+    registry = Registry()
+    appraised: list[bytes] = []
+    held, other = Identity.generate().peer_id, Identity.generate().peer_id
+
+    def appraise(bundle: bytes, sender: bytes | None, now: int) -> Appraisal:
+        appraised.append(bundle)
+        return Appraisal(ok=True, entry=entry(other, expires_at=2**40, bundle_digest=bundle_digest(bundle)))
+
+    host = build_host(Identity.generate(), os.urandom(32), ["/ip4/127.0.0.1/tcp/0"])
+    gossip = AttestationGossip(host, appraise, registry, Metrics(), addrs_of=lambda p: ())
+    registry.upsert(entry(held, expires_at=2**40, bundle_digest=bundle_digest(b"held bundle")))
+    await gossip.accept_relayed([b"held bundle", b"new bundle"], forwarder=other, source="sync")
+    assert appraised == [b"new bundle"]
+    assert gossip.already_held.get(source="sync") == 1 and gossip.accepted.get(source="sync") == 1
+    registry.upsert(entry(held, expires_at=1, issued_at=101, bundle_digest=bundle_digest(b"held bundle")))
+    await gossip.accept_relayed([b"held bundle"], forwarder=other, source="sync")
+    assert appraised[-1] == b"held bundle", "an expired entry's bytes are appraised again"
 
 
 # ----------------------------------------------------------------------------- handler wrapper
