@@ -1,5 +1,12 @@
 """Greedy generation and teacher-forced re-scoring for causal language models (CPU, fp32).
 
+Compute is float32 whatever dtype the weights are stored in (SmolLM2 ships bfloat16): widening
+bfloat16 to float32 is exact, so every node computes on the same weights, and float32 CPU kernels
+keep the logit drift between honest nodes (thread counts, KV-cache decode vs one prefill) near
+1e-5, which is what lets the comparator's bound stay tight. bfloat16 compute would be faster but
+drifts by ~1e-2 between kernels, an honest band wide enough to hide a substituted token; it would
+need its own numerics class and calibration (docs/CALIBRATION.md).
+
 Chat jobs are cross-checked the "one generator, many scorers" way: the primary executor generates
 greedily; each verifier runs ONE prefill over prompt ‖ claimed tokens and reports, per position,
 the rank of the claimed token and its logit gap to the top-1 token. Independent regeneration would
@@ -17,6 +24,7 @@ client cannot time another's cached prompts.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections import OrderedDict
@@ -188,6 +196,17 @@ class ChatRuntime(ModelRuntime):
     def model(self) -> torch.nn.Module:
         """The underlying torch module (read-only use: calibration measures logit drift with it)."""
         return self._model
+
+    def variant(self, *, name: str, model: torch.nn.Module) -> ChatRuntime:
+        """A copy sharing the tokenizer with another model, for calibration: it is how a cheating
+        executor's substitutes (quantised, bf16, fewer layers) are produced."""
+        clone = copy.copy(self)
+        clone.name = name
+        clone.model_id = f"{self.model_id}+{name}"
+        clone._lock = threading.Lock()
+        clone._model = model.eval()
+        clone.prefix_cache = PrefixCache()  # KV states of another model must never be reused
+        return clone
 
     # -- prompts --------------------------------------------------------------------------------
 
