@@ -1,13 +1,16 @@
 """Reproduce the comparator bounds in protocol/jobs/consensus.py (docs/CALIBRATION.md).
 
     python -m simulations.calibrate [--texts 480] [--prompts 40] [--json out.json]
+    python -m simulations.calibrate --no-embeddings --chat-model SmolLM2-135M-Instruct --prompts 12
 
 Honest runs vary everything an honest CPU executor may vary without changing the model: torch
 thread count (1, 2), batch size (1, 8, 32) and batch composition (length-sorted vs shuffled
 neighbours, which changes padding). The worst honest deviation over every pair of honest runs
 sets the bound at 1.5x. Substitutes a cheating executor might run instead (int8 / bf16 model,
 a layer dropped, truncated context, a perturbed or int8-quantised output, another text's vector;
-for chat: a different random LM, swapped-in second-choice or random tokens) must fall outside.
+for chat: swapped-in second-choice or random tokens, bf16 compute, int8 Linear layers, a layer
+dropped, a different random LM for the tiny model, SmolLM2's GGUF weights without the bf16
+rounding) must fall outside.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from node.runtime import torch_env
 from node.runtime.embeddings import EmbeddingRuntime
 from node.runtime.generation import ChatRuntime
 from node.runtime.loader import minilm_dir
-from node.runtime.tiny_lm import write_random_lm
+from node.runtime.smollm2 import SMOLLM2_NAME, ensure_smollm2
+from node.runtime.tiny_lm import TINY_LM_NAME, write_random_lm
 from protocol.jobs.consensus import EmbeddingBounds, compare_embeddings
 
 HEADROOM = 1.5
@@ -230,10 +234,12 @@ def prompts(count: int, seed: int = 3) -> list[list[dict[str, str]]]:
 
 
 def calibrate_chat(
-    n_prompts: int, max_tokens: int, model_dir: Path, other_dir: Path, log: Callable[[str], None]
+    runtime: ChatRuntime,
+    substitutes: dict[str, ChatRuntime],
+    n_prompts: int,
+    max_tokens: int,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
-    runtime = ChatRuntime(model_dir, model_id="calibration")
-    other = ChatRuntime(other_dir, model_id="calibration-other")
     worst_gap, worst_drift, non_top1, positions = 0.0, 0.0, 0, 0
     generations = []
     for threads in (1, 2):
@@ -274,14 +280,14 @@ def calibrate_chat(
     swapped_detected = swapped_total = random_detected = 0
     margins = []
     for generation in generations[: len(generations) // 2]:
-        scores = runtime.score_ids(generation.prompt_tokens, generation.tokens)
         with torch.inference_mode():
             ids = torch.tensor([list(generation.prompt_tokens) + list(generation.tokens)])
             logits = runtime.model(input_ids=ids).logits[0].float()
         position = rng.randrange(len(generation.tokens))
         row = logits[len(generation.prompt_tokens) - 1 + position]
-        second = int(torch.topk(row, 2).indices[1])
-        margins.append(float(torch.topk(row, 2).values[0] - torch.topk(row, 2).values[1]))
+        top2 = torch.topk(row, 2)
+        second = int(top2.indices[1])
+        margins.append(float(top2.values[0] - top2.values[1]))
         tampered = list(generation.tokens)
         tampered[position] = second
         tampered_scores = runtime.score_ids(generation.prompt_tokens, tampered)
@@ -292,17 +298,10 @@ def calibrate_chat(
         ) % runtime.vocab_size
         random_scores = runtime.score_ids(generation.prompt_tokens, tampered)
         random_detected += int(random_scores.gaps.max() > bound)
-        del scores
-    other_detected = 0
-    other_positions_detected = other_positions = 0
-    for messages in prompts(n_prompts):
-        generation = other.generate(messages, max_tokens)
-        scores = runtime.score_ids(generation.prompt_tokens, generation.tokens)
-        bad = scores.gaps > bound
-        other_detected += int(bad.any())
-        other_positions_detected += int(bad.sum())
-        other_positions += len(bad)
-    result = {
+    result: dict[str, Any] = {
+        "model": runtime.name,
+        "prompts": n_prompts,
+        "max_tokens": max_tokens,
         "generations": len(generations),
         "positions": positions,
         "honest_non_top1_positions": non_top1,
@@ -312,11 +311,71 @@ def calibrate_chat(
         "swap_to_second_choice_detected": f"{swapped_detected}/{swapped_total}",
         "swap_margin_min": min(margins),
         "swap_to_random_token_detected": f"{random_detected}/{swapped_total}",
-        "other_model_outputs_detected": f"{other_detected}/{n_prompts}",
-        "other_model_positions_detected": f"{other_positions_detected}/{other_positions}",
+        "substitutes": {},
     }
-    log(f"  chat substitutes: {json.dumps({k: v for k, v in result.items() if 'detected' in k})}")
+    honest_by_prompt = generations[n_prompts:]  # the threads=2 generations, one per prompt
+    for name, substitute in substitutes.items():
+        detected = differing = positions_detected = sub_positions = 0
+        smallest_worst_gap = float("inf")
+        for messages, honest in zip(prompts(n_prompts), honest_by_prompt, strict=True):
+            generation = substitute.generate(messages, max_tokens)
+            scores = runtime.score_ids(generation.prompt_tokens, generation.tokens)
+            bad = scores.gaps > bound
+            detected += int(bad.any())
+            differing += int(generation.tokens != honest.tokens)
+            positions_detected += int(bad.sum())
+            sub_positions += len(bad)
+            if generation.tokens != honest.tokens:
+                smallest_worst_gap = min(smallest_worst_gap, float(scores.gaps.max()))
+        result["substitutes"][name] = {
+            "outputs_detected": f"{detected}/{n_prompts}",
+            "outputs_differing_from_honest": f"{differing}/{n_prompts}",
+            "positions_detected": f"{positions_detected}/{sub_positions}",
+            "smallest_worst_gap_of_a_differing_output": smallest_worst_gap,
+        }
+        log(f"  chat substitute {name}: {json.dumps(result['substitutes'][name])}")
+    log(f"  chat swaps detected: second choice {result['swap_to_second_choice_detected']}, "
+        f"random token {result['swap_to_random_token_detected']}")
     return result
+
+
+def chat_substitutes(runtime: ChatRuntime, other_dir: Path | None) -> dict[str, ChatRuntime]:
+    """Cheaper or different models a cheating executor might serve under the honest model's id."""
+    torch_env.configure_torch()
+    substitutes: dict[str, ChatRuntime] = {}
+    if other_dir is not None:
+        substitutes["a different model of the same shape"] = ChatRuntime(
+            other_dir, model_id="calibration-other"
+        )
+    substitutes["bf16 compute"] = runtime.variant(
+        name="bf16", model=copy.deepcopy(runtime.model).to(dtype=torch.bfloat16)
+    )
+    substitutes["int8 dynamic-quantised Linear layers"] = runtime.variant(
+        name="int8",
+        model=torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(runtime.model), {torch.nn.Linear}, dtype=torch.qint8
+        ),
+    )
+    fewer: Any = copy.deepcopy(runtime.model)
+    layers = fewer.model.layers if hasattr(fewer, "model") else fewer.transformer.h
+    del layers[-1]
+    fewer.config.num_hidden_layers = len(layers)
+    substitutes["last layer dropped"] = runtime.variant(name="fewer-layers", model=fewer)
+    return substitutes
+
+
+def smollm2_unrounded(runtime: ChatRuntime) -> ChatRuntime:
+    """SmolLM2 straight from the GGUF in float32, without the converter's bfloat16 rounding: the
+    closest substitute there is (same quantised weights, each off by at most half a bf16 step)."""
+    from transformers import AutoModelForCausalLM
+
+    from node.runtime.smollm2 import smollm2_gguf_path
+
+    gguf = smollm2_gguf_path()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, local_files_only=True, dtype=torch.float32
+    )
+    return runtime.variant(name="gguf-fp32", model=model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -327,33 +386,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=40)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    parser.add_argument(
+        "--chat-model", choices=(TINY_LM_NAME, SMOLLM2_NAME), default=TINY_LM_NAME,
+        help="the chat model to calibrate (each has its own bound in protocol/jobs/consensus.py)",
+    )
+    parser.add_argument("--no-embeddings", action="store_true", help="calibrate the chat model only")
     args = parser.parse_args(argv)
 
     def log(line: str) -> None:
         print(line, flush=True)
 
-    log(f"embeddings: all-MiniLM-L6-v2, {args.texts} texts")
-    embeddings = calibrate_embeddings(args.texts, log)
+    report: dict[str, Any] = {"headroom": HEADROOM}
+    bounds: dict[str, float] = {}
+    if not args.no_embeddings:
+        log(f"embeddings: all-MiniLM-L6-v2, {args.texts} texts")
+        embeddings = calibrate_embeddings(args.texts, log)
+        report["embeddings"] = embeddings
+        bounds["bound_min_cosine"] = embeddings["bound_min_cosine"]
+        bounds["bound_max_rel_l2"] = embeddings["bound_max_rel_l2"]
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir, other_dir = Path(tmp) / "lm", Path(tmp) / "other"
-        model_dir.mkdir()
-        other_dir.mkdir()
-        write_random_lm(model_dir)
-        write_random_lm(other_dir, seed=99)
-        log(f"chat: veilnet-tiny-random-lm, {args.prompts} prompts x {args.max_tokens} tokens")
-        chat = calibrate_chat(args.prompts, args.max_tokens, model_dir, other_dir, log)
-    report = {"headroom": HEADROOM, "embeddings": embeddings, "chat": chat}
+        log(f"chat: {args.chat_model}, {args.prompts} prompts x {args.max_tokens} tokens")
+        if args.chat_model == SMOLLM2_NAME:
+            runtime = ChatRuntime(ensure_smollm2(Path(tmp) / SMOLLM2_NAME), model_id="calibration",
+                                  name=SMOLLM2_NAME)
+            substitutes = {"GGUF weights in fp32 (no bf16 rounding)": smollm2_unrounded(runtime)}
+            substitutes.update(chat_substitutes(runtime, None))
+        else:
+            model_dir, other_dir = Path(tmp) / "lm", Path(tmp) / "other"
+            model_dir.mkdir()
+            other_dir.mkdir()
+            write_random_lm(model_dir)
+            write_random_lm(other_dir, seed=99)
+            runtime = ChatRuntime(model_dir, model_id="calibration", name=TINY_LM_NAME)
+            substitutes = chat_substitutes(runtime, other_dir)
+        chat = calibrate_chat(runtime, substitutes, args.prompts, args.max_tokens, log)
+    report["chat"] = chat
+    bounds["bound_max_logit_gap"] = chat["bound_max_logit_gap"]
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    log(
-        json.dumps(
-            {
-                "bound_min_cosine": embeddings["bound_min_cosine"],
-                "bound_max_rel_l2": embeddings["bound_max_rel_l2"],
-                "bound_max_logit_gap": chat["bound_max_logit_gap"],
-            }
-        )
-    )
+    log(json.dumps(bounds))
     return 0
 
 
