@@ -91,8 +91,8 @@ class ChatFlow:
             chat_voter = ChatVoter(primary)
             verdict_outcome, score_phase = await self._run_phase(PhaseSpec(
                 score_id, sub.model_id, Task.CHAT, sub.mode, score_job,
-                score_decoder(len(generation.tokens)), sub.infos, quorum=verifiers, deadline=sub.deadline,
-                challenge=sub.challenge,
+                score_decoder(len(generation.tokens), sub.model_id), sub.infos, quorum=verifiers,
+                deadline=sub.deadline, challenge=sub.challenge,
                 escalate=self._escalate, exclude=frozenset(rejected | {primary}), voter=chat_voter, needed=1,
             ))
             executors += executor_report(verdict_outcome, score_phase, role="verifier")
@@ -132,8 +132,10 @@ class ChatFlow:
         raise RouterError(RouterErrorCode.NO_CONSENSUS, message, report)
 
 
-def score_decoder(positions: int) -> Callable[[bytes], consensus.TokenVerdict]:
-    """Phase 2's result decoder: a verifier's ranks and gaps for ``positions`` tokens → its verdict."""
+def score_decoder(positions: int, model_id: str) -> Callable[[bytes], consensus.TokenVerdict]:
+    """Phase 2's result decoder: a verifier's ranks and gaps for ``positions`` tokens → its verdict,
+    judged with the bounds calibrated for ``model_id``."""
+    bounds = consensus.token_bounds_for(model_id)
 
     def decode_scores(plaintext: bytes) -> consensus.TokenVerdict:
         result = decode_result(plaintext)
@@ -141,6 +143,6 @@ def score_decoder(positions: int) -> Callable[[bytes], consensus.TokenVerdict]:
             raise ValueError("not a score result")
         rank_bytes, gap_bytes = consensus.encode_token_scores(list(result.ranks), list(result.gaps))
         ranks, gaps = consensus.decode_token_scores(rank_bytes, gap_bytes, positions)
-        return consensus.check_token_scores(ranks, gaps)
+        return consensus.check_token_scores(ranks, gaps, bounds)
 
     return decode_scores

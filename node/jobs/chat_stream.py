@@ -265,9 +265,9 @@ class ChatStream:
             voter = ChatVoter(state.primary)
             outcome, phase = await self._run_phase(PhaseSpec(
                 score_id, sub.model_id, Task.CHAT, sub.mode, ScoreInput(self._job.messages, prefix),
-                score_decoder(len(prefix)), sub.infos, quorum=self._verifiers, deadline=sub.deadline,
-                challenge=sub.challenge, escalate=False, exclude=frozenset(self._rejected | {state.primary}),
-                voter=voter, needed=1, rank_key=rank_key,
+                score_decoder(len(prefix), sub.model_id), sub.infos, quorum=self._verifiers,
+                deadline=sub.deadline, challenge=sub.challenge, escalate=False,
+                exclude=frozenset(self._rejected | {state.primary}), voter=voter, needed=1, rank_key=rank_key,
             ))
             inbox.send_nowait(_Verified(len(prefix), score_id, outcome, phase, voter))
             if not outcome.ok:

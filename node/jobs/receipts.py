@@ -141,7 +141,7 @@ class ReceiptBook:
             sub, primary_entries + _entries(score, score_phase, sub.job_id), status=score.status.value,
             quorum=1 + verifiers, escalated=score.escalated,
             comparator=str(score.vote_detail.get("comparator", "chat-teacher-forced")),
-            bounds={"max_logit_gap": repr(consensus.CALIBRATED_TOKEN_BOUNDS.max_logit_gap)},
+            bounds={"max_logit_gap": repr(consensus.token_bounds_for(sub.model_id).max_logit_gap)},
             winners=(primary, *score.winners) if score.ok else (),
             answer=opened.plaintext if score.ok else b"",
             answer_digest=opened.digest if score.ok else b"", finished=finished,

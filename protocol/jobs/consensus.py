@@ -32,6 +32,8 @@ from protocol.errors import ProtocolError
 __all__ = [
     "CALIBRATED_EMBEDDING_BOUNDS",
     "CALIBRATED_TOKEN_BOUNDS",
+    "SMOLLM2_135M_INSTRUCT_ID",
+    "TOKEN_BOUNDS_BY_MODEL",
     "ConsensusError",
     "Decision",
     "EmbeddingBounds",
@@ -49,6 +51,7 @@ __all__ = [
     "encode_vectors",
     "exact_match",
     "strict_majority",
+    "token_bounds_for",
     "vote",
     "vote_chat",
     "vote_embeddings",
@@ -237,8 +240,22 @@ class TokenBounds:
 # decode on the primary vs one prefill on verifiers, 1 vs 2 threads each): no honest token was
 # ever outside the verifier's top-1 (worst gap 0), and the worst decode/prefill logit drift was
 # 5.2e-5; two logits that close may swap, so the bound is 1.5 x 2 x drift = 1.6e-4 (rounded up).
-# Real models and other hardware need their own run (docs/CALIBRATION.md).
+# It is the default for models without a calibration of their own (docs/CALIBRATION.md).
 CALIBRATED_TOKEN_BOUNDS = TokenBounds(max_logit_gap=1.6e-4)
+
+SMOLLM2_135M_INSTRUCT_ID = "vn-model:0ab2c066a28b4f0df5b2dccda3f07b37d7abdb3b3c1946f2ea9ee5bf9b2c784b"
+"""The content id of SmolLM2-135M-Instruct as Veilnet's converter writes it (bf16 weights)."""
+
+# Per model id, from honest CPU fp32 runs of that model (docs/CALIBRATION.md): a real model's
+# logits are larger than the random model's, and so is its float drift between honest nodes.
+TOKEN_BOUNDS_BY_MODEL: Mapping[str, TokenBounds] = {
+    SMOLLM2_135M_INSTRUCT_ID: TokenBounds(max_logit_gap=1.6e-4),
+}
+
+
+def token_bounds_for(model_id: str) -> TokenBounds:
+    """The chat bounds calibrated for ``model_id``; the default (random model's) otherwise."""
+    return TOKEN_BOUNDS_BY_MODEL.get(model_id, CALIBRATED_TOKEN_BOUNDS)
 
 
 @dataclass(frozen=True)

@@ -63,3 +63,17 @@ def test_answers_a_factual_question_and_verifies_its_own_tokens(smollm2: ChatRun
     rescored = smollm2.score_ids(answer.prompt_tokens, tampered)
     verdict = check_token_scores(rescored.ranks, rescored.gaps)
     assert not verdict.accepted and verdict.first_rejected == 2
+
+
+def test_the_protocol_knows_the_model_by_the_converters_id() -> None:
+    """The per-model chat bound is keyed by the id the converter writes: the two cannot drift apart."""
+    from protocol.jobs.consensus import (
+        CALIBRATED_TOKEN_BOUNDS,
+        SMOLLM2_135M_INSTRUCT_ID,
+        TOKEN_BOUNDS_BY_MODEL,
+        token_bounds_for,
+    )
+
+    assert SMOLLM2_135M_INSTRUCT_ID == SMOLLM2_MODEL_ID
+    assert token_bounds_for(SMOLLM2_MODEL_ID) is TOKEN_BOUNDS_BY_MODEL[SMOLLM2_MODEL_ID]
+    assert token_bounds_for("vn-model:" + "0" * 64) is CALIBRATED_TOKEN_BOUNDS
