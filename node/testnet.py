@@ -317,6 +317,29 @@ class RunningTestnet:
         return peers
 
 
+def prepare_generated_models(models: Sequence[str], out: Any = None) -> None:
+    """Write the embedded models that are generated on first use (SmolLM2's conversion takes about
+    a minute) once, here, before the nodes start: otherwise every node would convert its own copy
+    at the same time. A model already in the store costs nothing."""
+    out = out or sys.stdout
+    from node.runtime.errors import ModelRuntimeError
+    from node.runtime.loader import default_models_dir
+    from node.runtime.smollm2 import SMOLLM2_FILES, SMOLLM2_NAME, ensure_smollm2
+
+    if SMOLLM2_NAME not in models:
+        return
+    target = default_models_dir() / SMOLLM2_NAME
+    if all((target / name).is_file() for name in SMOLLM2_FILES):
+        return
+    print(f"Converting {SMOLLM2_NAME} once into {target} (about a minute)…", file=out, flush=True)
+    started = time.monotonic()
+    try:
+        ensure_smollm2(target)
+    except (OSError, ModelRuntimeError) as exc:
+        raise TestnetError(f"cannot prepare {SMOLLM2_NAME}: {exc}") from None
+    print(f"converted in {time.monotonic() - started:.0f} s", file=out, flush=True)
+
+
 def run_testnet(
     layout: TestnetLayout, *, demo_steps: Sequence[Callable[[RunningTestnet], None]] = (), out: Any = None
 ) -> int:

@@ -49,7 +49,8 @@ def testnet_up(
         None,
         "--model",
         help="Model every node serves (repeatable; default: all-MiniLM-L6-v2 and"
-        " veilnet-tiny-random-lm; 'none' for no models).",
+        " SmolLM2-135M-Instruct; veilnet-tiny-random-lm is a fast random chat model for tests;"
+        " 'none' for no models).",
     ),
 ) -> None:
     """Create a testnet config and run N peers as separate processes until Ctrl-C or SIGTERM.
@@ -58,10 +59,11 @@ def testnet_up(
     130 when Ctrl-C arrives during start-up or the demo.
     """
     from node.demo import DEMO_STEPS
-    from node.testnet import create_testnet, run_testnet
+    from node.testnet import create_testnet, prepare_generated_models, run_testnet
 
-    models = tuple(m for m in (model or ["all-MiniLM-L6-v2", "veilnet-tiny-random-lm"]) if m != "none")
+    models = tuple(m for m in (model or ["all-MiniLM-L6-v2", "SmolLM2-135M-Instruct"]) if m != "none")
     _check_testnet_up(data_dir, nodes, base_port, api_port, listen_host, models)
+    prepare_generated_models(models)
     layout = create_testnet(
         data_dir,
         nodes=nodes,

@@ -162,7 +162,7 @@ class JobService:
         if self.executor.runtimes:
             self.attest.serve_models(sorted(self.executor.runtimes))
         known = await trio.to_thread.run_sync(
-            _embedded_model_ids, abandon_on_cancel=True  # type: ignore[call-arg]
+            _embedded_model_ids, frozenset(self.names), abandon_on_cancel=True  # type: ignore[call-arg]
         )
         for name, model_id in known.items():
             self.names.setdefault(name, model_id)
@@ -348,9 +348,10 @@ def _warm_up(runtime: ModelRuntime) -> None:
         runtime.generate([{"role": "user", "content": "warm-up"}], 1)  # type: ignore[attr-defined]
 
 
-def _embedded_model_ids() -> dict[str, str]:
+def _embedded_model_ids(served: frozenset[str] = frozenset()) -> dict[str, str]:
     """Content ids of the embedded models whose files this machine has (hashing only: node.runtime
-    imports torch, which a node that serves no model must not load)."""
+    imports torch, which a node that serves no model must not load). ``served`` names are known
+    already: SmolLM2's 269 MB are not hashed twice."""
     import os
 
     from protocol.models import model_id_for_dir
@@ -369,6 +370,8 @@ def _embedded_model_ids() -> dict[str, str]:
             candidates.append((generated, store / generated))
     ids: dict[str, str] = {}
     for name, path in candidates:
+        if name in served:
+            continue
         try:
             ids[name] = model_id_for_dir(path)
         except Exception as exc:
