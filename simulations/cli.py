@@ -122,7 +122,8 @@ def scale(
                       f" {check['measured_mean_s'] * 1000:.1f} ms")
     elif check["measured_mean_s"] and check["model_mean_s"] is not None:
         verdict = "within 25 %" if check["within_25_percent"] else "NOT within 25 %"
-        console.print(f"{check['nodes']} nodes on {check['cores']} cores: model mean"
+        console.print(f"{check['nodes']} nodes on {check['cores']} cores (their work took"
+                      f" {check['slowdown']:.1f}x its CPU time): model mean"
                       f" {check['model_mean_s'] * 1000:.1f} ms, measured"
                       f" {check['measured_mean_s'] * 1000:.1f} ms"
                       f" ({check['relative_error']:.0%} apart, {verdict})")

@@ -12,12 +12,17 @@ What it models, and why that much:
 * load: every node appraises every other node's bundle once per re-announce period, so its CPU
   is busy ρ = N·appraisal/R of the time; a bundle waits the M/D/1 queue's mean before its
   appraisal starts, and at ρ ≥ 1 the node cannot keep up at all (reported as saturated);
-* duplicates: a node receiving a copy it already has counts a message and drops it.
+* duplicates: a node receiving a copy it already has counts a message and drops it;
+* a node *has* the bundle once it has appraised it (what ``sim calibrate`` measures: ``verified_at``
+  in the receiver's registry), so every node's time includes its own appraisal;
+* a machine shared by many node processes (the local check): each node's appraisal runs at
+  ``share`` of a core (processor sharing among the tasks runnable on the machine, see
+  :mod:`simulations.scale`).
 
 What it leaves out, on purpose: IHAVE/IWANT gossip to non-mesh peers (it repairs misses; in a
-loss-free mesh every node is reached by flooding first), flood-publishing to non-mesh peers, and
-CPU contention between the messages of one node. Results are per announce; a node that
-re-announces every R seconds multiplies the per-node message rate by N/R.
+loss-free mesh every node is reached by flooding first) and flood-publishing to non-mesh peers.
+Results are per announce; a node that re-announces every R seconds multiplies the per-node
+message rate by N/R.
 """
 
 from __future__ import annotations
@@ -86,17 +91,19 @@ def simulate_propagation(
     n: int, hop_samples: Sequence[float], *, degree: int = 6, degree_high: int = 12,
     seed: int = 0, source: int | None = None, appraisal_s: float = 0.0, wait_s: float = 0.0,
 ) -> Propagation:
-    """One announce from ``source`` (random by default): when each node has the bundle.
+    """One announce from ``source`` (random by default): when each node has verified the bundle.
 
-    ``hop_samples`` are transport times; a node forwards a bundle ``wait_s + appraisal_s`` after
-    its first copy arrived (queue behind the other bundles it is appraising, then appraise).
+    ``hop_samples`` are transport times; a node has verified (and forwards) a bundle
+    ``wait_s + appraisal_s`` after its first copy arrived (queue behind the other bundles it is
+    appraising, then appraise).
     """
     if not hop_samples:
         raise ValueError("hop_samples is empty: calibrate first")
     rng = random.Random(seed)
     mesh = build_mesh(n, degree, degree_high, rng)
     env = simpy.Environment()
-    received_at: list[float | None] = [None] * n
+    received_at: list[float | None] = [None] * n  # when the node had verified the bundle
+    arrived = [False] * n
     messages = [0]
 
     def deliver(node: int, sender: int) -> None:
@@ -106,9 +113,9 @@ def simulate_propagation(
 
     def arrive(node: int, sender: int) -> None:
         messages[0] += 1
-        if received_at[node] is not None:
+        if arrived[node]:
             return
-        received_at[node] = env.now
+        arrived[node] = True
         if appraisal_s or wait_s:
             event = env.timeout(wait_s + appraisal_s)
             event.callbacks.append(lambda _event: forward(node, sender))
@@ -116,12 +123,14 @@ def simulate_propagation(
             forward(node, sender)
 
     def forward(node: int, sender: int) -> None:
+        received_at[node] = env.now
         for peer in mesh[node]:
             if peer != sender:
                 deliver(peer, node)
 
     start = rng.randrange(n) if source is None else source
     received_at[start] = 0.0
+    arrived[start] = True
     for peer in mesh[start]:
         deliver(peer, start)
     env.run()

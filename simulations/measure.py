@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -71,6 +72,72 @@ def _snapshot(
     return [info for info, _ in pairs], [peers for _, peers in pairs]
 
 
+class MachineLoad:
+    """What else wanted this machine's CPU while a measurement ran (``with MachineLoad() as load``).
+
+    Samples ``procs_running`` (tasks running or waiting for a core, this sampler excluded) every
+    ``interval`` seconds and reads the cores' busy time from ``/proc/stat`` at both ends. The scale
+    model needs it: a node's work on a machine where R tasks share C cores runs at C/R of a core.
+    """
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self._interval = interval
+        self._stop = threading.Event()
+        self._runnable: list[int] = []
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._start: tuple[int, int] = (0, 0)
+        self.summary: dict[str, float] = {}
+
+    def __enter__(self) -> MachineLoad:
+        self._start = _cpu_jiffies()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        busy, total = (end - start for end, start in zip(_cpu_jiffies(), self._start, strict=True))
+        self.summary = {
+            "cores": os.cpu_count() or 1,
+            "busy_fraction": round(busy / total, 4) if total else 0.0,
+            "runnable_mean": round(statistics.fmean(self._runnable), 3) if self._runnable else 0.0,
+        }
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            with open("/proc/stat", encoding="ascii") as handle:
+                for line in handle:
+                    if line.startswith("procs_running "):
+                        self._runnable.append(max(0, int(line.split()[1]) - 1))
+                        break
+
+
+def sched_seconds(pids: list[int]) -> tuple[float, float]:
+    """(on a core, waiting for one) seconds of every thread of ``pids`` so far (``schedstat``).
+
+    Their ratio is what contention cost the nodes themselves: work that needs ``c`` seconds of a
+    core took ``c · (1 + waiting / running)`` while the node was runnable.
+    """
+    running = waiting = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                fields = task.read_text(encoding="ascii").split()
+            except OSError:
+                continue  # a thread that just ended
+            running += int(fields[0])
+            waiting += int(fields[1])
+    return running / 1e9, waiting / 1e9
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot (idle and iowait are not busy)."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` so far (Linux /proc)."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
@@ -117,20 +184,12 @@ def measure_propagation(root: Path, nodes: int, seconds: float, reannounce_s: in
             messages_before = sum(_messages_in(client, url) for url in urls)
             end = settled + seconds
             published: dict[str, float] = {}  # every bundle seen at its publisher -> announced_at
-            while time.monotonic() < end:
-                infos, registries = _snapshot(client, urls)
-                published.update(
-                    (i["bundle_digest"], float(i["announced_at"])) for i in infos if i.get("announced_at")
-                )
-                for receiver, entries in zip(infos, registries, strict=True):
-                    for entry in entries:
-                        digest = entry.get("bundle_digest")
-                        if entry["peer_id"] == receiver["peer_id"] or digest not in published:
-                            continue
-                        delay = float(entry["verified_at"]) - float(published[digest])
-                        if 0 <= delay < reannounce_s * 10:  # a stale pairing would be negative or huge
-                            delays.setdefault((str(digest), str(receiver["peer_id"])), delay)
-                time.sleep(0.5)
+            load = MachineLoad()
+            pids = [p.process.pid for p in processes]
+            sched_before = sched_seconds(pids)
+            with load:
+                _collect_delays(client, urls, end, reannounce_s, published, delays)
+            running, waiting = (b - a for b, a in zip(sched_seconds(pids), sched_before, strict=True))
             cpu_spent = sum(_cpu_seconds(p.process.pid) for p in processes) - cpu_before
             messages = sum(_messages_in(client, url) for url in urls) - messages_before
     finally:
@@ -142,10 +201,35 @@ def measure_propagation(root: Path, nodes: int, seconds: float, reannounce_s: in
         # Upper bound of the CPU one received bundle costs: all of the nodes' CPU over the
         # window (idle work included, ~0.3 % per node) divided by the bundles they received.
         "cpu_per_message_s": round(cpu_spent / messages, 6) if messages else None,
+        "machine_load": load.summary,
+        # How much longer the nodes' work took than its CPU time: time waiting for a core while
+        # runnable, over time on one (all threads of all nodes, from schedstat).
+        "slowdown": round(1.0 + waiting / running, 3) if running else None,
         "samples": len(values), "delays_s": [round(v, 6) for v in values],
         "mean_s": statistics.fmean(values) if values else None,
         "median_s": statistics.median(values) if values else None,
     }
+
+
+def _collect_delays(
+    client: httpx.Client, urls: list[str], end: float, reannounce_s: int,
+    published: dict[str, float], delays: dict[tuple[str, str], float],
+) -> None:
+    """Until ``end``: pair each bundle's publication with its verification at every receiver."""
+    while time.monotonic() < end:
+        infos, registries = _snapshot(client, urls)
+        published.update(
+            (i["bundle_digest"], float(i["announced_at"])) for i in infos if i.get("announced_at")
+        )
+        for receiver, entries in zip(infos, registries, strict=True):
+            for entry in entries:
+                digest = entry.get("bundle_digest")
+                if entry["peer_id"] == receiver["peer_id"] or digest not in published:
+                    continue
+                delay = float(entry["verified_at"]) - float(published[digest])
+                if 0 <= delay < reannounce_s * 10:  # a stale pairing would be negative or huge
+                    delays.setdefault((str(digest), str(receiver["peer_id"])), delay)
+        time.sleep(0.5)
 
 
 def calibrate(out: Path, *, hop_nodes: int = 6, check_nodes: int = 20, seconds: float = 30.0,
