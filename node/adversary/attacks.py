@@ -364,40 +364,28 @@ async def _gossip_session(
 ) -> None:
     """One identity: connect, subscribe, then write ``count`` RPCs at ``rate`` per second."""
     with contextlib.suppress(Unreachable):  # one of several sessions side by side
-        await _gossip_writes(context, outcome, identity, messages, count, rate, deadline)
-
-
-async def _gossip_writes(
-    context: Context,
-    outcome: Outcome,
-    identity: Identity,
-    messages: Callable[[int], bytes],
-    count: int,
-    rate: float,
-    deadline: float,
-) -> None:
-    async with connected_host(context, outcome, identity) as host:
-        stream = await open_stream(host, context.target, MESHSUB_11)
-        if stream is None:
-            outcome.errors += 1
-            return
-        started = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_cut_off, host, context.target, outcome, started)
-            try:
-                await stream.write(rpc_bytes(subscribe_rpc()))
-                for index in range(count):
-                    if trio.current_time() > deadline:
-                        break
-                    payload = messages(index)
-                    await stream.write(payload)
-                    outcome.sent += 1
-                    outcome.bytes_sent += len(payload)
-                    await trio.sleep_until(started + (index + 1) / rate)
-            except Exception as exc:
-                outcome.refused += 1
-                outcome.notes["stream_ended"] = f"{type(exc).__name__}"
-            nursery.cancel_scope.cancel()
+        async with connected_host(context, outcome, identity) as host:
+            stream = await open_stream(host, context.target, MESHSUB_11)
+            if stream is None:
+                outcome.errors += 1
+                return
+            started = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_cut_off, host, context.target, outcome, started)
+                try:
+                    await stream.write(rpc_bytes(subscribe_rpc()))
+                    for index in range(count):
+                        if trio.current_time() > deadline:
+                            break
+                        payload = messages(index)
+                        await stream.write(payload)
+                        outcome.sent += 1
+                        outcome.bytes_sent += len(payload)
+                        await trio.sleep_until(started + (index + 1) / rate)
+                except Exception as exc:
+                    outcome.refused += 1
+                    outcome.notes["stream_ended"] = f"{type(exc).__name__}"
+                nursery.cancel_scope.cancel()
 
 
 @attack("gossip-bad-from", "gossip")
