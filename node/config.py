@@ -25,6 +25,7 @@ import multiaddr
 
 __all__ = [
     "ConfigError",
+    "EngineSettings",
     "EvidenceMode",
     "NodeConfig",
     "TestEvidenceFault",
@@ -276,6 +277,100 @@ class LimitSettings:
         }
 
 
+ENGINE_FAMILIES = ("torch", "vllm", "openai")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The node config's ``[engine]`` table: what computes the chat models this node serves.
+
+    ``family = "torch"`` (the default) runs them in-process. ``"vllm"`` drives a vLLM server:
+    launched and supervised by the node (``python`` names the interpreter that has vLLM
+    installed, so the node and the engine can live in different virtual environments), or, when
+    ``url`` is set, attached to one already running there with ``api_key`` (or the key in
+    ``api_key_file``). ``"openai"`` attaches to any other OpenAI-compatible server: it generates,
+    but returns no ranked prompt logprobs, so the node is never a verifier. Embedding models are
+    always served in-process. docs/CONFIG.md lists every key.
+    """
+
+    family: str = "torch"
+    python: str = ""  # launch: the engine's interpreter ("" = the node's own)
+    url: str = ""  # attach: http://127.0.0.1:PORT of a running engine ("" = launch one)
+    api_key: str = ""  # attach: its key
+    api_key_file: str = ""  # attach: a file holding its key (keeps it out of the config)
+    served_name: str = ""  # attach: the name the engine serves the model under ("" = the directory name)
+    dtype: str = "bfloat16"
+    device: str = "cpu"
+    max_model_len: int = 0  # 0: the model's own context length
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE
+    startup_timeout_seconds: float = 900.0
+    restart_max_seconds: float = 60.0
+    extra_args: tuple[str, ...] = ()  # appended to the engine's command line
+
+    def __post_init__(self) -> None:
+        if self.family not in ENGINE_FAMILIES:
+            raise ConfigError(f"engine.family must be one of {list(ENGINE_FAMILIES)}, not {self.family!r}")
+        if self.family == "openai" and not self.url:
+            raise ConfigError("engine.family 'openai' attaches only: set engine.url")
+        if self.url:
+            host = self.url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+            if not self.url.startswith("http://") or host not in ("127.0.0.1", "localhost", "::1"):
+                raise ConfigError("engine.url must be http:// on loopback (the engine runs beside the node)")
+            if not (self.api_key or self.api_key_file):
+                raise ConfigError("engine.url needs engine.api_key or engine.api_key_file")
+        for name in ("max_model_len", "kv_cache_gib"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"engine.{name} must not be negative")
+        if self.startup_timeout_seconds <= 0 or self.restart_max_seconds < 1:
+            raise ConfigError("engine.startup_timeout_seconds must be > 0 and restart_max_seconds >= 1")
+
+    @property
+    def in_process(self) -> bool:
+        return self.family == "torch"
+
+    def key(self) -> str:
+        """The attach key, from ``api_key`` or the first line of ``api_key_file``."""
+        if self.api_key:
+            return self.api_key
+        try:
+            return Path(self.api_key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"engine.api_key_file: cannot read: {exc.strerror or exc}") from None
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], where: str = "[engine]") -> EngineSettings:
+        data = dict(raw)
+        kwargs: dict[str, Any] = {}
+        for item in fields(cls):
+            if item.name not in data:
+                continue
+            value = data.pop(item.name)
+            if item.name == "extra_args":
+                kwargs[item.name] = _str_list(value, "extra_args", where)
+                continue
+            kinds: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float)}
+            kind = kinds.get(str(item.type), str)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ConfigError(f"{where}: {item.name} has the wrong type ({type(value).__name__})")
+            kwargs[item.name] = value
+        if data:
+            raise ConfigError(f"{where}: unknown keys {sorted(data)}")
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Only the settings that differ from the defaults."""
+        default = EngineSettings()
+        out: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value != getattr(default, item.name):
+                out[item.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
 @dataclass(frozen=True)
 class TestnetConfig:
     """What every member of one testnet shares. Treat the file as a secret: it holds the PSK
@@ -404,6 +499,8 @@ class NodeConfig:
     # [limits] table: resource limits, peer scoring and liveness (LimitSettings above
     # documents every key and its default; docs/protocol/network.md explains them).
     limits: LimitSettings = field(default_factory=LimitSettings)
+    # [engine] table: what computes chat models (EngineSettings above; docs/CONFIG.md).
+    engine: EngineSettings = field(default_factory=EngineSettings)
     extra: Mapping[str, Any] = field(default_factory=dict)  # [extra] table: for later subsystems
 
     def __post_init__(self) -> None:
@@ -460,6 +557,8 @@ class NodeConfig:
         }
         if self.limits.to_mapping():
             data["limits"] = self.limits.to_mapping()
+        if self.engine.to_mapping():
+            data["engine"] = self.engine.to_mapping()
         if self.extra:
             data["extra"] = dict(self.extra)
         return dump_toml(data, header="Veilnet node config.")
@@ -500,6 +599,8 @@ class NodeConfig:
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        engine_table = _take(data, "engine", dict, where, {})
+        kwargs["engine"] = EngineSettings.from_mapping(engine_table, f"{where} [engine]")
         if data:
             raise ConfigError(f"{where}: unknown keys {sorted(data)}")
         if data_dir is None:

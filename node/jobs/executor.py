@@ -209,6 +209,7 @@ class Executor:
         self._embed = embed
         self._limiter = limiter or trio.CapacityLimiter(1)
         self.settings = settings or ExecutorSettings()
+        self._engine_limiter = trio.CapacityLimiter(self.settings.max_active_jobs)
         self.faults = faults
         self._challenge = challenge
         self._clock = clock
@@ -453,7 +454,7 @@ class Executor:
         runtime = self.runtimes[req.model_id]
         if req.live and isinstance(job, GenerateInput) and fault is not Fault.COPY:
             live = await generate_live(
-                session.send, req.job_id, job_session, runtime, job, self._limiter,
+                session.send, req.job_id, job_session, runtime, job, self._limiter_for(runtime),
                 fault=live_fault(self.faults, req.job_id, self.identity.peer_id),
             )
             self._last_result = live[0]
@@ -499,7 +500,7 @@ class Executor:
                 )
                 return GenerateResult(len(gen.prompt_tokens), tuple(gen.tokens), gen.text, gen.finish_reason)
 
-            result = await trio.to_thread.run_sync(generate, limiter=self._limiter)
+            result = await trio.to_thread.run_sync(generate, limiter=self._limiter_for(runtime))
             return result, [d for d in deltas if d], *_split_ms(queued, timing)
 
         assert isinstance(job, ScoreInput)
@@ -514,8 +515,13 @@ class Executor:
                 tuple(float(p) for p in s.logprobs),
             )
 
-        result = await trio.to_thread.run_sync(score, limiter=self._limiter)
+        result = await trio.to_thread.run_sync(score, limiter=self._limiter_for(runtime))
         return result, [], *_split_ms(queued, timing)
+
+    def _limiter_for(self, runtime: ModelRuntime) -> trio.CapacityLimiter:
+        """In-process models share the node's cores (one call at a time); an external engine
+        batches concurrent requests itself, so its calls only need a thread each."""
+        return self._limiter if runtime.in_process else self._engine_limiter
 
     def _store_pending(self, pending: _Pending) -> None:
         now_ms = int(self._clock() * 1000)

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from node.attest.attestation import Attestation
     from node.net.network import Network
     from node.runtime import EmbeddingBatcher, ModelRuntime
+    from node.runtime.engine_supervisor import EngineSupervisor
 
 __all__ = ["JobService", "install"]
 
@@ -60,6 +61,7 @@ def install(node: Node, net: Network, attest: Attestation) -> JobService:
     net.add_stream_handler(JOB_PROTOCOL_ID, service.executor.handle_job_stream)
     net.add_stream_handler(CHALLENGE_PROTOCOL_ID, service.executor.handle_challenge_stream, timeout=60.0)
     node.add_service(service.run, "jobs")
+    node.add_info(lambda: {"engines": service.engine_info()})
     return service
 
 
@@ -80,6 +82,7 @@ class JobService:
         self.runtimes: dict[str, ModelRuntime] = {}
         self.names: dict[str, str] = {}  # model name → id, for the router and /v1/models
         self.batchers: dict[str, EmbeddingBatcher] = {}
+        self.engines: dict[str, EngineSupervisor] = {}  # model id → its supervised engine
         self.executor = Executor(
             node.identity,
             self._keys_for,
@@ -131,8 +134,17 @@ class JobService:
         models = tuple(self.node.config.models)
         if models and not self.attest.attesting:
             raise RuntimeError("this node serves models but does not attest")
+        engine = self.node.config.engine
         for name in models:
             started = time.monotonic()
+            if not engine.in_process:
+                model_dir, label, task, model_id = await trio.to_thread.run_sync(
+                    _describe_model, name, abandon_on_cancel=True  # type: ignore[call-arg]
+                )
+                if task is Task.CHAT:
+                    runtime = await self._open_engine(nursery, model_dir, model_id, label)
+                    self._serve(runtime, started)
+                    continue
             # Abandoned on cancel: a stop signal during start-up must not wait seconds for a
             # model load (the thread holds nothing the process needs after it exits). The
             # ignores: trio-stubs (pulled in by libp2p) predate trio's abandon_on_cancel.
@@ -144,8 +156,6 @@ class JobService:
             await trio.to_thread.run_sync(
                 _warm_up, runtime, limiter=self.limiter, abandon_on_cancel=True  # type: ignore[call-arg]
             )
-            self.executor.runtimes[runtime.model_id] = runtime
-            self.names[runtime.name] = runtime.model_id
             if runtime.task is Task.EMBEDDINGS:
                 # No deliberate wait for company: under load, requests pile up while a batch
                 # computes and the next batch takes them all; an idle executor answers at once.
@@ -157,8 +167,7 @@ class JobService:
                 )
                 await nursery.start(batcher.run)
                 self.batchers[runtime.model_id] = batcher
-            log.info("serving %s (%s, %s) loaded in %.1fs", runtime.name, runtime.task.value,
-                     runtime.model_id, time.monotonic() - started)
+            self._serve(runtime, started)
         if self.executor.runtimes:
             self.attest.serve_models(sorted(self.executor.runtimes))
         known = await trio.to_thread.run_sync(
@@ -166,6 +175,43 @@ class JobService:
         )
         for name, model_id in known.items():
             self.names.setdefault(name, model_id)
+
+    async def _open_engine(
+        self, nursery: trio.Nursery, model_dir: Path, model_id: str, name: str
+    ) -> ModelRuntime:
+        """Launch (or attach to) the configured engine for a chat model; returns once it answers."""
+        from node.runtime.engine_backend import open_engine_runtime
+
+        log_path = self.node.config.data_dir / f"engine-{model_id.rpartition(':')[2][:12]}.log"
+        runtime, supervisor = await open_engine_runtime(
+            self.node.config.engine, nursery, model_dir=model_dir, model_id=model_id, name=name,
+            log_path=log_path,
+        )
+        if supervisor is not None:
+            self.engines[model_id] = supervisor
+        await trio.to_thread.run_sync(_warm_up, runtime, abandon_on_cancel=True)  # type: ignore[call-arg]
+        return runtime
+
+    def _serve(self, runtime: ModelRuntime, started: float) -> None:
+        self.executor.runtimes[runtime.model_id] = runtime
+        self.names[runtime.name] = runtime.model_id
+        log.info("serving %s (%s, %s) on %s, loaded in %.1fs", runtime.name, runtime.task.value,
+                 runtime.model_id, runtime.engine.describe(), time.monotonic() - started)
+
+    def engine_info(self) -> dict[str, Any]:
+        """Per served model: the engine computing it and its capabilities (node info, logs)."""
+        info: dict[str, Any] = {}
+        for model_id, runtime in self.executor.runtimes.items():
+            entry: dict[str, Any] = {
+                "engine": runtime.engine.describe(),
+                "capabilities": sorted(c.value for c in runtime.capabilities),
+            }
+            supervisor = self.engines.get(model_id)
+            if supervisor is not None:
+                entry.update(pid=supervisor.pid, ready=supervisor.ready, starts=supervisor.starts,
+                             log=str(supervisor.launch.log_path))
+            info[model_id] = entry
+        return info
 
     def model_tasks(self) -> dict[str, str]:
         """Model id → task, for the models this node can tell (its own, and the embedded ones)."""
@@ -325,6 +371,12 @@ class _NodeNetwork:
         return self._appraiser.appraise_challenge(
             info.bundle, evidence, nonce, sender_peer_id=info.peer_id, now=int(time.time())
         )
+
+
+def _describe_model(name: str) -> tuple[Path, str, Any, str]:
+    from node.runtime import describe_model
+
+    return describe_model(name)
 
 
 def _load_runtime(name: str) -> ModelRuntime:

@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from node.runtime import torch_env
-from node.runtime.base import ModelRuntime, Task
+from node.runtime.base import Capability, EngineIdentity, ModelRuntime, Task
 from node.runtime.batcher import BatchFailed, Embedder, EmbeddingBatcher
 from node.runtime.errors import (
     BatcherClosed,
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         EMBEDDED_MODELS,
         MINILM_NAME,
         default_models_dir,
+        describe_model,
         detect_task,
         load_runtime,
         minilm_dir,
@@ -47,6 +48,7 @@ _LAZY = {
     "EMBEDDED_MODELS": "node.runtime.loader",
     "MINILM_NAME": "node.runtime.loader",
     "default_models_dir": "node.runtime.loader",
+    "describe_model": "node.runtime.loader",
     "detect_task": "node.runtime.loader",
     "load_runtime": "node.runtime.loader",
     "minilm_dir": "node.runtime.loader",
@@ -66,10 +68,12 @@ __all__ = [
     "BatchFailed",
     "BatcherClosed",
     "Busy",
+    "Capability",
     "ChatRuntime",
     "Embedder",
     "EmbeddingBatcher",
     "EmbeddingRuntime",
+    "EngineIdentity",
     "Generation",
     "InvalidInput",
     "ModelNotFound",
@@ -80,6 +84,7 @@ __all__ = [
     "TokenScores",
     "UnsupportedModel",
     "default_models_dir",
+    "describe_model",
     "detect_task",
     "ensure_smollm2",
     "ensure_tiny_lm",

@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from node.runtime import torch_env
-from node.runtime.base import ModelRuntime, Task
+from node.runtime.base import Capability, EngineIdentity, ModelRuntime, Task
 from node.runtime.errors import InvalidInput, UnsupportedModel
 
 __all__ = ["EmbeddingRuntime", "PoolingConfig", "read_pooling_config"]
@@ -89,6 +89,7 @@ class EmbeddingRuntime(ModelRuntime):
     """An encoder that maps texts to float32 vectors ``[n, dim]``."""
 
     task = Task.EMBEDDINGS
+    capabilities = frozenset({Capability.EMBED})
 
     def __init__(
         self, model_dir: Path, *, model_id: str, name: str | None = None, chunk_size: int = DEFAULT_CHUNK
@@ -97,6 +98,7 @@ class EmbeddingRuntime(ModelRuntime):
         self.path = Path(model_dir)
         self.model_id = model_id
         self.name = name or self.path.name
+        self.engine = EngineIdentity.torch_cpu_fp32()
         self.pooling = read_pooling_config(self.path)
         self.chunk_size = chunk_size
         try:

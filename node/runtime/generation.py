@@ -28,18 +28,19 @@ import copy
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from node.runtime import torch_env
-from node.runtime.base import ModelRuntime, Task
+from node.runtime.base import Capability, EngineIdentity, ModelRuntime, Task
 from node.runtime.errors import InvalidInput, UnsupportedModel
+from node.runtime.prompts import Prompt, PromptEncoder, TextDeltas, check_prompt_size, prompt_bytes
 
 __all__ = [
     "ChatRuntime",
@@ -52,16 +53,11 @@ __all__ = [
     "prompt_bytes",
 ]
 
-Prompt = str | Sequence[Mapping[str, str]]
-"""A raw prompt string, or OpenAI-style chat messages ``[{"role": ..., "content": ...}, ...]``."""
-
 TokenCallback = Callable[[int, str], None]
 """Called from the worker thread after each generated token with (token id, new text)."""
 
 PREFIX_CACHE_ENTRIES = 4  # live streams verified at once by one verifier, each keeps its KV cache ...
 PREFIX_CACHE_TTL_S = 30.0  # ... until its next round is this late (then it is dropped: memory, privacy)
-_ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
-_MAX_MESSAGES = 1024
 
 
 @dataclass(frozen=True)
@@ -159,14 +155,15 @@ class ChatRuntime(ModelRuntime):
     """A causal LM served for chat: greedy ``generate`` and teacher-forced ``score``."""
 
     task = Task.CHAT
+    capabilities = frozenset({Capability.GENERATE, Capability.STREAM, Capability.SCORE})
 
     def __init__(self, model_dir: Path, *, model_id: str, name: str | None = None) -> None:
         torch_env.configure_torch()
         self.path = Path(model_dir)
         self.model_id = model_id
         self.name = name or self.path.name
+        self.prompts = PromptEncoder(self.path)
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
             self._model = AutoModelForCausalLM.from_pretrained(
                 str(self.path),
                 local_files_only=True,
@@ -176,19 +173,11 @@ class ChatRuntime(ModelRuntime):
             ).eval()
         except (OSError, ValueError, KeyError) as exc:
             raise UnsupportedModel(f"cannot load {self.path}: {exc}") from None
-        config = self._model.config
-        self.vocab_size = int(config.vocab_size)
-        context: int | None = getattr(config, "max_position_embeddings", None) or getattr(
-            config, "n_positions", None
-        )
-        self.context_length = int(context or 1024)
-        # No token spells more bytes than the longest vocabulary entry (its UTF-8 form is an
-        # upper bound for byte-level and sentencepiece vocabularies alike), so a prompt longer
-        # than this cannot fit the context: refuse it before tokenizing megabytes of text.
-        longest = max((len(str(t).encode()) for t in self._tokenizer.get_vocab()), default=16)
-        self.max_prompt_bytes = self.context_length * max(1, longest)
-        eos = config.eos_token_id
-        self.eos_token_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
+        self.vocab_size = self.prompts.vocab_size
+        self.context_length = self.prompts.context_length
+        self.max_prompt_bytes = self.prompts.max_prompt_bytes
+        self.eos_token_ids = self.prompts.eos_token_ids
+        self.engine = EngineIdentity.torch_cpu_fp32()
         self._lock = threading.Lock()
         self.prefix_cache = PrefixCache()
 
@@ -216,32 +205,11 @@ class ChatRuntime(ModelRuntime):
         Primary and verifiers call this with the same job input and the same tokenizer files
         (covered by the model id), so they agree on the prompt tokens without sending them.
         """
-        check_prompt_size(prompt, self.max_prompt_bytes)
-        if isinstance(prompt, str):
-            ids = list(self._tokenizer.encode(prompt, add_special_tokens=False))
-        else:
-            messages = _validate_messages(prompt)
-            if getattr(self._tokenizer, "chat_template", None):
-                rendered = self._tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=False
-                )
-                ids = list(self._tokenizer.encode(str(rendered), add_special_tokens=False))
-            else:
-                text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-                ids = list(self._tokenizer.encode(text, add_special_tokens=False))
-        if not ids:
-            raise InvalidInput("the prompt encodes to zero tokens")
-        if len(ids) >= self.context_length:
-            raise InvalidInput(f"prompt has {len(ids)} tokens; the context holds {self.context_length}")
-        return ids
+        return self.prompts.encode(prompt)
 
     def decode(self, tokens: Sequence[int]) -> str:
         """Text of generated tokens, without EOS or other special tokens."""
-        return str(
-            self._tokenizer.decode(
-                [t for t in tokens if t not in self.eos_token_ids], skip_special_tokens=True
-            )
-        )
+        return self.prompts.decode(tokens)
 
     # -- compute --------------------------------------------------------------------------------
 
@@ -256,7 +224,7 @@ class ChatRuntime(ModelRuntime):
         prompt_ids = self.encode_prompt(prompt)
         budget = min(max_tokens, self.context_length - len(prompt_ids))
         tokens: list[int] = []
-        emitted = ""
+        deltas = TextDeltas(self.prompts)
         finish = "length"
         with self._lock, torch.inference_mode():
             input_ids = torch.tensor([prompt_ids], dtype=torch.long)
@@ -268,11 +236,7 @@ class ChatRuntime(ModelRuntime):
                 tokens.append(token)
                 last = token in self.eos_token_ids or step == budget - 1
                 if on_token is not None:
-                    text = self.decode(tokens)
-                    held = text.endswith("\ufffd") and not last
-                    delta = "" if held or not text.startswith(emitted) else text[len(emitted) :]
-                    emitted += delta
-                    on_token(token, delta)
+                    on_token(token, deltas.push(token, last=last))
                 if token in self.eos_token_ids:
                     finish = "stop"
                     break
@@ -372,30 +336,3 @@ def _token_scores(window: torch.Tensor, claimed: Sequence[int]) -> tuple[np.ndar
     return (ranks.numpy().astype(np.uint32), gaps.numpy().astype(np.float32),
             logprobs.numpy().astype(np.float32))
 
-
-def prompt_bytes(prompt: Prompt) -> int:
-    """UTF-8 size of a prompt's text (message contents), computed without tokenizing."""
-    if isinstance(prompt, str):
-        return len(prompt.encode("utf-8", "surrogatepass"))
-    return sum(len(str(m.get("content", "")).encode("utf-8", "surrogatepass")) for m in prompt)
-
-
-def check_prompt_size(prompt: Prompt, limit: int) -> None:
-    """``InvalidInput`` for a prompt too long to fit any context of ``limit`` bytes."""
-    size = prompt_bytes(prompt)
-    if size > limit:
-        raise InvalidInput(f"prompt of {size} bytes cannot fit the context (at most {limit} bytes)")
-
-
-def _validate_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
-    if not isinstance(messages, Sequence) or not messages or len(messages) > _MAX_MESSAGES:
-        raise InvalidInput(f"messages must be a non-empty list of at most {_MAX_MESSAGES} items")
-    clean: list[dict[str, str]] = []
-    for message in messages:
-        if not isinstance(message, Mapping):
-            raise InvalidInput("each message must be a map with role and content")
-        role, content = message.get("role"), message.get("content")
-        if role not in _ROLES or not isinstance(content, str):
-            raise InvalidInput(f"bad message: role must be one of {sorted(_ROLES)}, content a string")
-        clean.append({"role": role, "content": content})
-    return clean

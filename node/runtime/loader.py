@@ -28,6 +28,7 @@ __all__ = [
     "SMOLLM2_NAME",
     "TINY_LM_NAME",
     "default_models_dir",
+    "describe_model",
     "detect_task",
     "load_runtime",
     "minilm_dir",
@@ -88,6 +89,14 @@ def detect_task(model_dir: Path) -> Task:
     if any(str(a).endswith(_CAUSAL_SUFFIXES) for a in architectures):
         return Task.CHAT
     return Task.EMBEDDINGS
+
+
+def describe_model(
+    path_or_name: str | Path, *, task: Task | None = None, models_dir: Path | None = None
+) -> tuple[Path, str, Task, str]:
+    """(directory, display name, task, model id) of a model, without loading its weights."""
+    model_dir, name = resolve_model_dir(path_or_name, models_dir=models_dir)
+    return model_dir, name, task or detect_task(model_dir), model_id_for_dir(model_dir)
 
 
 def load_runtime(

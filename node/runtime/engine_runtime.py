@@ -1,0 +1,133 @@
+"""A chat model served by an external engine (vLLM) behind the same interface as the torch runtime.
+
+The executor cannot tell the two apart: ``generate`` and ``score`` take the same prompts and
+return the same ``Generation`` and ``TokenScores``. Prompts are encoded here with the model
+directory's tokenizer (``node.runtime.prompts``) and sent as ids; the engine's prompt logprobs
+(the claimed token's logprob and 1-based rank, and the position's top-1 logprob) become the
+comparator's rank (0 = top-1) and logit gap (top-1 minus claimed: log-softmax keeps differences
+of logits, so the gap is the same number the torch runtime computes from raw logits).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from node.runtime.base import Capability, EngineIdentity, ModelRuntime, Task
+from node.runtime.engine_client import EngineClient, EngineUnavailable
+from node.runtime.errors import InvalidInput
+from node.runtime.generation import Generation, TokenCallback, TokenScores
+from node.runtime.prompts import Prompt, PromptEncoder, TextDeltas
+
+__all__ = ["EngineChatRuntime"]
+
+SCORING_FAMILIES = frozenset({"vllm"})  # engines whose OpenAI API returns ranked prompt logprobs
+
+
+class EngineChatRuntime(ModelRuntime):
+    """Chat through an engine; ``engine`` is its attested identity (family, version, dtype, device).
+
+    ``max_concurrency`` bounds requests in flight to the engine from this runtime (the engine
+    batches concurrent requests itself; the node's compute limiter is not held for engine calls).
+    """
+
+    task = Task.CHAT
+    in_process = False
+
+    def __init__(
+        self, model_dir: Path, *, model_id: str, client: EngineClient, engine: EngineIdentity,
+        name: str | None = None, context_length: int | None = None, max_concurrency: int = 8,
+    ) -> None:
+        self.path = Path(model_dir)
+        self.model_id = model_id
+        self.name = name or self.path.name
+        self.client = client
+        self.engine = engine
+        self.prompts = PromptEncoder(self.path)
+        self.vocab_size = self.prompts.vocab_size
+        self.context_length = min(self.prompts.context_length, context_length or self.prompts.context_length)
+        self.max_prompt_bytes = self.prompts.max_prompt_bytes
+        self.eos_token_ids = self.prompts.eos_token_ids
+        caps = {Capability.GENERATE, Capability.STREAM}
+        if engine.score:
+            caps.add(Capability.SCORE)
+        self.capabilities = frozenset(caps)
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        return self.prompts.encode(prompt)
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return self.prompts.decode(tokens)
+
+    def generate(self, prompt: Prompt, max_tokens: int, on_token: TokenCallback | None = None) -> Generation:
+        """Greedy completion by the engine; ``on_token`` gets each token as its SSE delta arrives."""
+        if max_tokens < 1:
+            raise InvalidInput("max_tokens must be >= 1")
+        prompt_ids = self.encode_prompt(prompt)
+        budget = min(max_tokens, self.context_length - len(prompt_ids))
+        deltas = TextDeltas(self.prompts)
+
+        def forward(token: int) -> None:
+            assert on_token is not None
+            last = token in self.eos_token_ids or len(deltas.tokens) + 1 >= budget
+            on_token(token, deltas.push(token, last=last))
+
+        with self._slots:
+            done = self.client.complete(
+                prompt_ids, budget, sorted(self.eos_token_ids), on_token=forward if on_token else None
+            )
+        tokens = list(done.tokens)
+        if any(t < 0 or t >= self.vocab_size for t in tokens):
+            raise EngineUnavailable("the engine produced a token outside the model's vocabulary")
+        finish = "stop" if tokens and tokens[-1] in self.eos_token_ids else "length"
+        if done.finish_reason == "stop" and finish != "stop":
+            raise EngineUnavailable("the engine stopped without producing an EOS token")
+        return Generation(tuple(prompt_ids), tuple(tokens), self.decode(tokens), finish)
+
+    def score(
+        self, prompt: Prompt, tokens: Sequence[int], *, prefix_scope: bytes | None = None
+    ) -> TokenScores:
+        return self.score_ids(self.encode_prompt(prompt), tokens, prefix_scope=prefix_scope)
+
+    def score_ids(
+        self, prompt_ids: Sequence[int], tokens: Sequence[int], *, prefix_scope: bytes | None = None
+    ) -> TokenScores:
+        """Teacher-forced scores of ``tokens`` after ``prompt_ids`` from one engine prefill.
+
+        ``prefix_scope`` is accepted for the runtime interface and not needed: vLLM's own prefix
+        cache reuses the KV blocks of a live stream's earlier rounds (same leading token ids)."""
+        if Capability.SCORE not in self.capabilities:
+            raise InvalidInput(f"the {self.engine.family} engine cannot score tokens (no prompt logprobs)")
+        claimed = [int(t) for t in tokens]
+        if not prompt_ids:
+            raise InvalidInput("empty prompt")
+        if not claimed:
+            raise InvalidInput("no tokens to score")
+        if any(t < 0 or t >= self.vocab_size for t in prompt_ids):
+            raise InvalidInput(f"prompt token ids must lie in [0, {self.vocab_size})")
+        total = len(prompt_ids) + len(claimed)
+        if total >= self.context_length:  # the engine needs room for its one generated token
+            raise InvalidInput(f"{total} tokens exceed the context of {self.context_length}")
+        # As in the torch runtime: a claimed id outside the vocabulary is the claimant's fault,
+        # scored as rejected; a stand-in id keeps the positions after it scorable.
+        outside = [i for i, t in enumerate(claimed) if t < 0 or t >= self.vocab_size]
+        feed = [t if 0 <= t < self.vocab_size else 0 for t in claimed]
+        with self._slots:
+            positions = self.client.prompt_logprobs([*prompt_ids, *feed])
+        window = positions[len(prompt_ids) - 1 :]
+        ranks = np.array([p.rank - 1 for p in window], dtype=np.uint32)
+        gaps = np.array([max(0.0, p.top_logprob - p.logprob) for p in window], dtype=np.float32)
+        logprobs = np.array([p.logprob for p in window], dtype=np.float32)
+        # A rank counts strictly better tokens: a tie with the top-1 (gap 0) is rank 0, and a
+        # token that is not top-1 has a positive gap, as the comparator's decoder insists.
+        gaps[ranks == 0] = 0.0
+        ranks[gaps == 0.0] = 0
+        if outside:
+            ranks[outside] = self.vocab_size
+            gaps[outside] = np.finfo(np.float32).max
+            logprobs[outside] = np.finfo(np.float32).min
+        return TokenScores(ranks=ranks, gaps=gaps, logprobs=logprobs)
