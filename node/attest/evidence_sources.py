@@ -30,6 +30,7 @@ from protocol.attestation.appraisal import default_verifiers
 from protocol.attestation.bundle import AttestationBundle, build_bundle
 from protocol.attestation.evidence import Evidence, EvidenceKind
 from protocol.identity import Identity
+from protocol.numerics import EngineEntry
 
 __all__ = [
     "EvidenceSource",
@@ -107,8 +108,12 @@ def build_signed_bundle(
     epoch_seconds: int,
     models: Sequence[str],
     addrs: Sequence[str],
+    engines: Sequence[EngineEntry] = (),
 ) -> bytes:
-    """The node's bundle for ``enc_pubkey``: the one place the bundle-building sequence lives."""
+    """The node's bundle for ``enc_pubkey``: the one place the bundle-building sequence lives.
+
+    ``engines`` (one entry per served model: engine family and version, dtype, device, whether it
+    scores) are bound next to the model ids, so a node cannot claim to run what it does not."""
     bundle = build_bundle(
         identity,
         enc_pubkey,
@@ -119,6 +124,7 @@ def build_signed_bundle(
         models=models,
         addrs=addrs,
         expires_at=expires_at,
+        engines=engines,
     )
     if bundle.epoch != epoch:
         raise RuntimeError(f"bundle epoch {bundle.epoch} differs from the key's epoch {epoch}")

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import nacl.public
@@ -32,6 +32,7 @@ from node.net.gossip import MAX_BUNDLE_BYTES, AttestationGossip
 from node.net.host import read_frame, remote_peer_id, write_frame
 from protocol import codec
 from protocol.identity import Identity
+from protocol.numerics import EngineEntry, EngineIdentity
 from protocol.sealing import EncryptionKeyPair
 
 __all__ = [
@@ -154,6 +155,7 @@ class AttestService:
         self.clock = clock
         self.epoch_keys = EpochKeys()
         self.models: list[str] = []
+        self.engines: dict[str, EngineIdentity] = {}  # model id → the engine computing it
         self.bundle: bytes | None = None
         self.bundle_issued_at: int | None = None
         self.announced_at: float | None = None  # unix time of the last publish (float, for latency)
@@ -173,11 +175,15 @@ class AttestService:
 
     # -------------------------------------------------------------------------------- models
 
-    def set_models(self, models: Sequence[str]) -> None:
-        """Declare the served models; the next bundle lists them (announced right away if running)."""
+    def set_models(self, models: Sequence[str], engines: Mapping[str, EngineIdentity] | None = None) -> None:
+        """Declare the served models and the engine computing each; the next bundle lists and binds
+        them (announced right away if running)."""
         unique = sorted(set(models))
-        if unique != self.models:
+        merged = {**self.engines, **(engines or {})}
+        merged = {m: e for m, e in merged.items() if m in unique}
+        if unique != self.models or merged != self.engines:
             self.models = unique
+            self.engines = merged
             self._reannounce_now.set()
 
     def request_reannounce(self) -> None:
@@ -201,6 +207,7 @@ class AttestService:
             epoch_seconds=self.epoch_seconds,
             models=self.models,
             addrs=[str(addr) for addr in self.host.get_addrs()][:16],
+            engines=[EngineEntry(m, e) for m, e in sorted(self.engines.items())],
         )
 
     async def announce(self, trigger: str) -> None:

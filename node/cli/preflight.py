@@ -20,7 +20,9 @@ A port can still be taken between the test and the real bind; the node then fail
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import sys
 from pathlib import Path
 
 import multiaddr
@@ -127,6 +129,7 @@ def preflight(config: NodeConfig) -> tuple[TestnetConfig, DataDirLock]:
             host, port = parse_api_address(config.api)
             bind_test(host, port, f"--api {config.api}")
         check_models(config.models, config.evidence)
+        _check_engine(config)
         _check_extra(config)
     except BaseException:
         lock.release()
@@ -144,6 +147,25 @@ def _check_log_file(path: Path) -> None:
     except OSError as exc:
         why = f"cannot write: {exc.strerror or exc}"
         raise CliError(f"--log-file {path}", why, "choose a writable path") from None
+
+
+def _check_engine(config: NodeConfig) -> None:
+    """A launched engine needs its interpreter; an attached one, its key (read now, not later)."""
+    engine = config.engine
+    if engine.in_process or not config.models:
+        return
+    if engine.url:
+        try:
+            engine.key()
+        except ValueError as exc:
+            raise CliError("[engine] api_key_file", str(exc), "give a readable key file") from None
+        return
+    python = engine.python or sys.executable
+    if not Path(python).is_file() or not os.access(python, os.X_OK):
+        raise CliError(
+            f"[engine] python = {python!r}", "is not an executable file",
+            "give the interpreter of the venv that has vLLM (make engines builds .venv-vllm)",
+        )
 
 
 def _check_extra(config: NodeConfig) -> None:

@@ -22,12 +22,13 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from node.jobs.engines import bounds_for_verifiers, cannot_score, same_class_first
 from node.jobs.errors import RouterError, RouterErrorCode
 from node.jobs.phase import Phase, PhaseSpec, Submission
 from node.jobs.receipts import ReceiptBook
 from node.jobs.reports import Reports, error_for, executor_report
 from node.jobs.standing import Standing
-from node.jobs.voters import ChatVoter
+from node.jobs.voters import ChatVoter, ClaimScores
 from protocol.identity import peer_id_to_text
 from protocol.jobs import consensus
 from protocol.jobs.jobflow import Outcome, OutcomeStatus
@@ -88,12 +89,15 @@ class ChatFlow:
                 return generation
             score_job = ScoreInput(job.messages, generation.tokens)
             score_id = os.urandom(JOB_ID_LEN)
-            chat_voter = ChatVoter(primary)
+            chat_voter = ChatVoter(primary, bounds_for_verifiers(
+                sub.infos, sub.model_id, primary, consensus.token_bounds_for(sub.model_id)
+            ))
             verdict_outcome, score_phase = await self._run_phase(PhaseSpec(
                 score_id, sub.model_id, Task.CHAT, sub.mode, score_job,
-                score_decoder(len(generation.tokens), sub.model_id), sub.infos, quorum=verifiers,
-                deadline=sub.deadline, challenge=sub.challenge,
-                escalate=self._escalate, exclude=frozenset(rejected | {primary}), voter=chat_voter, needed=1,
+                score_decoder(len(generation.tokens)), sub.infos, quorum=verifiers, deadline=sub.deadline,
+                challenge=sub.challenge, escalate=self._escalate,
+                exclude=frozenset(rejected | {primary}) | cannot_score(sub.infos, sub.model_id),
+                voter=chat_voter, needed=1, prefer=same_class_first(sub.infos, sub.model_id, primary),
             ))
             executors += executor_report(verdict_outcome, score_phase, role="verifier")
             report["phases"].append(
@@ -132,17 +136,16 @@ class ChatFlow:
         raise RouterError(RouterErrorCode.NO_CONSENSUS, message, report)
 
 
-def score_decoder(positions: int, model_id: str) -> Callable[[bytes], consensus.TokenVerdict]:
-    """Phase 2's result decoder: a verifier's ranks and gaps for ``positions`` tokens → its verdict,
-    judged with the bounds calibrated for ``model_id``."""
-    bounds = consensus.token_bounds_for(model_id)
+def score_decoder(positions: int) -> Callable[[bytes], ClaimScores]:
+    """Phase 2's result decoder: a verifier's ranks and gaps for ``positions`` tokens, checked for
+    shape and consistency (the voter judges them against the pair's bound)."""
 
-    def decode_scores(plaintext: bytes) -> consensus.TokenVerdict:
+    def decode_scores(plaintext: bytes) -> ClaimScores:
         result = decode_result(plaintext)
         if not isinstance(result, ScoreResult):
             raise ValueError("not a score result")
         rank_bytes, gap_bytes = consensus.encode_token_scores(list(result.ranks), list(result.gaps))
         ranks, gaps = consensus.decode_token_scores(rank_bytes, gap_bytes, positions)
-        return consensus.check_token_scores(ranks, gaps, bounds)
+        return ClaimScores(ranks, gaps)
 
     return decode_scores

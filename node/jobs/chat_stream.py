@@ -41,6 +41,7 @@ from typing import Any
 import trio
 
 from node.jobs.chat_flow import PRIMARY_ATTEMPTS, RunPhase, score_decoder
+from node.jobs.engines import bounds_for_verifiers, cannot_score, same_class_first
 from node.jobs.errors import RouterError, RouterErrorCode
 from node.jobs.live_tap import LiveTap, TapBroken, TapEnded, TapTokens
 from node.jobs.phase import Phase, PhaseSpec, Submission
@@ -48,6 +49,7 @@ from node.jobs.reports import Reports, error_for, executor_report
 from node.jobs.standing import Standing
 from node.jobs.voters import ChatVoter
 from protocol.identity import peer_id_to_text
+from protocol.jobs.consensus import token_bounds_for
 from protocol.jobs.jobflow import Outcome, OutcomeStatus
 from protocol.jobs.messages import JOB_ID_LEN, Mode, Task
 from protocol.jobs.payloads import GenerateInput, GenerateResult, ScoreInput
@@ -262,12 +264,16 @@ class ChatStream:
             assert state.primary is not None
             prefix = tuple(state.tokens)
             score_id = os.urandom(JOB_ID_LEN)
-            voter = ChatVoter(state.primary)
+            voter = ChatVoter(state.primary, bounds_for_verifiers(
+                sub.infos, sub.model_id, state.primary, token_bounds_for(sub.model_id)
+            ))
             outcome, phase = await self._run_phase(PhaseSpec(
                 score_id, sub.model_id, Task.CHAT, sub.mode, ScoreInput(self._job.messages, prefix),
-                score_decoder(len(prefix), sub.model_id), sub.infos, quorum=self._verifiers,
-                deadline=sub.deadline, challenge=sub.challenge, escalate=False,
-                exclude=frozenset(self._rejected | {state.primary}), voter=voter, needed=1, rank_key=rank_key,
+                score_decoder(len(prefix)), sub.infos, quorum=self._verifiers, deadline=sub.deadline,
+                challenge=sub.challenge, escalate=False,
+                exclude=frozenset(self._rejected | {state.primary}) | cannot_score(sub.infos, sub.model_id),
+                voter=voter, needed=1, rank_key=rank_key,
+                prefer=same_class_first(sub.infos, sub.model_id, state.primary),
             ))
             inbox.send_nowait(_Verified(len(prefix), score_id, outcome, phase, voter))
             if not outcome.ok:

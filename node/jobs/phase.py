@@ -86,6 +86,7 @@ class PhaseSpec:
     live: LiveSink | None = None  # a live chat primary: where its streamed tokens go
     rank_key: bytes | None = None  # rank executors on this random key instead of the job id (a
     # live stream's verification rounds share one, so the same verifiers extend their KV caches)
+    prefer: Callable[[bytes], bool] | None = None  # tried first, in rank order (same numerics class)
 
 
 @dataclass

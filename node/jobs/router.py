@@ -397,6 +397,9 @@ class Router:
             if peer not in banned
         ]
         ranking = rank_peers(spec.rank_key or spec.job_id, candidates, exclude=set(spec.exclude))
+        if spec.prefer is not None:  # stable: preferred peers first, each group in rank order
+            prefer = spec.prefer
+            ranking.sort(key=lambda peer: not prefer(peer))
         phase = Phase.start(spec, now)
         flow_deadline = max(now + 0.05, spec.deadline - self.settings.deadline_margin_s)
         flow = JobFlow(

@@ -169,7 +169,8 @@ class JobService:
                 self.batchers[runtime.model_id] = batcher
             self._serve(runtime, started)
         if self.executor.runtimes:
-            self.attest.serve_models(sorted(self.executor.runtimes))
+            engines = {model_id: runtime.engine for model_id, runtime in self.executor.runtimes.items()}
+            self.attest.serve_models(sorted(self.executor.runtimes), engines)
         known = await trio.to_thread.run_sync(
             _embedded_model_ids, frozenset(self.names), abandon_on_cancel=True  # type: ignore[call-arg]
         )
@@ -208,7 +209,8 @@ class JobService:
             }
             supervisor = self.engines.get(model_id)
             if supervisor is not None:
-                entry.update(pid=supervisor.pid, ready=supervisor.ready, starts=supervisor.starts,
+                entry.update(pid=supervisor.pid, port=supervisor.port, ready=supervisor.ready,
+                             starts=supervisor.starts,
                              log=str(supervisor.launch.log_path))
             info[model_id] = entry
         return info

@@ -13,7 +13,8 @@ shape their answers for the flow:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,16 @@ from protocol.identity import peer_id_to_text
 from protocol.jobs import consensus
 from protocol.jobs.jobflow import VoteResult
 
-__all__ = ["ChatVoter", "embeddings_voter", "single_voter"]
+__all__ = ["ChatVoter", "ClaimScores", "embeddings_voter", "single_voter"]
+
+
+@dataclass(frozen=True)
+class ClaimScores:
+    """A verifier's decoded per-position ranks and gaps, judged by the voter with the bound of
+    the (primary, verifier) pair of numerics classes (node.jobs.engines)."""
+
+    ranks: np.ndarray
+    gaps: np.ndarray
 
 
 def embeddings_voter(results: Mapping[bytes, np.ndarray], needed: int) -> VoteResult:
@@ -45,20 +55,30 @@ def single_voter(results: Mapping[bytes, Any], needed: int) -> VoteResult:
 class ChatVoter:
     """Phase 2 of chat: the primary's tokens against each verifier's verdict (vote_chat)."""
 
-    def __init__(self, primary: bytes) -> None:
+    def __init__(
+        self, primary: bytes, bounds: Callable[[bytes], consensus.TokenBounds] | None = None
+    ) -> None:
         self.primary = primary
+        self._bounds = bounds or (lambda _verifier: consensus.CALIBRATED_TOKEN_BOUNDS)
         self.rejecters: tuple[bytes, ...] = ()
         self.last_verdicts: dict[bytes, consensus.TokenVerdict] = {}
+        self.bounds_used: dict[bytes, float] = {}
 
-    def __call__(self, results: Mapping[bytes, consensus.TokenVerdict], needed: int) -> VoteResult:
-        self.last_verdicts = dict(results)
-        outcome = consensus.vote_chat(self.primary, results)
-        self.rejecters = tuple(p for p, v in results.items() if not v.accepted)
+    def __call__(self, results: Mapping[bytes, ClaimScores], needed: int) -> VoteResult:
+        verdicts: dict[bytes, consensus.TokenVerdict] = {}
+        for peer, scores in results.items():
+            bounds = self._bounds(peer)
+            self.bounds_used[peer] = bounds.max_logit_gap
+            verdicts[peer] = consensus.check_token_scores(scores.ranks, scores.gaps, bounds)
+        self.last_verdicts = verdicts
+        outcome = consensus.vote_chat(self.primary, verdicts)
+        self.rejecters = tuple(p for p, v in verdicts.items() if not v.accepted)
         detail = dict(outcome.detail)
         rejections = detail.get("rejections", {})
         detail["rejections"] = {peer_id_to_text(bytes.fromhex(k)): v for k, v in rejections.items()}
         detail["needed"] = outcome.needed
         detail["respondents"] = outcome.respondents
+        detail["max_logit_gap"] = {peer_id_to_text(p): b for p, b in sorted(self.bounds_used.items())}
         if outcome.decision is not consensus.Decision.ACCEPT:
             return VoteResult(detail=detail)
         supporters = tuple(p for p in outcome.majority if p != self.primary)

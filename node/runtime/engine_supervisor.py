@@ -15,6 +15,8 @@ answers; while a restarted engine comes up again, ``ready`` is False and jobs fa
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import secrets
@@ -22,10 +24,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -34,7 +37,14 @@ from node.runtime.engine_client import EngineClient
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
-__all__ = ["EngineLaunch", "EngineStartFailed", "EngineSupervisor", "free_loopback_port", "wait_ready"]
+__all__ = [
+    "EngineLaunch",
+    "EngineStartFailed",
+    "EngineSupervisor",
+    "SupervisorThread",
+    "free_loopback_port",
+    "wait_ready",
+]
 
 log = logging.getLogger("veilnet.engine")
 
@@ -77,6 +87,46 @@ class EngineLaunch:
         if self.max_model_len:
             argv += ["--max-model-len", str(self.max_model_len)]
         return argv + list(self.extra_args)
+
+
+class SupervisorThread:
+    """A supervised engine in a trio loop of its own thread, for synchronous callers (benchmarks,
+    calibration, session-wide test fixtures): ``start`` returns once it serves, ``stop`` ends it."""
+
+    def __init__(self, launch: EngineLaunch) -> None:
+        self.supervisor = EngineSupervisor(launch)
+        self._ready = threading.Event()
+        self._state: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._main, name="engine", daemon=True)
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._state["token"] = trio.lowlevel.current_trio_token()
+            async with trio.open_nursery() as nursery:
+                self._state["scope"] = nursery.cancel_scope
+                await nursery.start(self.supervisor.run)
+                self._ready.set()
+
+        try:
+            trio.run(main)
+        except BaseException as exc:  # handed to start()
+            self._state["error"] = exc
+        finally:
+            self._ready.set()
+
+    def start(self, timeout: float) -> EngineSupervisor:
+        self._thread.start()
+        if not self._ready.wait(timeout) or "error" in self._state or not self.supervisor.ready:
+            self.stop()
+            raise EngineStartFailed(f"the engine did not start: {self._state.get('error', 'timeout')}")
+        return self.supervisor
+
+    def stop(self) -> None:
+        token, scope = self._state.get("token"), self._state.get("scope")
+        if token is not None and scope is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(scope.cancel)
+        self._thread.join(STOP_GRACE_S + 10)
 
 
 def free_loopback_port() -> int:
@@ -181,6 +231,7 @@ class _EngineProcess:
             process = await trio.lowlevel.open_process(
                 command, env=sup._environment(), stdin=subprocess.DEVNULL, stdout=output,
                 stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         except OSError as exc:
             self._close_log()
@@ -215,6 +266,14 @@ async def stop_process_group(process: trio.Process, grace: float) -> None:
         await process.wait()
     _signal_group(pgid, signal.SIGKILL)
     await process.wait()
+
+
+def _die_with_parent() -> None:
+    """Runs in the engine before exec: SIGTERM when the node dies, even by SIGKILL (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -10,7 +10,8 @@ does not say which VM collected it). See docs/protocol/attestation.md for the ex
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from protocol import codec
 from protocol.attestation.evidence import Evidence
@@ -73,6 +74,7 @@ def _binding_map(
     issued_at: int,
     models: Sequence[str],
     gpu_evidence_hashes: Sequence[bytes],
+    engines: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, object]:
     if not isinstance(node_id, bytes) or not node_id:
         raise BindingError("node_id must be non-empty bytes")
@@ -86,7 +88,7 @@ def _binding_map(
         raise BindingError("models must be a sequence of strings")
     if not all(isinstance(h, bytes) and len(h) == EVIDENCE_HASH_SIZE for h in gpu_evidence_hashes):
         raise BindingError(f"GPU evidence hashes must be {EVIDENCE_HASH_SIZE} bytes each")
-    return {
+    fields: dict[str, object] = {
         "v": BINDING_VERSION,
         "node_id": node_id,
         "enc_pubkey": enc_pubkey,
@@ -95,6 +97,9 @@ def _binding_map(
         "models": list(models),
         "gpus": list(gpu_evidence_hashes),
     }
+    if engines:  # absent when empty: a bundle without engine entries binds the same bytes as before
+        fields["engines"] = [dict(e) for e in engines]
+    return fields
 
 
 def report_data(
@@ -104,9 +109,15 @@ def report_data(
     issued_at: int,
     models: Sequence[str],
     gpu_evidence_hashes: Sequence[bytes],
+    engines: Sequence[Mapping[str, Any]] = (),
 ) -> bytes:
-    """The 64-byte report data of CPU evidence: ``SHA-512(ATTEST_TAG ‖ canonical(binding map))``."""
-    body = codec.encode(_binding_map(node_id, enc_pubkey, epoch, issued_at, models, gpu_evidence_hashes))
+    """The 64-byte report data of CPU evidence: ``SHA-512(ATTEST_TAG ‖ canonical(binding map))``.
+
+    ``engines`` (the bundle's engine entries, when it has any) are bound too, so the hardware
+    vouches for which engine computes each model, not only for the model ids."""
+    body = codec.encode(
+        _binding_map(node_id, enc_pubkey, epoch, issued_at, models, gpu_evidence_hashes, engines)
+    )
     return hashlib.sha512(ATTEST_TAG + body).digest()
 
 
@@ -118,6 +129,7 @@ def challenge_report_data(
     models: Sequence[str],
     gpu_evidence_hashes: Sequence[bytes],
     nonce: bytes,
+    engines: Sequence[Mapping[str, Any]] = (),
 ) -> bytes:
     """Report data for a fresh challenge: the same binding plus the verifier's nonce, another tag.
 
@@ -125,7 +137,7 @@ def challenge_report_data(
     """
     if not isinstance(nonce, bytes) or not CHALLENGE_NONCE_MIN <= len(nonce) <= CHALLENGE_NONCE_MAX:
         raise BindingError(f"a challenge nonce is {CHALLENGE_NONCE_MIN}..{CHALLENGE_NONCE_MAX} bytes")
-    fields = _binding_map(node_id, enc_pubkey, epoch, issued_at, models, gpu_evidence_hashes)
+    fields = _binding_map(node_id, enc_pubkey, epoch, issued_at, models, gpu_evidence_hashes, engines)
     fields["nonce"] = nonce
     return hashlib.sha512(CHALLENGE_TAG + codec.encode(fields)).digest()
 

@@ -21,6 +21,7 @@ from protocol.attestation import binding
 from protocol.attestation.evidence import Evidence
 from protocol.errors import ProtocolError
 from protocol.identity import PEER_ID_LEN, Domain, Identity, SignatureError, public_key_from_peer_id, verify
+from protocol.numerics import EngineEntry, NumericsError
 
 __all__ = [
     "BUNDLE_VERSION",
@@ -62,6 +63,7 @@ _KEYS = frozenset(
         "sig",
     }
 )
+_OPTIONAL_KEYS = frozenset({"engines"})  # present only when non-empty (older bundles lack it)
 _SIG_PREFIX = b"\xa3sig\xc4\x40"  # fixstr "sig", bin8 of 64 bytes
 _V1_ENTRY = b"\xa1v\x01"  # fixstr "v", positive fixint 1
 _EVIDENCE_KEYS = frozenset({"kind", "data", "endorsements"})
@@ -76,7 +78,7 @@ _LIMITS = codec.Limits(
     max_str=max(MAX_MODEL_ID_LEN, MAX_ADDR_LEN),
     max_bin=MAX_BUNDLE_SIZE,
     max_array=max(MAX_MODELS, MAX_ADDRS, MAX_GPUS),
-    max_map=max(len(_KEYS), MAX_ENDORSEMENTS),
+    max_map=max(len(_KEYS) + len(_OPTIONAL_KEYS), MAX_ENDORSEMENTS),
 )
 
 
@@ -161,6 +163,7 @@ class AttestationBundle:
     addrs: tuple[str, ...] = ()
     cpu: Evidence
     gpus: tuple[Evidence, ...] = ()
+    engines: tuple[EngineEntry, ...] = ()  # per served model: the engine computing it
     sig: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
@@ -196,6 +199,14 @@ class AttestationBundle:
         object.__setattr__(self, "gpus", tuple(self.gpus))
         for i, gpu in enumerate(self.gpus):
             _check_evidence(gpu, f"gpus[{i}]")
+        if isinstance(self.engines, (str, bytes)) or not isinstance(self.engines, Sequence):
+            raise BundleError("bad_field", "engines must be a list of engine entries")
+        object.__setattr__(self, "engines", tuple(self.engines))
+        engine_models = [e.model for e in self.engines if isinstance(e, EngineEntry)]
+        if len(engine_models) != len(self.engines):
+            raise BundleError("bad_field", "engines must be a list of engine entries")
+        if len(set(engine_models)) != len(engine_models) or not set(engine_models) <= set(self.models):
+            raise BundleError("bad_field", "each engine entry names a distinct model of the bundle")
         if not isinstance(self.sig, bytes) or len(self.sig) not in (0, SIGNATURE_SIZE):
             raise BundleError("bad_field", f"sig must be {SIGNATURE_SIZE} bytes")
 
@@ -213,7 +224,16 @@ class AttestationBundle:
             "addrs": list(self.addrs),
             "cpu": evidence_to_wire(self.cpu),
             "gpus": [evidence_to_wire(g) for g in self.gpus],
+            **({"engines": self.engine_maps()} if self.engines else {}),
         }
+
+    def engine_maps(self) -> list[dict[str, Any]]:
+        """The engine entries' wire maps, sorted by model id (what the binding covers)."""
+        return [e.to_wire() for e in sorted(self.engines, key=lambda e: e.model)]
+
+    def engine_for(self, model_id: str) -> EngineEntry | None:
+        """The attested engine computing ``model_id`` (None: the bundle does not say)."""
+        return next((e for e in self.engines if e.model == model_id), None)
 
     @cached_property
     def _payload(self) -> bytes:
@@ -262,10 +282,21 @@ class AttestationBundle:
             raise BundleError(
                 "unsupported_version", f"bundle version {value['v']!r}, this node speaks {BUNDLE_VERSION}"
             )
-        if set(value) != _KEYS:
+        if not _KEYS <= set(value) <= _KEYS | _OPTIONAL_KEYS:
             missing = sorted(_KEYS - set(value))
-            unknown = sorted(set(value) - _KEYS)
+            unknown = sorted(set(value) - _KEYS - _OPTIONAL_KEYS)
             raise BundleError("bad_field", f"missing keys {missing}, unknown keys {unknown}")
+        engines_raw = value.get("engines", [])
+        if not isinstance(engines_raw, list) or ("engines" in value and not engines_raw):
+            raise BundleError("bad_field", "engines must be a non-empty list when present")
+        if len(engines_raw) > MAX_MODELS:
+            raise BundleError("too_many", f"{len(engines_raw)} engine entries, limit {MAX_MODELS}")
+        try:
+            engines = tuple(EngineEntry.from_wire(e, MAX_MODEL_ID_LEN) for e in engines_raw)
+        except NumericsError as exc:
+            raise BundleError("bad_field", f"engines: {exc}") from None
+        if [e.model for e in engines] != sorted(e.model for e in engines):
+            raise BundleError("bad_field", "engine entries must be sorted by model id")
         gpus = value["gpus"]
         if not isinstance(gpus, list):
             raise BundleError("bad_field", "gpus must be a list")
@@ -283,6 +314,7 @@ class AttestationBundle:
             addrs=value["addrs"],
             cpu=evidence_from_wire(value["cpu"], "cpu"),
             gpus=tuple(evidence_from_wire(g, f"gpus[{i}]") for i, g in enumerate(gpus)),
+            engines=engines,
             sig=sig,
         )
         # The decoder accepted only the canonical encoding, so re-encoding would give ``data`` back,
@@ -290,8 +322,9 @@ class AttestationBundle:
         # sig, v, so that entry sits just before the final ``"v": 1``. Slicing saves two encodes.
         bundle.__dict__["_wire"] = data
         sig_start = len(data) - len(_V1_ENTRY) - len(_SIG_PREFIX) - SIGNATURE_SIZE
-        if data[:1] == b"\x8b" and data.endswith(_V1_ENTRY) and data.startswith(_SIG_PREFIX, sig_start):
-            bundle.__dict__["_payload"] = b"\x8a" + data[1:sig_start] + _V1_ENTRY
+        header = 0x80 | len(value)  # a fixmap of 11 (12 with engines) entries
+        if data[0] == header and data.endswith(_V1_ENTRY) and data.startswith(_SIG_PREFIX, sig_start):
+            bundle.__dict__["_payload"] = bytes([header - 1]) + data[1:sig_start] + _V1_ENTRY
         return bundle
 
     # -- checks ---------------------------------------------------------------------------
@@ -306,7 +339,8 @@ class AttestationBundle:
     def expected_report_data(self) -> bytes:
         """The 64 bytes the CPU evidence must carry, recomputed from this bundle's own fields."""
         return binding.report_data(
-            self.node_id, self.enc_pubkey, self.epoch, self.issued_at, self.models, self.gpu_evidence_hashes()
+            self.node_id, self.enc_pubkey, self.epoch, self.issued_at, self.models,
+            self.gpu_evidence_hashes(), self.engine_maps(),
         )
 
     def expected_gpu_nonce(self) -> bytes:
@@ -323,6 +357,7 @@ class AttestationBundle:
             self.models,
             self.gpu_evidence_hashes(),
             nonce,
+            self.engine_maps(),
         )
 
 
@@ -337,6 +372,7 @@ def build_bundle(
     models: Sequence[str] = (),
     addrs: Sequence[str] = (),
     expires_at: int | None = None,
+    engines: Sequence[EngineEntry] = (),
 ) -> AttestationBundle:
     """Collect evidence in the only order that works, then sign.
 
@@ -352,7 +388,10 @@ def build_bundle(
     if expires_at is None:
         expires_at = min((epoch + 2) * epoch_seconds, issued_at + MAX_LIFETIME)
     hashes = [binding.evidence_hash(g) for g in gpus]
-    rd = binding.report_data(identity.peer_id, enc_pubkey, epoch, issued_at, list(models), hashes)
+    ordered = tuple(sorted(engines, key=lambda e: e.model))
+    rd = binding.report_data(
+        identity.peer_id, enc_pubkey, epoch, issued_at, list(models), hashes, [e.to_wire() for e in ordered]
+    )
     cpu = collect_cpu_evidence(rd)
     unsigned = AttestationBundle(
         node_id=identity.peer_id,
@@ -364,6 +403,7 @@ def build_bundle(
         addrs=tuple(addrs),
         cpu=cpu,
         gpus=gpus,
+        engines=ordered,
     )
     sig = identity.sign(Domain.BUNDLE, unsigned.signed_payload())
     signed = AttestationBundle(
@@ -376,6 +416,7 @@ def build_bundle(
         addrs=unsigned.addrs,
         cpu=cpu,
         gpus=gpus,
+        engines=ordered,
         sig=sig,
     )
     signed.to_wire()  # raise BundleError now, at the producer, if the evidence makes it too large

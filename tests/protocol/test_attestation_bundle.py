@@ -29,6 +29,7 @@ from protocol.attestation.bundle import (
 from protocol.attestation.evidence import Evidence
 from protocol.attestation.evidence_files import load_evidence
 from protocol.identity import Domain, Identity, SignatureError, verify
+from protocol.numerics import EngineEntry, EngineIdentity
 from tests.conftest import decoder_settings
 from tests.vectors import VECTORS
 
@@ -328,3 +329,48 @@ def test_property_mutated_bytes_only_raise_bundle_error(mutations: list[tuple[st
     if bytes(data) != _VALID_WIRE:  # still well-formed: then the signature must catch it
         with pytest.raises(SignatureError):
             decoded.verify_signature()
+
+
+# -- engine entries (per served model: the engine computing it, bound like the model ids) ---------
+
+MODEL = "vn-model:" + "ab" * 32
+VLLM = EngineIdentity("vllm", "0.32.0", "bfloat16", "cpu")
+
+
+def test_engine_entries_round_trip_and_are_bound_by_the_evidence() -> None:
+    with_engine = sample(engines=[EngineEntry(MODEL, VLLM)])
+    decoded = AttestationBundle.from_wire(with_engine.to_wire())
+    assert decoded == with_engine and decoded.engine_for(MODEL) == EngineEntry(MODEL, VLLM)
+    decoded.verify_signature()  # the sliced signed payload is right for a 12-entry map too
+    assert decoded.signed_payload() == codec.encode(
+        {k: v for k, v in wire_map(with_engine).items() if k != "sig"}
+    )
+    plain = sample()
+    assert "engines" not in wire_map(plain)  # older bundles keep their exact bytes
+    # The evidence's report data covers the engine: the same bundle claiming another engine
+    # (or none) no longer matches the evidence it carries.
+    assert with_engine.expected_report_data() != plain.expected_report_data()
+    assert with_engine.cpu.data.endswith(with_engine.expected_report_data())
+    claimed_torch = dataclasses.replace(
+        with_engine, engines=(EngineEntry(MODEL, EngineIdentity("torch", "2.13.0", "float32", "cpu")),)
+    )
+    assert not claimed_torch.cpu.data.endswith(claimed_torch.expected_report_data())
+    nonce = bytes(32)
+    assert with_engine.challenge_report_data(nonce) != plain.challenge_report_data(nonce)
+
+
+@pytest.mark.parametrize(
+    "engines",
+    [
+        [],  # present but empty: not canonical
+        [{**EngineEntry(MODEL, VLLM).to_wire(), "model": "vn-model:" + "cd" * 32}],  # not a served model
+        [EngineEntry(MODEL, VLLM).to_wire()] * 2,  # two entries for one model
+        [{**EngineEntry(MODEL, VLLM).to_wire(), "family": ""}],
+        ["vllm"],
+    ],
+)
+def test_bad_engine_entries_are_refused(engines: list[Any]) -> None:
+    value = wire_map(sample())
+    value["engines"] = engines
+    with pytest.raises(BundleError):
+        AttestationBundle.from_wire(codec.encode(value))

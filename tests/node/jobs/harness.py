@@ -33,6 +33,7 @@ from protocol.attestation.bundle import build_bundle
 from protocol.attestation.policy import Policy
 from protocol.attestation.simulated import SimulatedPlatform, source_measurement
 from protocol.identity import Identity
+from protocol.numerics import EngineEntry, EngineIdentity
 from protocol.sealing import EncryptionKeyPair
 from tests.node.cluster import Cluster
 
@@ -110,7 +111,10 @@ def add_member(
     fault: Fault | None = None,
     slow_seconds: float = 30.0,
     settings: ExecutorSettings | None = None,
+    engines: Mapping[str, EngineIdentity] | None = None,
 ) -> Member:
+    """An executor serving ``runtimes``; ``engines`` (model id → engine) are attested in its
+    bundle as a node's are (none: the bundle names no engine, as older nodes' do)."""
     identity = Identity.generate()
     keys = EncryptionKeyPair.generate()
     member_box: list[Member] = []
@@ -128,6 +132,8 @@ def add_member(
     bundle = build_bundle(
         identity, keys.public, issued_at=issued, epoch_seconds=POLICY.epoch_seconds,
         collect_cpu_evidence=PLATFORM.collector(MEASUREMENT, issued),
+        models=sorted(runtimes) if engines else (),
+        engines=[EngineEntry(m, e) for m, e in sorted((engines or {}).items())],
     ).to_wire()
     member = Member(identity, keys, executor, bundle=bundle)
     member_box.append(member)

@@ -1,0 +1,138 @@
+"""A 4-node testnet, two torch nodes and two vLLM-backed nodes, answering k=3 chat over HTTP.
+
+Nodes 0 and 1 serve SmolLM2 in-process (torch fp32); node 2 launches and supervises its own vLLM
+(bf16); node 3 attaches to the session's vLLM by URL and key. Every answer is cross-checked by
+verifiers of the other engine too (the router prefers the primary's class, and there are only two
+of each), so the answers agreeing is consensus across engines. Then node 2's engine is killed while
+it computes: the jobs fail over to other executors, and the node restarts its engine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from node.config import EngineSettings, NodeConfig
+from node.runtime.engine_supervisor import EngineSupervisor
+from tests.engines.conftest import ENGINE_ARGS, ENGINE_START_TIMEOUT, engine_python
+from tests.node.cluster import Cluster
+
+pytestmark = pytest.mark.engine
+
+QUESTION = [{"role": "user", "content": "What is the capital of France? One sentence."}]
+
+
+class _EngineCluster(Cluster):
+    def __init__(self, root: Path, model_dir: Path, attach: EngineSupervisor) -> None:
+        super().__init__(root, 4, reannounce_seconds=4)
+        self.model_dir = model_dir
+        self.attach = attach
+
+    def _overrides(self, index: int, config: NodeConfig) -> NodeConfig:
+        config = replace(super()._overrides(index, config), models=(str(self.model_dir),))
+        if index == 2:
+            engine = EngineSettings(family="vllm", python=engine_python(), max_model_len=2048,
+                                    extra_args=ENGINE_ARGS)
+        elif index == 3:
+            engine = EngineSettings(
+                family="vllm", url=self.attach.client.base_url, api_key=self.attach.api_key,
+                served_name=self.attach.launch.served_name,
+            )
+        else:
+            return config
+        return replace(config, engine=engine)
+
+
+@pytest.fixture(scope="module")
+def testnet(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path, engine: EngineSupervisor
+) -> Iterator[_EngineCluster]:
+    cluster = _EngineCluster(tmp_path_factory.mktemp("engines"), smollm2_dir, engine)
+    try:
+        cluster.start(timeout=120)
+        url = cluster.nodes[0].api_url
+
+        def four_providers() -> bool:
+            data = httpx.get(f"{url}/v1/models", timeout=5).json()["data"]
+            return any(m["id"] == smollm2_dir.name and m["veilnet"]["attested_providers"] >= 4 for m in data)
+
+        cluster.wait_until(four_providers, "SmolLM2 served by all four executors", ENGINE_START_TIMEOUT, 1.0)
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def _chat(url: str, model: str, replicas: int, max_tokens: int = 32) -> dict[str, Any]:
+    response = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
+        "model": model, "messages": QUESTION, "max_tokens": max_tokens,
+        "veilnet": {"replicas": replicas, "deadline_s": 240},
+    })
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def test_torch_and_vllm_nodes_agree_on_k3_chat(testnet: _EngineCluster, smollm2_dir: Path) -> None:
+    engines = {i: testnet.get(testnet.nodes[i], "/veilnet/v1/node")["engines"] for i in range(4)}
+    kinds = {i: next(iter(e.values()))["engine"] for i, e in engines.items()}
+    assert kinds[0].startswith("torch") and kinds[1].startswith("torch")
+    assert kinds[2] == kinds[3] == "vllm 0.32.0 (bfloat16, cpu)"
+    peer = {testnet.nodes[i].info["peer_id"]: kinds[i].split()[0] for i in range(4)}
+    primaries: set[str] = set()
+    for _ in range(8):
+        body = _chat(testnet.nodes[0].api_url, smollm2_dir.name, replicas=3)
+        assert "Paris" in body["choices"][0]["message"]["content"]
+        report = body["veilnet"]
+        rows = [e for e in report["executors"] if e.get("failure") is None]
+        assert len(rows) == 3 and all(e["in_majority"] for e in rows), rows
+        primary = next(peer[e["peer_id"]] for e in rows if e["role"] == "primary")
+        verifiers = sorted(peer[e["peer_id"]] for e in rows if e["role"] == "verifier")
+        assert verifiers == sorted([primary, "vllm" if primary == "torch" else "torch"])  # own class first
+        primaries.add(primary)
+        if primaries == {"torch", "vllm"}:
+            break
+    assert primaries == {"torch", "vllm"}
+
+
+def test_a_killed_engine_fails_over_and_is_restarted(testnet: _EngineCluster, smollm2_dir: Path) -> None:
+    node2 = testnet.nodes[2]
+    before = next(iter(testnet.get(node2, "/veilnet/v1/node")["engines"].values()))
+    assert before["ready"] and before["starts"] == 1
+    engine_port = before["port"]
+    url = testnet.nodes[0].api_url
+    with ThreadPoolExecutor(8) as pool:
+        jobs = [pool.submit(_chat, url, smollm2_dir.name, 1, 160) for _ in range(8)]
+
+        def engine_busy() -> bool:
+            metrics = httpx.get(f"http://127.0.0.1:{engine_port}/metrics", timeout=5).text
+            return any(line.startswith("vllm:num_requests_running") and not line.endswith(" 0.0")
+                       for line in metrics.splitlines())
+
+        testnet.wait_until(engine_busy, "a job running on node 2's engine", 180, 0.05)
+        os.killpg(before["pid"], signal.SIGKILL)  # the engine and its workers, mid-job
+        killed_at = time.monotonic()
+        answers = [job.result(timeout=600) for job in jobs]
+    failed_over = [
+        a for a in answers
+        if any(e["peer_id"] == node2.info["peer_id"] and e.get("failure") for e in a["veilnet"]["executors"])
+    ]
+    assert failed_over, "no job was running on node 2 when its engine died"
+    assert all("Paris" in a["choices"][0]["message"]["content"] for a in answers)
+
+    def restarted() -> bool:
+        entry = next(iter(testnet.get(node2, "/veilnet/v1/node")["engines"].values()))
+        return bool(entry["ready"] and entry["starts"] == 2)
+
+    testnet.wait_until(restarted, "node 2 to restart its engine", ENGINE_START_TIMEOUT, 1.0)
+    print(f"engine restarted and ready {time.monotonic() - killed_at:.0f} s after the kill")
+    body = _chat(url, smollm2_dir.name, replicas=3)
+    assert all(e["in_majority"] for e in body["veilnet"]["executors"] if e.get("failure") is None)
+
