@@ -114,9 +114,8 @@ def _sse(
 
 
 def _model_dir() -> Path:
-    from node.runtime.smollm2 import SMOLLM2_NAME, ensure_smollm2
-
     from node.runtime.loader import default_models_dir
+    from node.runtime.smollm2 import SMOLLM2_NAME, ensure_smollm2
 
     return ensure_smollm2(default_models_dir() / SMOLLM2_NAME)
 

@@ -32,9 +32,8 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     override = os.environ.get("VEILNET_ENGINE_TEST_MODEL")
     if override:
         return Path(override)
-    from node.runtime.smollm2 import SMOLLM2_NAME, ensure_smollm2
-
     from node.runtime.loader import default_models_dir
+    from node.runtime.smollm2 import SMOLLM2_NAME, ensure_smollm2
 
     return ensure_smollm2(default_models_dir() / SMOLLM2_NAME)
 
