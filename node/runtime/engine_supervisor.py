@@ -82,7 +82,6 @@ class EngineLaunch:
             "--model", str(self.model_dir), "--served-model-name", self.served_name,
             "--host", "127.0.0.1", "--port", str(port),
             "--generation-config", "vllm", "--dtype", self.dtype,
-            "--disable-log-requests",
         ]
         if self.max_model_len:
             argv += ["--max-model-len", str(self.max_model_len)]
@@ -109,7 +108,9 @@ class SupervisorThread:
 
         try:
             trio.run(main)
-        except BaseException as exc:  # handed to start()
+        except BaseException as exc:  # handed to start(), unwrapped from the nursery's group
+            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]
             self._state["error"] = exc
         finally:
             self._ready.set()
