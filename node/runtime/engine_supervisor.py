@@ -137,7 +137,7 @@ def free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def wait_ready(client: EngineClient, timeout: float, process: trio.Process | None = None) -> None:
+async def wait_ready(client: EngineClient, timeout: float, process: EngineProcess | None = None) -> None:
     """Return once the engine serves the model; ``EngineStartFailed`` if it exits or times out."""
     with trio.move_on_after(timeout):
         while True:
@@ -210,15 +210,32 @@ class EngineSupervisor:
         return _EngineProcess(self)
 
 
+class EngineProcess:
+    """The engine's process as the supervisor needs it: its pid, exit code, an async wait."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    async def wait(self) -> int:
+        # A worker thread blocks in waitpid until the engine exits; on cancellation it is left
+        # to finish by itself (the supervisor then stops the engine, which ends the wait).
+        return await trio.to_thread.run_sync(self._popen.wait, abandon_on_cancel=True)  # type: ignore[call-arg]
+
+
 class _EngineProcess:
     """Async context: the engine process, in its own process group, stopped on exit."""
 
     def __init__(self, supervisor: EngineSupervisor) -> None:
         self._sup = supervisor
-        self._process: trio.Process | None = None
+        self._process: EngineProcess | None = None
         self._log: int | None = None
 
-    async def __aenter__(self) -> trio.Process:
+    async def __aenter__(self) -> EngineProcess:
         sup = self._sup
         launch = sup.launch
         command = launch.command(sup.port)
@@ -229,7 +246,11 @@ class _EngineProcess:
             self._log = os.open(launch.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             output = self._log
         try:
-            process = await trio.lowlevel.open_process(
+            # Spawned from this (the node's trio) thread, not a worker thread as trio's
+            # open_process would: the parent-death signal fires when the spawning THREAD ends,
+            # so only the thread that lives as long as the node ties the engine's life to it.
+            # A fork and exec once per engine start is the one short block of the loop here.
+            popen = subprocess.Popen(
                 command, env=sup._environment(), stdin=subprocess.DEVNULL, stdout=output,
                 stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
@@ -237,6 +258,7 @@ class _EngineProcess:
         except OSError as exc:
             self._close_log()
             raise EngineStartFailed(f"cannot start {command[0]}: {exc}") from None
+        process = EngineProcess(popen)
         self._process = process
         sup.pid = process.pid
         sup.starts += 1
@@ -256,7 +278,7 @@ class _EngineProcess:
             self._log = None
 
 
-async def stop_process_group(process: trio.Process, grace: float) -> None:
+async def stop_process_group(process: EngineProcess, grace: float) -> None:
     """SIGTERM the process's group, wait up to ``grace`` seconds, then SIGKILL what is left.
 
     The group is signalled even when its leader is gone: the engine's workers must not outlive it.

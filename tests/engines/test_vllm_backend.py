@@ -11,10 +11,10 @@ from node.runtime.base import Capability, EngineIdentity
 from node.runtime.engine_runtime import EngineChatRuntime
 from node.runtime.engine_supervisor import EngineSupervisor
 from node.runtime.generation import ChatRuntime
-from protocol.jobs.consensus import check_token_scores
-from protocol.numerics import TORCH_FP32_CPU, VLLM_BF16_CPU, TokenBounds, token_gap_bound
+from protocol.jobs.consensus import TokenBounds, check_token_scores
+from protocol.numerics import TORCH_FP32_CPU, VLLM_BF16_CPU, token_gap_bound
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(1800)]  # a vLLM start takes minutes
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? One sentence."}]
 

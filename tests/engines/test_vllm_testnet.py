@@ -26,7 +26,7 @@ from node.runtime.engine_supervisor import EngineSupervisor
 from tests.engines.conftest import ENGINE_ARGS, ENGINE_START_TIMEOUT, engine_python
 from tests.node.cluster import Cluster
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(1800)]  # a vLLM start takes minutes
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? One sentence."}]
 
