@@ -38,7 +38,10 @@ class _EngineCluster(Cluster):
         self.attach = attach
 
     def _overrides(self, index: int, config: NodeConfig) -> NodeConfig:
-        config = replace(super()._overrides(index, config), models=(str(self.model_dir),))
+        # Generous timeouts: four nodes and two engines share two cores (a verifier's prefill can
+        # take seconds there); the test is about agreement and failover, not speed.
+        extra = {"commit_timeout_s": 120, "deadline_s": 240}
+        config = replace(super()._overrides(index, config), models=(str(self.model_dir),), extra=extra)
         if index == 2:
             engine = EngineSettings(family="vllm", python=engine_python(), max_model_len=2048,
                                     extra_args=ENGINE_ARGS)
