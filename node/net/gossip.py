@@ -250,10 +250,14 @@ class AttestationGossip:
         if len(bundle) > MAX_BUNDLE_BYTES:
             appraisal = Appraisal(ok=False, reasons=("malformed",), detail=f"bundle of {len(bundle)} bytes")
         else:
-            now = int(self._clock())
-            appraisal = await trio.to_thread.run_sync(
-                self._safe_appraise, bundle, sender, now, limiter=self._limiter
-            )
+            # Queue for an appraisal thread here, so a bundle whose forwarder was banned while it
+            # waited is dropped unappraised (a flood's queued bundles cost nothing once it is cut off).
+            async with self._limiter:
+                if source != "self" and self.scores.is_banned(forwarder):
+                    self.dropped.inc(reason="banned")
+                    return False
+                now = int(self._clock())
+                appraisal = await trio.to_thread.run_sync(self._safe_appraise, bundle, sender, now)
         if appraisal.ok and appraisal.entry is not None:
             entry = appraisal.entry
             if source == "sync" and entry.peer_id == self._host.get_id().to_bytes():

@@ -394,6 +394,29 @@ async def test_a_sync_appraises_only_the_relayed_bundles_the_registry_does_not_h
     assert appraised[-1] == b"held bundle", "an expired entry's bytes are appraised again"
 
 
+async def test_bundles_queued_behind_a_flood_are_dropped_unappraised_once_their_forwarder_is_banned() -> None:
+    appraised: list[bytes] = []
+
+    def refuse(bundle: bytes, sender: bytes | None, now: int) -> Appraisal:
+        appraised.append(bundle)
+        return Appraisal(ok=False, reasons=("malformed",))
+
+    host = build_host(Identity.generate(), os.urandom(32), ["/ip4/127.0.0.1/tcp/0"])
+    gossip = AttestationGossip(host, refuse, Registry(), Metrics(), addrs_of=lambda p: ())
+    flooder = Identity.generate().peer_id
+
+    async def offer(index: int) -> None:
+        await gossip.accept(b"garbage %d" % index, flooder, forwarder=flooder, source="gossip")
+
+    async with trio.open_nursery() as nursery:
+        for index in range(20):
+            nursery.start_soon(offer, index)
+    assert gossip.scores.is_banned(flooder)
+    dropped = gossip.dropped.get(reason="banned")
+    assert len(appraised) + dropped == 20
+    assert len(appraised) <= 8 and dropped >= 12  # banned after a handful; two were in the threads
+
+
 # ----------------------------------------------------------------------------- handler wrapper
 
 
