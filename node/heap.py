@@ -12,8 +12,9 @@ two-core machine), which is what the adversary bench measured as the worst stall
 collector's permanent generation (``gc.freeze``), so later passes walk only what was allocated
 since. Objects frozen this way are still freed by reference counting; only cycles among them
 are never collected, which start-up state (modules, models, services) does not produce as
-garbage. Call it when start-up is over (the node is up, models are loaded): one pass then,
-instead of a pass over the whole heap every few seconds under attack.
+garbage. ``veilnet node start`` calls it once the node is built (before it listens) and again
+once its models are loaded (before it announces them): one pass each, while nobody is waiting
+on the node, instead of a pass over the whole heap every few seconds under attack.
 """
 
 from __future__ import annotations

@@ -45,6 +45,10 @@ async def _serve(config: NodeConfig, testnet: TestnetConfig) -> None:
 
     peer = build_peer(config, testnet)
     node = peer.node
+    # Everything imported and built, nothing listening yet: the pause of a full collection lands
+    # on no one (node.heap). A node serving models freezes again once they are loaded.
+    freeze_long_lived("node built")
+    peer.jobs.models_loaded = lambda: freeze_long_lived("models loaded")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
 
@@ -67,16 +71,8 @@ async def _serve(config: NodeConfig, testnet: TestnetConfig) -> None:
                 api = info.get("api_url") or "off"
                 print(f"up: {info['peer_id']} on {' '.join(map(str, addrs))}; API {api}", flush=True)
 
-            async def freeze_start_up_heap() -> None:
-                await node.started.wait()
-                freeze_long_lived("node up")
-                await peer.jobs.ready.wait()
-                if config.models:
-                    freeze_long_lived("models loaded")
-
             nursery.start_soon(watch_signals)
             nursery.start_soon(announce_up)
-            nursery.start_soon(freeze_start_up_heap)
             try:
                 await node.run()
             finally:

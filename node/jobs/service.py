@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +103,10 @@ class JobService:
         )
         self.router.misbehaviour_listeners.append(self.evidence.on_misbehaviour)
         self.ready = trio.Event()
+        # Called once every model is loaded and warmed up, before the node announces them: the
+        # process entry point freezes the start-up heap here (node.heap), a pause of its own that
+        # must not land on the first jobs.
+        self.models_loaded: Callable[[], object] | None = None
         self._nursery: trio.Nursery | None = None
         node.metrics.gauge("veilnet_executor_active_jobs", "Jobs admitted and not yet committed",
                            lambda: self.executor.active_jobs)
@@ -169,6 +173,8 @@ class JobService:
                 self.batchers[runtime.model_id] = batcher
             self._serve(runtime, started)
         if self.executor.runtimes:
+            if self.models_loaded is not None:
+                self.models_loaded()
             engines = {model_id: runtime.engine for model_id, runtime in self.executor.runtimes.items()}
             self.attest.serve_models(sorted(self.executor.runtimes), engines)
         known = await trio.to_thread.run_sync(
