@@ -165,12 +165,12 @@ class _Session:
         self.client = io.peer_id
         self._write_timeout = write_timeout
 
-    async def send(self, payload: bytes) -> None:
-        """Write one frame, or reset the stream and raise ``BrokenResourceError`` when the client
-        has not taken it within the write deadline (it stopped reading; its flow-control window
-        is full), so the jobs waiting to write give their slots back."""
+    async def send(self, payload: bytes, *more: bytes) -> None:
+        """Write one frame per payload, or reset the stream and raise ``BrokenResourceError`` when
+        the client has not taken them within the write deadline (it stopped reading; its
+        flow-control window is full), so the jobs waiting to write give their slots back."""
         with trio.move_on_after(self._write_timeout) as deadline:
-            await self.io.write(payload)
+            await self.io.write(payload, *more)
         if deadline.cancelled_caught:
             log.info("job session from %s: client stopped reading; resetting", _short(self.client))
             with trio.move_on_after(2) as resetting:
@@ -403,6 +403,11 @@ class Executor:
                          req.stream and not req.live and isinstance(result, GenerateResult), deltas)
             )
             self.jobs_committed += 1
+            key = (session.client, req.job_id)
+            if self._running.get(key) and self.faults is None and not self._pending[key].stream:
+                # the reveal was asked for with the job (k = 1): commitment and reveal in one write
+                await session.send(commitment.to_wire(), self._reveal_frame(key))
+                return
             await session.send(commitment.to_wire())
             if self.faults is not None and self.faults.fault is Fault.EQUIVOCATE:
                 log.warning("FAULT equivocate: a second, different commitment for job %s", req.job_id.hex())
@@ -535,6 +540,16 @@ class Executor:
 
     # ------------------------------------------------------------------ reveal
 
+    def _reveal_frame(self, key: tuple[bytes, bytes], pending: _Pending | None = None) -> bytes:
+        """The sealed, signed reveal of a committed non-streamed result (taken out of pending)."""
+        if pending is None:
+            pending = self._pending.pop(key)
+        sealed = seal_result(pending.session, pending.result_bytes)
+        return Reveal.create(
+            self.identity, job_id=pending.job_id, salt=pending.salt,
+            result_digest=result_digest(pending.result_bytes), sealed_result=sealed,
+        ).to_wire()
+
     async def _reveal(self, session: _Session, job_id: bytes) -> None:
         key = (session.client, job_id)
         if self._running.get(key) is False and key not in self._pending:
@@ -554,11 +569,7 @@ class Executor:
             log.warning("FAULT bad-reveal: revealing job %s with a salt it did not commit to", job_id.hex())
             pending = dataclasses.replace(pending, salt=os.urandom(SALT_LEN))
         if not pending.stream:
-            sealed = seal_result(pending.session, pending.result_bytes)
-            reveal = Reveal.create(
-                self.identity, job_id=job_id, salt=pending.salt, result_digest=digest, sealed_result=sealed
-            )
-            await session.send(reveal.to_wire())
+            await session.send(self._reveal_frame(key, pending))
             return
         sealer, opening = StreamSealer.start(pending.session)
         reveal = Reveal.create(self.identity, job_id=job_id, salt=pending.salt, result_digest=digest,

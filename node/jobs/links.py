@@ -56,8 +56,8 @@ class JobLink:
     def close_job(self, job_id: bytes) -> None:
         self.jobs.pop(job_id, None)
 
-    async def send(self, payload: bytes) -> None:
-        await self.io.write(payload)
+    async def send(self, payload: bytes, *more: bytes) -> None:
+        await self.io.write(payload, *more)
 
     async def run(self) -> None:
         why = "closed"

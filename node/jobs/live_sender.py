@@ -1,14 +1,17 @@
 """The primary's side of a live chat job: generate in a worker thread, seal and send as it goes.
 
 The model thread hands each token to the trio side through an unbounded memory channel (bounded
-by ``max_tokens``); one sender task drains whatever has arrived and sends it as one sealed
-``StreamChunk`` (``protocol.jobs.live``), so the first token leaves at once and chunks grow only
-when the link is slower than the model. The stream is finalised (FINAL tag, empty plaintext)
-before the executor commits, so the client can tell a complete stream from a cut-off one.
+by ``max_tokens``) without waiting for the event loop (``run_sync_soon``: FIFO, so tokens keep
+their order and all arrive before the thread's result); one sender task drains whatever has
+arrived and sends it as one sealed ``StreamChunk`` (``protocol.jobs.live``), so the first token
+leaves at once and chunks grow only when the link is slower than the model. The stream is
+finalised (FINAL tag, empty plaintext) before the executor commits, so the client can tell a
+complete stream from a cut-off one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -42,8 +45,14 @@ async def generate_live(
     timing: dict[str, float] = {}
     queued = time.monotonic()
 
+    loop = trio.lowlevel.current_trio_token()
+
+    def deliver(item: tuple[int, str]) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            tokens_in.send_nowait(item)  # the sender is gone only when the job is being cancelled
+
     def on_token(token: int, text: str) -> None:
-        trio.from_thread.run_sync(tokens_in.send_nowait, (token, text))
+        loop.run_sync_soon(deliver, (token, text))  # no round trip: the model goes on at once
 
     def generate() -> tuple[int, str]:
         timing["start"] = time.monotonic()

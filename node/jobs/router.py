@@ -488,9 +488,10 @@ class Router:
                 live=True if phase.live is not None else None,
             )
             try:
-                await link.send(request.to_wire())
-                if phase.pipeline_reveal:
-                    await link.send(RevealRequest(job_id=phase.job_id).to_wire())
+                if phase.pipeline_reveal:  # both in one write
+                    await link.send(request.to_wire(), RevealRequest(job_id=phase.job_id).to_wire())
+                else:
+                    await link.send(request.to_wire())
                 link.jobs_sent += 1
             except Exception as exc:
                 await events.send(Failed(peer, Failure.CRASH, f"send failed: {exc}"))

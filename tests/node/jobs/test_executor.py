@@ -95,6 +95,28 @@ async def _good_job(io: MemoryFrames, member, model_id: str) -> None:
     assert isinstance(result, EmbeddingsResult) and result.count == 1
 
 
+async def test_a_pipelined_reveal_request_gets_the_commitment_and_the_reveal_in_order(models):
+    """k = 1: the client writes the job and its reveal request together; the executor answers with
+    the commitment and the reveal together, the commitment first, both valid."""
+    embed, _, _ = models
+    async with trio.open_nursery() as nursery:
+        net = MemoryNetwork(nursery)
+        member = add_member(net, {embed.model_id: embed})
+        io = await _session(nursery, member)
+        request, sealed = _request(member, embed.model_id)
+        await io.write(request.to_wire(), RevealRequest(job_id=request.job_id).to_wire())
+        with trio.fail_after(30):
+            commitment, reveal = decode_message(await io.read()), decode_message(await io.read())
+        assert isinstance(commitment, Commitment) and isinstance(reveal, Reveal)
+        commitment.verify(expected_peer_id=member.peer_id)
+        reveal.verify(expected_peer_id=member.peer_id)
+        reveal.check_against(commitment)
+        result = decode_result(open_result(sealed.session, reveal.sealed_result))
+        assert isinstance(result, EmbeddingsResult) and result.count == 1
+        await _good_job(io, member, embed.model_id)  # the session goes on as before
+        nursery.cancel_scope.cancel()
+
+
 async def test_bad_requests_get_typed_errors_and_the_executor_keeps_serving(models):
     embed, _, _ = models
     async with trio.open_nursery() as nursery:
