@@ -25,8 +25,8 @@ from protocol.jobs.payloads import GenerateInput, JobInput
 from protocol.sealing import JobSession
 
 __all__ = [
-    "Committed", "Decoder", "Failed", "LiveSink", "Misbehaviour", "Phase", "PhaseSpec", "Revealed",
-    "Submission",
+    "Committed", "Decoder", "Failed", "LiveSink", "Misbehaviour", "Phase", "PhaseSpec", "Progressed",
+    "Revealed", "Submission",
 ]
 
 Decoder = Callable[[bytes], Any]  # result plaintext → comparator value (raises on malformed)
@@ -129,6 +129,13 @@ class Committed:
     peer: bytes
     commitment: Commitment
     statement: bytes
+
+
+@dataclass(frozen=True)
+class Progressed:
+    """A live primary streamed tokens: it is working, so its commit timeout restarts."""
+
+    peer: bytes
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,17 @@ from node.jobs.errors import RouterError, RouterErrorCode
 from node.jobs.frames import EndOfStream
 from node.jobs.links import Broken, JobLink, LinkPool
 from node.jobs.network_view import Network
-from node.jobs.phase import Committed, Decoder, Failed, Misbehaviour, Phase, PhaseSpec, Revealed, Submission
+from node.jobs.phase import (
+    Committed,
+    Decoder,
+    Failed,
+    Misbehaviour,
+    Phase,
+    PhaseSpec,
+    Progressed,
+    Revealed,
+    Submission,
+)
 from node.jobs.receipts import ReceiptBook
 from node.jobs.reports import Reports, error_for, executor_report
 from node.jobs.reveals import open_reveal
@@ -440,6 +450,8 @@ class Router:
                 elif isinstance(event, Revealed):
                     phase.reveals[event.peer] = event
                     actions = flow.on_reveal(event.peer, event.salt, event.digest, event.value, now)
+                elif isinstance(event, Progressed):
+                    actions = flow.on_progress(event.peer, now)
                 elif isinstance(event, Failed):
                     if event.misbehaviour is not None:
                         for listener in self.misbehaviour_listeners:
@@ -530,6 +542,7 @@ class Router:
                 if why is not None:
                     await events.send(Failed(peer, Failure.MALFORMED, f"live stream: {why}"))
                     return
+                await events.send(Progressed(peer))
                 continue
             if live is not None and isinstance(message, Commitment) and not live.complete(peer):
                 live.on_failure(peer, "committed before its live stream was complete")

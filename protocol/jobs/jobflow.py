@@ -111,10 +111,16 @@ class Attempt:
     result: Any = None
     failure: Failure | None = None
     detail: str = ""
+    progress_at: float | None = None  # last sign of work before the commitment (live streams)
 
     @property
     def live(self) -> bool:
         return self.state is not AttemptState.FAILED
+
+    @property
+    def commit_window_from(self) -> float:
+        """The commit timeout counts from the last sign of work, or from the send."""
+        return self.sent_at if self.progress_at is None else self.progress_at
 
 
 @dataclass(frozen=True)
@@ -256,7 +262,7 @@ class JobFlow:
             times.append(self._gate_at)
         for a in self._attempts.values():
             if a.state is AttemptState.SENT:
-                times.append(a.sent_at + self.commit_timeout)
+                times.append(a.commit_window_from + self.commit_timeout)
             elif a.state is AttemptState.REVEAL_REQUESTED and a.reveal_requested_at is not None:
                 times.append(a.reveal_requested_at + self.reveal_timeout)
         return min(times)
@@ -297,6 +303,15 @@ class JobFlow:
         a.revealed_at = now
         return self._advance(now)
 
+    def on_progress(self, peer_id: bytes, now: float) -> list[Action]:
+        """The executor showed it is working on the job before committing (a live chat primary
+        streamed tokens): its commit timeout restarts now, so a primary slower than the timeout
+        but streaming is not replaced by a second one. The job's deadline still bounds it."""
+        a = self._attempts.get(peer_id)
+        if not self.done and a is not None and a.state is AttemptState.SENT:
+            a.progress_at = now
+        return []
+
     def on_failure(self, peer_id: bytes, failure: Failure, detail: str, now: float) -> list[Action]:
         a = self._attempts.get(peer_id)
         if self.done or a is None or not a.live or a.state is AttemptState.REVEALED:
@@ -308,7 +323,7 @@ class JobFlow:
             return []
         actions: list[Action] = []
         for a in list(self._attempts.values()):
-            if a.state is AttemptState.SENT and now >= a.sent_at + self.commit_timeout:
+            if a.state is AttemptState.SENT and now >= a.commit_window_from + self.commit_timeout:
                 a.state, a.failure, a.detail = AttemptState.FAILED, Failure.TIMEOUT, "no commitment in time"
             elif (
                 a.state is AttemptState.REVEAL_REQUESTED

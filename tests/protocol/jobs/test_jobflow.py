@@ -146,6 +146,24 @@ def test_timeout_is_replaced_and_penalised():
     assert [(p, o) for p, o, _ in outcome.penalties] == [(B, Offence.TIMEOUT)]
 
 
+def test_progress_restarts_the_commit_timeout_of_a_working_executor():
+    """A live primary streams tokens before it commits: while it shows progress it is not timed
+    out (nor replaced); once it stops, the commit timeout runs from its last progress."""
+    flow = make_flow(ranking=[A, B], quorum=1, escalation=0)
+    assert sends(flow.start(T0)) == [A]
+    assert flow.on_progress(A, T0 + 8) == []
+    assert flow.on_tick(T0 + 12) == []  # past sent + timeout, but it showed progress at T0 + 8
+    assert flow.attempt(A).state is AttemptState.SENT
+    assert flow.next_deadline() == T0 + 18
+    flow.on_progress(A, T0 + 15)
+    assert flow.on_tick(T0 + 24) == []
+    actions = flow.on_tick(T0 + 25)
+    assert sends(actions) == [B] and flow.attempt(A).failure is Failure.TIMEOUT
+    assert flow.on_progress(A, T0 + 26) == [] and flow.attempt(A).state is AttemptState.FAILED
+    commit(flow, B, "x", T0 + 27)
+    assert finished(reveal(flow, B, "x", T0 + 28)).ok
+
+
 def test_crash_mid_job_is_replaced():
     flow = make_flow()
     flow.start(T0)
