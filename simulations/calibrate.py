@@ -33,7 +33,7 @@ import torch
 from node.runtime import torch_env
 from node.runtime.embeddings import EmbeddingRuntime
 from node.runtime.generation import ChatRuntime
-from node.runtime.loader import minilm_dir
+from node.runtime.loader import default_models_dir, minilm_dir
 from node.runtime.smollm2 import SMOLLM2_NAME, ensure_smollm2
 from node.runtime.tiny_lm import TINY_LM_NAME, write_random_lm
 from protocol.jobs.consensus import EmbeddingBounds, compare_embeddings
@@ -331,7 +331,10 @@ def calibrate_chat(
             "outputs_detected": f"{detected}/{n_prompts}",
             "outputs_differing_from_honest": f"{differing}/{n_prompts}",
             "positions_detected": f"{positions_detected}/{sub_positions}",
-            "smallest_worst_gap_of_a_differing_output": smallest_worst_gap,
+            # null when every output equals the honest one (nothing to detect)
+            "smallest_worst_gap_of_a_differing_output": (
+                None if smallest_worst_gap == float("inf") else smallest_worst_gap
+            ),
         }
         log(f"  chat substitute {name}: {json.dumps(result['substitutes'][name])}")
     log(f"  chat swaps detected: second choice {result['swap_to_second_choice_detected']}, "
@@ -407,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         log(f"chat: {args.chat_model}, {args.prompts} prompts x {args.max_tokens} tokens")
         if args.chat_model == SMOLLM2_NAME:
-            runtime = ChatRuntime(ensure_smollm2(Path(tmp) / SMOLLM2_NAME), model_id="calibration",
+            # the model store's copy (converted on first use), as a node would serve it
+            runtime = ChatRuntime(ensure_smollm2(default_models_dir() / SMOLLM2_NAME), model_id="calibration",
                                   name=SMOLLM2_NAME)
             substitutes = {"GGUF weights in fp32 (no bf16 rounding)": smollm2_unrounded(runtime)}
             substitutes.update(chat_substitutes(runtime, None))
