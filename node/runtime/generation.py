@@ -2,10 +2,11 @@
 
 Compute is float32 whatever dtype the weights are stored in (SmolLM2 ships bfloat16): widening
 bfloat16 to float32 is exact, so every node computes on the same weights, and float32 CPU kernels
-keep the logit drift between honest nodes (thread counts, KV-cache decode vs one prefill) near
-1e-5, which is what lets the comparator's bound stay tight. bfloat16 compute would be faster but
-drifts by ~1e-2 between kernels, an honest band wide enough to hide a substituted token; it would
-need its own numerics class and calibration (docs/CALIBRATION.md).
+keep the logit drift between honest nodes (thread counts, KV-cache decode vs one prefill) below
+1e-4 (6.3e-5 measured on SmolLM2), which is what lets the comparator's bound stay tight. bfloat16
+compute would be faster but moves SmolLM2's logits by up to 1.3 against fp32, an honest band wide
+enough to hide a substituted token; it would need its own numerics class and calibration
+(docs/CALIBRATION.md).
 
 Chat jobs are cross-checked the "one generator, many scorers" way: the primary executor generates
 greedily; each verifier runs ONE prefill over prompt ‖ claimed tokens and reports, per position,
