@@ -138,12 +138,13 @@ class EngineClient:
 
     def complete(
         self, prompt_ids: Sequence[int], max_tokens: int, stop_token_ids: Sequence[int],
-        on_token: Callable[[int], None] | None = None,
+        on_token: Callable[[int], None] | None = None, *, cache_salt: str,
     ) -> EngineCompletion:
         """Greedy completion of ``prompt_ids``; with ``on_token`` streamed (SSE), each generated id
-        handed over as its delta arrives."""
+        handed over as its delta arrives. ``cache_salt`` confines the engine's prefix cache: only
+        requests with the same salt share cached blocks (no timing side channel between users)."""
         body = {"model": self.served_name, "prompt": [int(t) for t in prompt_ids],
-                **greedy_sampling(max_tokens, stop_token_ids)}
+                "cache_salt": cache_salt, **greedy_sampling(max_tokens, stop_token_ids)}
         if on_token is None:
             answer = self._post_json("/v1/completions", body)
             choice = _first_choice(answer)
@@ -161,11 +162,11 @@ class EngineClient:
                 finish = choice.get("finish_reason")
         return EngineCompletion(tuple(tokens_seen), _finish(finish, len(tokens_seen), max_tokens))
 
-    def prompt_logprobs(self, ids: Sequence[int]) -> list[PromptLogprob]:
+    def prompt_logprobs(self, ids: Sequence[int], *, cache_salt: str) -> list[PromptLogprob]:
         """Teacher-forced scores of every position of ``ids`` after the first, in one prefill:
         ``/v1/completions`` with ``max_tokens: 1`` and ``prompt_logprobs: 1``."""
         body = {"model": self.served_name, "prompt": [int(t) for t in ids], "prompt_logprobs": 1,
-                **greedy_sampling(1, [])}
+                "cache_salt": cache_salt, **greedy_sampling(1, [])}
         answer = self._post_json("/v1/completions", body)
         return parse_prompt_logprobs(_first_choice(answer).get("prompt_logprobs"), ids)
 

@@ -10,6 +10,9 @@ of logits, so the gap is the same number the torch runtime computes from raw log
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +59,15 @@ class EngineChatRuntime(ModelRuntime):
             caps.add(Capability.SCORE)
         self.capabilities = frozenset(caps)
         self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._salt_key = os.urandom(32)  # per runtime: salts cannot be guessed from outside
+
+    def _cache_salt(self, scope: bytes | None) -> str:
+        """The engine prefix-cache salt of a request: a live stream's verification rounds (one
+        ``scope``, the requesting client) share cached blocks, as the torch runtime's PrefixCache
+        does; anything else gets a salt of its own, so no user can time another's prompts."""
+        if scope is None:
+            return os.urandom(16).hex()
+        return hmac.new(self._salt_key, scope, hashlib.sha256).hexdigest()
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         return self.prompts.encode(prompt)
@@ -78,7 +90,8 @@ class EngineChatRuntime(ModelRuntime):
 
         with self._slots:
             done = self.client.complete(
-                prompt_ids, budget, sorted(self.eos_token_ids), on_token=forward if on_token else None
+                prompt_ids, budget, sorted(self.eos_token_ids), on_token=forward if on_token else None,
+                cache_salt=self._cache_salt(None),
             )
         tokens = list(done.tokens)
         if any(t < 0 or t >= self.vocab_size for t in tokens):
@@ -98,8 +111,8 @@ class EngineChatRuntime(ModelRuntime):
     ) -> TokenScores:
         """Teacher-forced scores of ``tokens`` after ``prompt_ids`` from one engine prefill.
 
-        ``prefix_scope`` is accepted for the runtime interface and not needed: vLLM's own prefix
-        cache reuses the KV blocks of a live stream's earlier rounds (same leading token ids)."""
+        ``prefix_scope`` (the requesting client) lets a live stream's rounds reuse the engine's
+        cached KV blocks of the earlier rounds (same leading ids, same salt)."""
         if Capability.SCORE not in self.capabilities:
             raise InvalidInput(f"the {self.engine.family} engine cannot score tokens (no prompt logprobs)")
         claimed = [int(t) for t in tokens]
@@ -117,7 +130,8 @@ class EngineChatRuntime(ModelRuntime):
         outside = [i for i, t in enumerate(claimed) if t < 0 or t >= self.vocab_size]
         feed = [t if 0 <= t < self.vocab_size else 0 for t in claimed]
         with self._slots:
-            positions = self.client.prompt_logprobs([*prompt_ids, *feed])
+            salt = self._cache_salt(prefix_scope)
+            positions = self.client.prompt_logprobs([*prompt_ids, *feed], cache_salt=salt)
         window = positions[len(prompt_ids) - 1 :]
         ranks = np.array([p.rank - 1 for p in window], dtype=np.uint32)
         gaps = np.array([max(0.0, p.top_logprob - p.logprob) for p in window], dtype=np.float32)
