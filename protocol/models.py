@@ -48,6 +48,7 @@ _MODEL_ID_RE = re.compile(r"vn-model:[0-9a-f]{64}\Z")
 # Hugging Face and sentence-transformers files that change what a model computes.
 JSON_FILES = (
     "added_tokens.json",
+    "chat_template.json",
     "config.json",
     "config_sentence_transformers.json",
     "generation_config.json",
@@ -59,7 +60,12 @@ JSON_FILES = (
     "tokenizer_config.json",
     "vocab.json",
 )
-RAW_FILES = ("merges.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.txt")
+# A chat template saved beside the tokenizer (transformers >= 4.43 writes ``chat_template.jinja``)
+# overrides the one in tokenizer_config.json, so it is part of what the model id pins.
+RAW_FILES = (
+    "chat_template.jinja", "merges.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model",
+    "vocab.txt",
+)
 
 # safetensors dtype -> bits per element
 DTYPE_BITS = {

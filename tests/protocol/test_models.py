@@ -110,6 +110,7 @@ def test_layout_of_json_does_not_matter(tmp_path: Path) -> None:
         "tokenizer",
         "vocab",
         "extra_tokenizer_file",
+        "chat_template_file",
         "pooling_config",
         "metadata",
     ],
@@ -137,6 +138,8 @@ def test_what_changes_the_id(tmp_path: Path, change: str) -> None:
         (root / "vocab.txt").write_bytes(b"[PAD]\n[UNK]\nb\na\n")
     elif change == "extra_tokenizer_file":
         (root / "special_tokens_map.json").write_text('{"pad_token": "[PAD]"}')
+    elif change == "chat_template_file":
+        (root / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
     elif change == "pooling_config":
         (root / "1_Pooling").mkdir()
         (root / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
