@@ -47,10 +47,11 @@ from tests.interop.conftest import (
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(240)]
 
-# docs/protocol/attestation.md §2: exactly these 11 keys.
+# docs/protocol/attestation.md §2: exactly these 11 keys, plus `engines` once the node serves a model.
 BUNDLE_KEYS = {"v", "node_id", "enc_pubkey", "epoch", "issued_at", "expires_at"} | {
     "models", "addrs", "cpu", "gpus", "sig"
 }  # fmt: skip
+ENGINE_KEYS = {"model", "family", "version", "dtype", "device", "score"}
 
 
 def _counter(metrics: dict[str, float], name: str, **labels: str) -> float:
@@ -208,7 +209,12 @@ def test_js_peer_receives_the_nodes_bundles_and_they_decode_as_documented(
         data = unb64(message["data_b64"])
         value = codec.decode(data)  # the hardened decoder: canonical msgpack or an error
         assert codec.encode(value) == data, "gossiped bundle bytes are not canonical msgpack"
-        assert set(value) == BUNDLE_KEYS
+        assert set(value) - {"engines"} == BUNDLE_KEYS
+        engines = value.get("engines", [])
+        assert [entry["model"] for entry in engines] == sorted({entry["model"] for entry in engines})
+        for entry in engines:  # these nodes compute in-process: torch on the CPU, able to score
+            assert set(entry) == ENGINE_KEYS and entry["model"] in value["models"]
+            assert (entry["family"], entry["device"], entry["score"]) == ("torch", "cpu", True)
         assert value["v"] == 1
         assert peer_id_to_text(value["node_id"]) == message["from"], "bundle node_id != gossip origin"
         assert isinstance(value["enc_pubkey"], bytes) and len(value["enc_pubkey"]) == 32
