@@ -22,7 +22,7 @@ import numpy as np
 from node.runtime.base import Capability, EngineIdentity, ModelRuntime, Task
 from node.runtime.engine_client import EngineClient, EngineUnavailable
 from node.runtime.errors import InvalidInput
-from node.runtime.generation import Generation, TokenCallback, TokenScores
+from node.runtime.generation import Generation, TokenCallback, TokenScores, scoring_feed
 from node.runtime.prompts import Prompt, PromptEncoder, TextDeltas
 
 __all__ = ["EngineChatRuntime"]
@@ -115,20 +115,8 @@ class EngineChatRuntime(ModelRuntime):
         cached KV blocks of the earlier rounds (same leading ids, same salt)."""
         if Capability.SCORE not in self.capabilities:
             raise InvalidInput(f"the {self.engine.family} engine cannot score tokens (no prompt logprobs)")
-        claimed = [int(t) for t in tokens]
-        if not prompt_ids:
-            raise InvalidInput("empty prompt")
-        if not claimed:
-            raise InvalidInput("no tokens to score")
-        if any(t < 0 or t >= self.vocab_size for t in prompt_ids):
-            raise InvalidInput(f"prompt token ids must lie in [0, {self.vocab_size})")
-        total = len(prompt_ids) + len(claimed)
-        if total >= self.context_length:  # the engine needs room for its one generated token
-            raise InvalidInput(f"{total} tokens exceed the context of {self.context_length}")
-        # As in the torch runtime: a claimed id outside the vocabulary is the claimant's fault,
-        # scored as rejected; a stand-in id keeps the positions after it scorable.
-        outside = [i for i, t in enumerate(claimed) if t < 0 or t >= self.vocab_size]
-        feed = [t if 0 <= t < self.vocab_size else 0 for t in claimed]
+        # reserve=1: the engine needs room for its one generated token.
+        feed, outside = scoring_feed(prompt_ids, tokens, self.vocab_size, self.context_length, reserve=1)
         with self._slots:
             salt = self._cache_salt(prefix_scope)
             positions = self.client.prompt_logprobs([*prompt_ids, *feed], cache_salt=salt)
@@ -140,8 +128,4 @@ class EngineChatRuntime(ModelRuntime):
         # token that is not top-1 has a positive gap, as the comparator's decoder insists.
         gaps[ranks == 0] = 0.0
         ranks[gaps == 0.0] = 0
-        if outside:
-            ranks[outside] = self.vocab_size
-            gaps[outside] = np.finfo(np.float32).max
-            logprobs[outside] = np.finfo(np.float32).min
-        return TokenScores(ranks=ranks, gaps=gaps, logprobs=logprobs)
+        return TokenScores(ranks=ranks, gaps=gaps, logprobs=logprobs).rejecting(outside, self.vocab_size)

@@ -52,6 +52,7 @@ __all__ = [
     "TokenScores",
     "check_prompt_size",
     "prompt_bytes",
+    "scoring_feed",
 ]
 
 TokenCallback = Callable[[int, str], None]
@@ -84,6 +85,15 @@ class TokenScores:
     ranks: np.ndarray  # uint32 [n]
     gaps: np.ndarray  # float32 [n]
     logprobs: np.ndarray  # float32 [n]
+
+    def rejecting(self, positions: Sequence[int], vocab_size: int) -> TokenScores:
+        """These scores with ``positions`` (claims outside the vocabulary) marked as rejected:
+        the worst rank and the largest finite gap. Modifies and returns ``self``."""
+        if positions:
+            self.ranks[list(positions)] = vocab_size
+            self.gaps[list(positions)] = np.finfo(np.float32).max
+            self.logprobs[list(positions)] = np.finfo(np.float32).min
+        return self
 
 
 @dataclass
@@ -260,21 +270,8 @@ class ChatRuntime(ModelRuntime):
         self, prompt_ids: Sequence[int], tokens: Sequence[int], *, prefix_scope: bytes | None = None
     ) -> TokenScores:
         """As ``score``, for an already tokenised prompt."""
-        claimed = [int(t) for t in tokens]
-        if not prompt_ids:
-            raise InvalidInput("empty prompt")
-        if not claimed:
-            raise InvalidInput("no tokens to score")
-        if any(t < 0 or t >= self.vocab_size for t in prompt_ids):
-            raise InvalidInput(f"prompt token ids must lie in [0, {self.vocab_size})")
-        total = len(prompt_ids) + len(claimed)
-        if total > self.context_length:
-            raise InvalidInput(f"{total} tokens exceed the context of {self.context_length}")
-        # A claimed token outside the vocabulary is a claim this model can never make: it is the
-        # claimant's fault, not a bad request, so it is scored as rejected (worst rank, largest
-        # finite gap) and a stand-in id feeds the forward pass for the positions after it.
-        outside = [i for i, t in enumerate(claimed) if t < 0 or t >= self.vocab_size]
-        feed = [t if 0 <= t < self.vocab_size else 0 for t in claimed]
+        feed, outside = scoring_feed(prompt_ids, tokens, self.vocab_size, self.context_length)
+        total = len(prompt_ids) + len(feed)
         sequence = tuple(int(t) for t in prompt_ids) + tuple(feed)
         with self._lock, torch.inference_mode():
             if prefix_scope is not None:
@@ -288,12 +285,8 @@ class ChatRuntime(ModelRuntime):
                 rank_array, gap_array, logprob_array = _token_scores(
                     logits[len(prompt_ids) - 1 : total - 1], feed
                 )
-        rank_array, gap_array, logprob_array = rank_array.copy(), gap_array.copy(), logprob_array.copy()
-        if outside:
-            rank_array[outside] = self.vocab_size
-            gap_array[outside] = np.finfo(np.float32).max
-            logprob_array[outside] = np.finfo(np.float32).min
-        return TokenScores(ranks=rank_array, gaps=gap_array, logprobs=logprob_array)
+        scores = TokenScores(ranks=rank_array.copy(), gaps=gap_array.copy(), logprobs=logprob_array.copy())
+        return scores.rejecting(outside, self.vocab_size)
 
 
     def _score_extending(
@@ -325,6 +318,31 @@ class ChatRuntime(ModelRuntime):
             )
         self.prefix_cache.put(entry)
         return entry.ranks, entry.gaps, entry.logprobs
+
+
+def scoring_feed(
+    prompt_ids: Sequence[int], tokens: Sequence[int], vocab_size: int, context_length: int, *,
+    reserve: int = 0,
+) -> tuple[list[int], list[int]]:
+    """Check a scoring request and return (ids to feed for the claimed tokens, positions outside
+    the vocabulary); ``reserve`` is room the backend needs beyond the scored tokens.
+
+    A claimed token outside the vocabulary is a claim this model can never make: it is the
+    claimant's fault, not a bad request, so it is scored as rejected (``TokenScores.rejecting``)
+    and a stand-in id feeds the forward pass for the positions after it."""
+    claimed = [int(t) for t in tokens]
+    if not prompt_ids:
+        raise InvalidInput("empty prompt")
+    if not claimed:
+        raise InvalidInput("no tokens to score")
+    if any(t < 0 or t >= vocab_size for t in prompt_ids):
+        raise InvalidInput(f"prompt token ids must lie in [0, {vocab_size})")
+    total = len(prompt_ids) + len(claimed)
+    if total + reserve > context_length:
+        raise InvalidInput(f"{total} tokens exceed the context of {context_length}")
+    outside = [i for i, t in enumerate(claimed) if t < 0 or t >= vocab_size]
+    feed = [t if 0 <= t < vocab_size else 0 for t in claimed]
+    return feed, outside
 
 
 def _token_scores(window: torch.Tensor, claimed: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
