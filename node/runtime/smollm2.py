@@ -16,17 +16,14 @@ machine with the pinned packages writes the same bytes and gets the same model i
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from node.runtime import torch_env
 from node.runtime.errors import ModelNotFound, UnsupportedModel
+from node.runtime.staging import ensure_built
 
 __all__ = [
     "SMOLLM2_FILES",
@@ -190,25 +187,12 @@ def convert_smollm2(gguf: Path, directory: Path) -> None:
 def ensure_smollm2(dest_dir: Path | str) -> Path:
     """Convert SmolLM2-135M-Instruct into ``dest_dir`` unless it is already there; return the path.
 
-    Conversion writes a sibling temporary directory and renames it into place, so concurrent
-    processes (a local testnet starting) never see a half-written model.
+    Written atomically (``staging.ensure_built``): concurrent processes never see half a model.
     """
     target = Path(dest_dir)
     if all((target / name).is_file() for name in SMOLLM2_FILES):
         return target
     gguf = smollm2_gguf_path()
     torch_env.configure_torch()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        convert_smollm2(gguf, staging)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not all((target / name).is_file() for name in SMOLLM2_FILES):
-                raise  # target exists but is incomplete or foreign: refuse to guess
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(staging)
-    return target
+    return ensure_built(target, SMOLLM2_FILES, lambda staging: convert_smollm2(gguf, staging))
 

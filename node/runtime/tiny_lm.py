@@ -12,12 +12,8 @@ come out on every machine, hence the same model id.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -26,6 +22,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import GPT2Config
 
 from node.runtime import torch_env
+from node.runtime.staging import ensure_built
 
 __all__ = ["TINY_LM_FILES", "TINY_LM_NAME", "ensure_tiny_lm", "tiny_lm_config", "write_random_lm"]
 
@@ -168,23 +165,10 @@ def write_random_lm(directory: Path, seed: int = _SEED) -> None:
 def ensure_tiny_lm(directory: Path | str) -> Path:
     """Create the tiny random LM in ``directory`` unless it is already there; return the path.
 
-    Creation writes a sibling temporary directory and renames it into place, so concurrent
-    processes (a local testnet starting) never see a half-written model.
+    Written atomically (``staging.ensure_built``): concurrent processes never see half a model.
     """
     target = Path(directory)
     if all((target / name).is_file() for name in TINY_LM_FILES):
         return target
     torch_env.configure_torch()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write_random_lm(staging)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not all((target / name).is_file() for name in TINY_LM_FILES):
-                raise  # target exists but is incomplete or foreign: refuse to guess
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(staging)
-    return target
+    return ensure_built(target, TINY_LM_FILES, write_random_lm)
