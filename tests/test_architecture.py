@@ -21,7 +21,7 @@ PACKAGES = ("protocol", "node", "simulations")
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("protocol",),
-    ("node", "node.app", "node.config", "node.metrics", "node.logging_setup", "node.keyfile",
+    ("node", "node.app", "node.config", "node.metrics", "node.timeline", "node.logging_setup", "node.keyfile",
      "node.console", "node.runtime"),
     ("node.net",),
     ("node.attest",),

@@ -43,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from node import timeline
 from node.api.chat_sse import ChatEventStream
 from node.api.openai_contract import (
     MAX_MAX_TOKENS,
@@ -130,8 +131,11 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
         return min(MAX_MAX_TOKENS, context) if isinstance(context, int) else MAX_MAX_TOKENS
 
     async def embeddings(request: Request) -> Response:
+        timeline.start_request()
+        timeline.mark("api.handler")
         try:
             body = await read_json_body(request)
+            timeline.mark("api.body_parsed")
             model = model_of(body)
             texts = body.get("input")
             if isinstance(texts, str):
@@ -150,7 +154,11 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
                 if chat_only in options:
                     raise bad(f"veilnet.{chat_only} applies to chat completions only", f"veilnet.{chat_only}")
             model_id = await admit(model, "embeddings", options)
-            result = await router().embeddings(model, texts, **options)
+            timeline.mark("api.admitted")
+            result, tokens = await counter.alongside(
+                model_id, texts, lambda: router().embeddings(model, texts, **options)
+            )
+            timeline.mark("api.job_done")
             vectors = result.vectors
             assert vectors is not None
             if dimensions is not None and dimensions != vectors.shape[1]:
@@ -166,12 +174,14 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
                 if encoding == "base64" else [float(x) for x in row]
             )
             data.append({"object": "embedding", "index": index, "embedding": embedding})
-        tokens = await counter.count(model_id, texts)
-        return JSONResponse({
+        timeline.mark("api.data_built")
+        response = JSONResponse({
             "object": "list", "data": data, "model": model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             "veilnet": result.report,
         })
+        timeline.mark("api.response_built")
+        return response
 
     async def chat_completions(request: Request) -> Response:
         created = int(time.time())

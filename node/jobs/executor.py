@@ -53,6 +53,7 @@ import numpy as np
 import trio
 from libp2p.abc import INetStream
 
+from node import timeline
 from node.jobs.faults import Fault, FaultConfig, copied_result, live_fault, perturb_result
 from node.jobs.frames import EndOfStream, FrameIO, Libp2pFrames
 from node.jobs.live_sender import generate_live
@@ -291,8 +292,10 @@ class Executor:
             await session.error(ErrorCode.BAD_REQUEST, f"{exc.reason}: {exc.detail}")
             return
         if isinstance(message, JobRequest):
+            timeline.mark("exec.request_decoded", message.job_id)
             await self._admit(session, message, nursery)
         elif isinstance(message, RevealRequest):
+            timeline.mark("exec.reveal_request_decoded", message.job_id)
             await self._reveal(session, message.job_id)
         else:
             self._refused("unexpected_message")
@@ -309,6 +312,7 @@ class Executor:
             await session.error(checked.code, checked.text, req.job_id)
             return
         job, job_session = checked.job, checked.session
+        timeline.mark("exec.opened", req.job_id)
         if self._active >= self.settings.max_active_jobs:
             self._refused("busy")
             await session.error(ErrorCode.BUSY, f"{self._active} jobs in progress", req.job_id)
@@ -380,6 +384,8 @@ class Executor:
         from node.runtime.errors import Busy, InvalidInput, ModelRuntimeError
 
         outcome = "committed"
+        timeline.enter(req.job_id)
+        timeline.mark("exec.task_started")
         try:
             remaining = req.deadline_ms / 1000 - self._clock()
             with trio.move_on_after(max(0.0, remaining)) as budget:
@@ -391,6 +397,7 @@ class Executor:
             if computed is None:  # crash-mid-job: the connection is gone
                 outcome = "crashed"
                 return
+            timeline.mark("exec.computed")
             result, deltas, queue_ms, compute_ms = computed
             result_bytes = result.to_bytes()
             salt = os.urandom(SALT_LEN)
@@ -403,12 +410,17 @@ class Executor:
                          req.stream and not req.live and isinstance(result, GenerateResult), deltas)
             )
             self.jobs_committed += 1
+            timeline.mark("exec.committed")
             key = (session.client, req.job_id)
             if self._running.get(key) and self.faults is None and not self._pending[key].stream:
                 # the reveal was asked for with the job (k = 1): commitment and reveal in one write
-                await session.send(commitment.to_wire(), self._reveal_frame(key))
+                frames = (commitment.to_wire(), self._reveal_frame(key))
+                timeline.mark("exec.revealed")
+                await session.send(*frames)
+                timeline.mark("exec.written")
                 return
             await session.send(commitment.to_wire())
+            timeline.mark("exec.commitment_written")
             if self.faults is not None and self.faults.fault is Fault.EQUIVOCATE:
                 log.warning("FAULT equivocate: a second, different commitment for job %s", req.job_id.hex())
                 other = Commitment.create(
@@ -569,7 +581,10 @@ class Executor:
             log.warning("FAULT bad-reveal: revealing job %s with a salt it did not commit to", job_id.hex())
             pending = dataclasses.replace(pending, salt=os.urandom(SALT_LEN))
         if not pending.stream:
-            await session.send(self._reveal_frame(key, pending))
+            frame = self._reveal_frame(key, pending)
+            timeline.mark("exec.revealed", job_id)
+            await session.send(frame)
+            timeline.mark("exec.written", job_id)
             return
         sealer, opening = StreamSealer.start(pending.session)
         reveal = Reveal.create(self.identity, job_id=job_id, salt=pending.salt, result_digest=digest,

@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from node import timeline
 from node.jobs.frames import EndOfStream, FrameIO
 from protocol.jobs.messages import MessageError, decode_message
 
@@ -73,6 +74,7 @@ class JobLink:
                 if job_id is None:
                     why = f"session error from executor: {getattr(message, 'message', message.TAG)}"
                     return
+                timeline.mark("link.read." + message.TAG, job_id, peer=self.peer_id)
                 channel = self.jobs.get(job_id)
                 if channel is None:
                     continue  # a job we already finished (late reveal, abandoned attempt)

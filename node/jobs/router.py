@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import trio
 
+from node import timeline
 from node.jobs.chat_flow import ChatFlow
 from node.jobs.chat_stream import ChatStream, StreamEvent, StreamFailed
 from node.jobs.errors import RouterError, RouterErrorCode
@@ -351,7 +352,9 @@ class Router:
         started = self._clock()
         deadline = started + (deadline_s or self.settings.deadline_s)
         job_id = os.urandom(JOB_ID_LEN)
+        timeline.enter(job_id)
         providers = await self.network.providers(model_id)
+        timeline.mark("router.providers")
         infos = {p.peer_id: p for p in providers if model_id in p.models}
         report: dict[str, Any] = {
             "job_id": job_id.hex(), "model": model, "model_id": model_id, "task": task.value,
@@ -411,6 +414,7 @@ class Router:
             prefer = spec.prefer
             ranking.sort(key=lambda peer: not prefer(peer))
         phase = Phase.start(spec, now)
+        timeline.mark("router.ranked")
         flow_deadline = max(now + 0.05, spec.deadline - self.settings.deadline_margin_s)
         flow = JobFlow(
             spec.job_id, ranking, spec.quorum, now=now, deadline=flow_deadline,
@@ -432,6 +436,7 @@ class Router:
             while True:
                 for action in actions:
                     if isinstance(action, Finished):
+                        timeline.mark("router.finished")
                         nursery.cancel_scope.cancel()
                         return action.outcome
                     if isinstance(action, Send):
@@ -445,6 +450,8 @@ class Router:
                     with trio.move_on_after(wait):
                         event = await receive.receive()
                 now = self._clock()
+                if event is not None:
+                    timeline.mark("router.event." + type(event).__name__, peer=getattr(event, "peer", None))
                 if isinstance(event, Committed):
                     actions = flow.on_commit(event.peer, event.commitment.commitment, event.statement, now)
                 elif isinstance(event, Revealed):
@@ -468,6 +475,7 @@ class Router:
         info = phase.infos[peer]
         timing = phase.timings.setdefault(peer, {})
         timing["sent"] = self._clock()
+        timeline.mark("router.attempt", peer=peer)
         self.standing.job_started(peer)
         link: JobLink | None = None
         try:
@@ -487,6 +495,7 @@ class Router:
             except Exception as exc:
                 await events.send(Failed(peer, Failure.CRASH, f"cannot open a job stream: {exc}"))
                 return
+            timeline.mark("router.link", peer=peer)
             receive = link.open_job(phase.job_id)
             sealed = seal_job(
                 phase.job.to_bytes(), recipient_pubkey=info.enc_pubkey, job_id=phase.job_id,
@@ -499,12 +508,14 @@ class Router:
                 sealed_input=sealed.envelope, mode=phase.mode, stream=phase.stream,
                 live=True if phase.live is not None else None,
             )
+            timeline.mark("router.sealed", peer=peer)
             try:
                 if phase.pipeline_reveal:  # both in one write
                     await link.send(request.to_wire(), RevealRequest(job_id=phase.job_id).to_wire())
                 else:
                     await link.send(request.to_wire())
                 link.jobs_sent += 1
+                timeline.mark("router.written", peer=peer)
             except Exception as exc:
                 await events.send(Failed(peer, Failure.CRASH, f"send failed: {exc}"))
                 return
@@ -524,6 +535,7 @@ class Router:
         statement = b""
         live = phase.live
         async for message, frame in receive:
+            timeline.mark("router.got." + getattr(message, "TAG", "broken"), peer=peer)
             if isinstance(message, Broken):
                 if live is not None:
                     live.on_failure(peer, message.why)
@@ -570,6 +582,7 @@ class Router:
                     phase, peer, message, commitment, session, receive, statement=statement, reveal_wire=frame
                 )
                 timing["revealed"] = self._clock()
+                timeline.mark("router.opened", peer=peer)
                 await events.send(revealed)
                 return
             await events.send(Failed(peer, Failure.MALFORMED, f"unexpected {message.TAG}"))

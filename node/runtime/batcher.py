@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import trio
 
+from node import timeline
 from node.runtime.errors import BatcherClosed, Busy, InvalidInput, ModelRuntimeError
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class _Request:
     result: np.ndarray | None = None
     error: ModelRuntimeError | None = None
     abandoned: bool = False
+    job: bytes | None = None  # for the debug timeline only (node.timeline)
 
     def finish(self, result: np.ndarray | None = None, error: ModelRuntimeError | None = None) -> None:
         if not self.done.is_set():
@@ -151,7 +153,9 @@ class EmbeddingBatcher:
         # A request larger than a batch is queued as batch-sized pieces, so other requesters'
         # texts are served between them instead of waiting for one huge forward pass.
         step = self.max_batch_size
-        pieces = [_Request(list(texts[i : i + step]), owner) for i in range(0, count, step)]
+        job = timeline.current_job()
+        pieces = [_Request(list(texts[i : i + step]), owner, job=job) for i in range(0, count, step)]
+        timeline.mark("batch.queued")
         for piece in pieces:
             self._enqueue(piece)
         try:
@@ -273,8 +277,20 @@ class EmbeddingBatcher:
 
     async def _compute(self, batch: list[_Request]) -> None:
         texts = [text for request in batch for text in request.texts]
+        embed = self.runtime.embed
+        if timeline.enabled():
+            jobs = [request.job for request in batch]
+            timeline.mark_many("batch.started", jobs)
+
+            def embed(texts: list[str]) -> np.ndarray:
+                timeline.mark_many("batch.thread_running", jobs)
+                try:
+                    return self.runtime.embed(texts)
+                finally:
+                    timeline.mark_many("batch.torch_done", jobs)
+
         try:
-            vectors = await trio.to_thread.run_sync(self.runtime.embed, texts, limiter=self._limiter)
+            vectors = await trio.to_thread.run_sync(embed, texts, limiter=self._limiter)
         except ModelRuntimeError as exc:
             for request in batch:
                 request.finish(error=BatchFailed(str(exc)))
@@ -283,6 +299,7 @@ class EmbeddingBatcher:
             for request in batch:
                 request.finish(error=BatchFailed(f"{type(exc).__name__}: {exc}"))
             return
+        timeline.mark_many("batch.back_in_loop", [request.job for request in batch])
         self.batches_run += 1
         self.texts_run += len(texts)
         offset = 0

@@ -1,0 +1,146 @@
+"""Where the wall time of one embeddings job goes: a merged timeline of every process it crosses.
+
+Topology as ``bench_jobs`` (node 0 answers the API and serves no model; executors serve
+all-MiniLM-L6-v2), every node started with ``VEILNET_JOB_TIMELINE`` (``node.timeline``): each
+stage a job passes in the API node and the executors is a line with a ``CLOCK_MONOTONIC``
+timestamp, one clock for all processes of the machine. This process adds ``client.sent`` and
+``client.received`` around each HTTP request. Jobs are sent one at a time (k = 1, then k = 3).
+
+For each job the stages are placed relative to ``client.sent``; the rows are the median offset
+of each stage and the median time since the stage before it (in median order), in µs. An
+executor's stages are suffixed ``#n``: the n-th executor the router sent the job to (its order of
+``router.attempt``), so a k = 3 job shows whether its three attempts were sent at once and
+whether their computations overlapped.
+
+Run ``python -m bench timeline`` for the rows, or ``python -m bench.bench_timeline`` for the
+full table printed stage by stage.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from bench import Result, quick
+from bench.bench_jobs import _Network
+from node import timeline
+from node.testnet import snapshot_code
+from protocol.identity import peer_id_from_text
+
+SAMPLES = int(quick(60, 25))
+WARMUP = 5
+
+Timeline = dict[str, int]  # stage → monotonic ns
+
+
+def _client_mark(path: Path, job_hex: str, stage: str, ns: int) -> None:
+    with open(path, "a", encoding="ascii") as handle:
+        handle.write(f"{job_hex} {stage} {ns} {os.getpid()}\n")
+
+
+def read_timelines(path: Path, peer_tags: dict[int, str]) -> dict[str, list[tuple[str, int]]]:
+    """job id hex → its (stage, ns) marks; executor stages (by pid) get their executor's tag."""
+    jobs: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for line in path.read_text(encoding="ascii").splitlines():
+        parts = line.split()
+        if len(parts) != 4:
+            continue
+        job, stage, ns, pid = parts[0], parts[1], int(parts[2]), int(parts[3])
+        tag = peer_tags.get(pid)
+        if tag is not None and ":" not in stage:
+            stage = f"{stage}:{tag}"
+        jobs[job].append((stage, ns))
+    return jobs
+
+
+def normalise(marks: list[tuple[str, int]]) -> Timeline | None:
+    """Stages relative to ``client.sent``, executor tags replaced by #n in order of attempt."""
+    order: list[str] = []
+    for stage, _ in sorted(marks, key=lambda m: m[1]):
+        name, _, tag = stage.partition(":")
+        if name == "router.attempt" and tag not in order:
+            order.append(tag)
+    start = next((ns for stage, ns in marks if stage == "client.sent"), None)
+    if start is None or not any(stage == "client.received" for stage, _ in marks):
+        return None
+    out: Timeline = {}
+    for stage, ns in marks:
+        name, _, tag = stage.partition(":")
+        if tag:
+            if tag not in order:
+                continue
+            name = f"{name}#{order.index(tag) + 1}"
+        out.setdefault(name, ns - start)  # the first time a stage is reached
+    return out
+
+
+def summarise(timelines: list[Timeline]) -> list[tuple[str, float, float]]:
+    """(stage, median offset µs, median µs since the previous stage in that order)."""
+    stages: dict[str, list[int]] = defaultdict(list)
+    for t in timelines:
+        for stage, ns in t.items():
+            stages[stage].append(ns)
+    wanted = len(timelines) // 2  # a stage most jobs reach (drops the odd late duplicate)
+    medians = sorted(
+        ((stage, statistics.median(v)) for stage, v in stages.items() if len(v) > wanted), key=lambda s: s[1]
+    )
+    rows: list[tuple[str, float, float]] = []
+    previous: str | None = None
+    for stage, offset in medians:
+        if previous is None:
+            step = 0.0
+        else:
+            steps = [t[stage] - t[previous] for t in timelines if stage in t and previous in t]
+            step = statistics.median(steps) / 1000.0 if steps else float("nan")
+        rows.append((stage, offset / 1000.0, step))
+        previous = stage
+    return rows
+
+
+def _measure(replicas: int) -> list[tuple[str, float, float]]:
+    with tempfile.TemporaryDirectory(prefix="veilnet-bench-timeline-") as tmp:
+        root = Path(tmp)
+        trace = root / "timeline.txt"
+        os.environ[timeline.ENV] = str(trace)
+        network = _Network(root / "testnet", snapshot_code(root / "code"))
+        try:
+            network.start(executors=replicas)
+            tags = {  # executor process → the tag its peer id has in router stages
+                int(node.info["pid"]): peer_id_from_text(node.info["peer_id"])[-4:].hex()
+                for node in network.nodes[1:]
+            }
+            for _ in range(WARMUP):
+                network.embed(replicas)
+            trace.write_bytes(b"")  # the nodes keep it open (append mode): empty it, do not unlink
+            for _ in range(SAMPLES):
+                sent = time.monotonic_ns()
+                answer = network.embed(replicas)
+                received = time.monotonic_ns()
+                job = answer["veilnet"]["job_id"]
+                _client_mark(trace, job, "client.sent", sent)
+                _client_mark(trace, job, "client.received", received)
+        finally:
+            os.environ.pop(timeline.ENV, None)
+            network.close()
+        jobs = read_timelines(trace, tags)
+    timelines = [t for t in (normalise(m) for m in jobs.values()) if t is not None]
+    return summarise(timelines)
+
+
+def run() -> list[Result]:
+    results: list[Result] = []
+    for replicas in (1, 3):
+        for stage, offset, step in _measure(replicas):
+            results.append(Result(f"k={replicas} {stage}", step, "µs since previous", offset, "offset µs"))
+    return results
+
+
+if __name__ == "__main__":
+    for replicas in (1, 3):
+        print(f"k = {replicas}: stage, median offset from client.sent (µs), median step from previous (µs)")
+        for stage, offset, step in _measure(replicas):
+            print(f"  {stage:<42} {offset:>10.0f} {step:>10.0f}")
