@@ -18,6 +18,7 @@ import trio
 from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamEOF
 
+from node.net.prompt_lock import PromptLock
 from protocol.jobs.framing import MAX_FRAME, FrameDecoder, encode_frame
 from protocol.jobs.messages import MessageError
 
@@ -76,7 +77,10 @@ class Libp2pFrames:
         self.peer_id = peer_id
         self._decoder = FrameDecoder(max_frame)
         self._frames: deque[bytes] = deque()
-        self._write_lock = trio.Lock()
+        self._write_lock = PromptLock()  # a free lock is no schedule point (node.net.prompt_lock)
+        if isinstance(getattr(stream, "_state_lock", None), trio.Lock):
+            # py-libp2p's NetStream takes its state lock around every read and write
+            stream._state_lock = PromptLock()  # type: ignore[attr-defined]
         self._eof = False
 
     async def read(self) -> bytes:

@@ -28,11 +28,13 @@ import os
 import struct
 
 import libp2p.network.swarm as _swarm
-import trio
 from Crypto.Cipher import Salsa20
 from libp2p.abc import ConnectionType, IRawConnection
+from libp2p.io.trio import TrioTCPStream
 from libp2p.network.connection.exceptions import RawConnError
 from multiaddr import Multiaddr
+
+from node.net.prompt_lock import PromptLock
 
 __all__ = ["NONCE_SIZE", "PSK_SIZE", "XSalsa20PskConn", "hsalsa20", "install", "xsalsa20_cipher"]
 
@@ -108,6 +110,7 @@ class XSalsa20PskConn(IRawConnection):
         if len(psk) != PSK_SIZE:
             raise ValueError("the pre-shared key is 32 bytes")
         self._conn = conn
+        _prompt_tcp_locks(conn)
         self._psk = psk
         self.is_initiator = conn.is_initiator
         self._local_nonce = os.urandom(NONCE_SIZE)
@@ -115,8 +118,8 @@ class XSalsa20PskConn(IRawConnection):
         self._read_cipher: Salsa20.Salsa20Cipher | None = None
         self._nonce_sent = False
         # Encrypt-then-write must keep key-stream order equal to byte order on the wire.
-        self._write_lock = trio.Lock()
-        self._read_lock = trio.Lock()
+        self._write_lock = PromptLock()
+        self._read_lock = PromptLock()
 
     async def _send_nonce_locked(self) -> None:
         if not self._nonce_sent:
@@ -162,6 +165,15 @@ class XSalsa20PskConn(IRawConnection):
 
     def get_connection_type(self) -> ConnectionType:
         return self._conn.get_connection_type()
+
+
+def _prompt_tcp_locks(conn: IRawConnection) -> None:
+    """The TCP stream under this layer takes a lock per read and per write; only this layer
+    reads and writes it, under its own locks, so free they need not be schedule points either."""
+    tcp = getattr(conn, "stream", None)
+    if isinstance(tcp, TrioTCPStream):
+        tcp.read_lock = PromptLock()  # type: ignore[assignment]
+        tcp.write_lock = PromptLock()  # type: ignore[assignment]
 
 
 def _new_protected_conn(conn: IRawConnection, psk: str) -> IRawConnection:

@@ -65,6 +65,7 @@ from libp2p.stream_muxer.yamux.yamux import (
 
 from node.net.limits import ConnectionReservation, LimitExceeded
 from node.net.muxer import MuxerFault, StreamBudget
+from node.net.prompt_lock import PromptLock, PromptSemaphore
 
 __all__ = ["GuardedYamux", "GuardedYamuxStream", "YamuxViolation"]
 
@@ -94,6 +95,14 @@ class GuardedYamuxStream(YamuxStream):
     reads give back the connection's (and node's) unread-byte budget."""
 
     conn: GuardedYamux
+
+    def __init__(self, stream_id: int, conn: GuardedYamux, is_initiator: bool) -> None:
+        super().__init__(stream_id, conn, is_initiator)
+        # Every write takes the stream's write lock and window lock, every read credit the
+        # window lock: free, they are no schedule point (node.net.prompt_lock).
+        self.window_lock = PromptLock()  # type: ignore[assignment]
+        self.rw_lock._writer_lock = PromptSemaphore(1)  # type: ignore[assignment]
+        self.rw_lock._readers_lock = PromptLock()  # type: ignore[assignment]
 
     async def _auto_tune_and_send_window_update(self, *, bytes_read: int = 0) -> None:
         """go-yamux's rule (``stream.sendWindowUpdate``), which keeps window + unread ≤ target.
@@ -144,6 +153,15 @@ class GuardedYamux(Yamux):
         self._unread = 0  # upper bound of unread bytes buffered on this connection
         self._reservation: ConnectionReservation | None = None
         self.fault: MuxerFault | None = None
+        # Taken by every frame written and every stream read (node.net.prompt_lock).
+        self._write_lock = PromptLock()  # type: ignore[assignment]
+        self.streams_lock = PromptLock()  # type: ignore[assignment]
+
+    async def _write_frame(self, data: bytes) -> None:
+        """Upstream's frame writer without its per-frame debug formatting and its extra schedule
+        point after the write (the socket send already is one)."""
+        async with self._write_lock:
+            await self.secured_conn.write(data)
 
     # -------------------------------------------------------------------------- accounting
 
