@@ -29,7 +29,13 @@ __all__ = ["models"]
 
 MESSAGES = [{"role": "user", "content": "Tell me about enclaves."}]
 MAX_TOKENS = 48
-ATTEMPTS = 40  # requests until a given faulty node is drawn as primary (1 in ~7 each)
+# Requests until a given faulty node is drawn as primary. The draw is weighted by node 0's
+# reputation book, where the honest executors earn a success in every verification round: the
+# measured books (honest 0.55-0.78, the penalised liars 0.25-0.32, a newcomer 0.5) draw the wanted
+# node 1 time in 6 to 8, never below 1 in 10. A simulation of each search (real selection code,
+# those books) missed in 40 requests 0.03-0.2 % of the time, ~0.4 % for the module; 150 miss
+# with p < (0.9)^150 ≈ 1e-7, and a search still stops at its first draw (~7 requests, ~1 s each).
+ATTEMPTS = 150
 
 
 @pytest.fixture(scope="module")
