@@ -264,7 +264,7 @@ class AttestationGossip:
                 return True  # our own bundle, relayed back: our entry comes from our self-check
             addrs = tuple(sorted(set(entry.addrs) | set(self._addrs_of(entry.peer_id))))
             entry = replace(entry, addrs=addrs, verified_at=self._clock())
-            change = self.registry.upsert(entry)
+            change = self.registry.upsert(entry, relayed=sender is None)
             self.accepted.inc(source=source)
             if change is Change.ADDED:
                 log.debug("registry: added %s via %s", entry.peer_id_text, source)

@@ -4,6 +4,12 @@ Entries are only ever created from a bundle this node appraised itself (gossip v
 direct pull); nothing here trusts another peer's opinion. An entry disappears when its bundle
 expires or when the same peer presents a newer bundle that fails appraisal. The job router reads
 it through :meth:`Registry.attested` and :meth:`Registry.get`.
+
+A removed entry (a failed liveness check, a refused new bundle) leaves a *departure* note: a
+bundle that another peer relays in a sync comes back only if it is newer than the removed one.
+Otherwise two survivors re-admitted a killed node from each other's syncs for as long as its
+bundle lived (each sync just after its own liveness round, while the other still held it). The
+peer itself (gossip from it, a pull from it) is always heard: it is alive.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from protocol.identity import peer_id_from_text, peer_id_to_text
 __all__ = ["Change", "Registry", "RegistryEntry"]
 
 log = logging.getLogger("veilnet.registry")
+
+_DEPARTED_MAX = 4096  # departure notes kept (oldest dropped first)
 
 
 class Change(StrEnum):
@@ -86,6 +94,8 @@ class Registry:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._entries: dict[bytes, RegistryEntry] = {}
+        # peer id → (epoch, issued_at, expires_at) of its removed entry (see the module docstring)
+        self._departed: dict[bytes, tuple[int, int, int]] = {}
         self._clock = clock
         self._listeners: list[Listener] = []
         self._changed = trio.Event()
@@ -126,8 +136,17 @@ class Registry:
 
     # ------------------------------------------------------------------------------- changing
 
-    def upsert(self, entry: RegistryEntry) -> Change | None:
-        """Add or replace a peer's entry. An older bundle never replaces a newer one (replays)."""
+    def upsert(self, entry: RegistryEntry, *, relayed: bool = False) -> Change | None:
+        """Add or replace a peer's entry. An older bundle never replaces a newer one (replays).
+
+        ``relayed``: another peer handed the bundle over (a sync), not the peer itself; it does
+        not bring back a removed peer unless it is newer than the removed entry.
+        """
+        departed = self._departed.get(entry.peer_id)
+        if departed is not None:
+            if relayed and (entry.epoch, entry.issued_at) <= departed[:2]:
+                return None
+            del self._departed[entry.peer_id]
         current = self._entries.get(entry.peer_id)
         if current is not None and current.expires_at > self._clock():
             if entry.bundle_digest and entry.bundle_digest == current.bundle_digest:
@@ -157,8 +176,22 @@ class Registry:
         if entry is None:
             return False
         log.warning("removed attested peer %s: %s", entry.peer_id_text, reason)
+        self._note_departure(entry)
         self._notify(Change.REMOVED, entry)
         return True
+
+    def departed(self, peer_id: bytes) -> bool:
+        """Whether ``peer_id`` was removed and nothing has brought it back since."""
+        return peer_id in self._departed
+
+    def _note_departure(self, entry: RegistryEntry) -> None:
+        now = self._clock()
+        self._departed.pop(entry.peer_id, None)
+        self._departed[entry.peer_id] = (entry.epoch, entry.issued_at, entry.expires_at)
+        if len(self._departed) > _DEPARTED_MAX:  # relays of an expired bundle fail appraisal anyway
+            self._departed = {p: note for p, note in self._departed.items() if note[2] > now}
+            while len(self._departed) > _DEPARTED_MAX:
+                del self._departed[next(iter(self._departed))]
 
     def expire(self) -> list[RegistryEntry]:
         now = self._clock()

@@ -394,6 +394,34 @@ async def test_a_sync_appraises_only_the_relayed_bundles_the_registry_does_not_h
     assert appraised[-1] == b"held bundle", "an expired entry's bytes are appraised again"
 
 
+async def test_a_removed_peer_comes_back_by_its_own_bundle_or_a_newer_one_not_by_a_relayed_copy() -> None:
+    """Two survivors of a killed node used to re-admit it from each other's syncs (each sync runs
+    just after its own liveness round, while the other still held the bundle), for as long as the
+    bundle lived: a relayed copy of the removed bundle must not bring the peer back."""
+    registry = Registry()
+    dead, relay = Identity.generate().peer_id, Identity.generate().peer_id
+    issued = {b"old bundle": 100, b"newer bundle": 200}
+
+    def appraise(bundle: bytes, sender: bytes | None, now: int) -> Appraisal:
+        return Appraisal(ok=True, entry=entry(dead, expires_at=2**40, issued_at=issued[bundle],
+                                              bundle_digest=bundle_digest(bundle)))
+
+    host = build_host(Identity.generate(), os.urandom(32), ["/ip4/127.0.0.1/tcp/0"])
+    gossip = AttestationGossip(host, appraise, registry, Metrics(), addrs_of=lambda p: ())
+    assert await gossip.accept(b"old bundle", dead, forwarder=dead, source="gossip")
+    assert registry.remove(dead, "no answer to a liveness check (disconnected)")
+    await gossip.accept_relayed([b"old bundle"], forwarder=relay, source="sync")
+    assert registry.get(dead) is None and registry.departed(dead), "a relayed copy brought it back"
+    # the peer presents its own bundle (the pull on reconnect): it answered, so it is back
+    assert await gossip.accept(b"old bundle", dead, forwarder=dead, source="pull")
+    assert registry.get(dead) is not None and not registry.departed(dead)
+    # removed again; a relayed bundle newer than the removed one (its next announce) is heard
+    assert registry.remove(dead, "no answer to a liveness check (periodic)")
+    await gossip.accept_relayed([b"newer bundle"], forwarder=relay, source="sync")
+    current = registry.get(dead)
+    assert current is not None and current.issued_at == 200
+
+
 async def test_bundles_queued_behind_a_flood_are_dropped_unappraised_once_their_forwarder_is_banned() -> None:
     appraised: list[bytes] = []
 
