@@ -52,6 +52,7 @@ BENIGN_LIBP2P_MESSAGES: tuple[str, ...] = (
     "GRAFT flood detected",  # a peer re-grafting within the prune backoff; already penalised
     "MultiselectClient handshake",  # a peer that went away mid-negotiation
     "Error in handle_incoming",  # yamux: the peer reset the TCP connection
+    "Failed to open TCP stream",  # a dial refused (a departed peer); dial() reports why at DEBUG
 )
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
