@@ -370,6 +370,8 @@ def _counter(cluster: JobCluster, node: NodeProcess, name: str) -> float:
 def test_an_outvoted_executor_is_in_the_receipt_and_its_evidence_is_verified_elsewhere(cluster, faulty):
     offender = faulty["wrong-output"].info["peer_id"]
     user = cluster.nodes[1]  # its own book has not banned the offender (node 0's has)
+    # The fixture waited for node 0's view; the jobs below need node 1's.
+    cluster.wait_until(lambda: cluster.serving(user, faulty["wrong-output"]), "node 1 to see it serving", 60)
     # Node 1 applied node 0's record (score 0.5 → 0.25), so the offender is in a job's first three
     # of seven about one time in three: 20 jobs missed it about once in 1,600 runs; 40 did not in
     # 200,000 simulated runs (real selection and reputation code).
