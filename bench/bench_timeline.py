@@ -101,6 +101,17 @@ def summarise(timelines: list[Timeline]) -> list[tuple[str, float, float]]:
     return rows
 
 
+def _http_floor(network: _Network) -> float:
+    """Median µs of ``GET /healthz`` on the API node: what HTTP alone costs a request here."""
+    url = f"{network.nodes[0].api_url}/healthz"
+    times = []
+    for _ in range(SAMPLES):
+        started = time.monotonic_ns()
+        network.http.get(url).raise_for_status()
+        times.append(time.monotonic_ns() - started)
+    return statistics.median(times) / 1000.0
+
+
 def _measure(replicas: int) -> list[tuple[str, float, float]]:
     with tempfile.TemporaryDirectory(prefix="veilnet-bench-timeline-") as tmp:
         root = Path(tmp)
@@ -116,6 +127,7 @@ def _measure(replicas: int) -> list[tuple[str, float, float]]:
             for _ in range(WARMUP):
                 network.embed(replicas)
             trace.write_bytes(b"")  # the nodes keep it open (append mode): empty it, do not unlink
+            floor = _http_floor(network)
             for _ in range(SAMPLES):
                 sent = time.monotonic_ns()
                 answer = network.embed(replicas)
@@ -128,7 +140,7 @@ def _measure(replicas: int) -> list[tuple[str, float, float]]:
             network.close()
         jobs = read_timelines(trace, tags)
     timelines = [t for t in (normalise(m) for m in jobs.values()) if t is not None]
-    return summarise(timelines)
+    return [("http GET /healthz round trip (reference)", floor, floor), *summarise(timelines)]
 
 
 def run() -> list[Result]:
