@@ -442,6 +442,7 @@ class Router:
                     if isinstance(action, Send):
                         nursery.start_soon(self._attempt, phase, action.peer_id, send)
                     elif isinstance(action, RequestReveal):
+                        timeline.mark("router.reveal_requested", peer=action.peer_id)
                         nursery.start_soon(self._request_reveal, phase, action.peer_id, send)
                 actions = []
                 wait = flow.next_deadline() - self._clock()
@@ -597,6 +598,7 @@ class Router:
             return
         try:
             await link.send(RevealRequest(job_id=phase.job_id).to_wire())
+            timeline.mark("router.reveal_request_written", peer=peer)
         except Exception as exc:
             await events.send(Failed(peer, Failure.CRASH, f"reveal request failed: {exc}"))
 
