@@ -35,6 +35,7 @@ SAMPLES = int(quick(60, 25))
 WARMUP = 5
 
 Timeline = dict[str, int]  # stage → monotonic ns
+_LAST_OF = ("batch.thread_running", "batch.torch_done", "router.event.Committed", "router.event.Revealed")
 
 
 def _client_mark(path: Path, job_hex: str, stage: str, ns: int) -> None:
@@ -75,6 +76,11 @@ def normalise(marks: list[tuple[str, int]]) -> Timeline | None:
                 continue
             name = f"{name}#{order.index(tag) + 1}"
         out.setdefault(name, ns - start)  # the first time a stage is reached
+    if len(order) > 1:  # when the slowest executor reached the stages a k > 1 job waits for
+        for stage in _LAST_OF:
+            reached = [ns for name, ns in out.items() if name.partition("#")[0] == stage]
+            if len(reached) == len(order):
+                out[f"{stage}#last"] = max(reached)
     return out
 
 
