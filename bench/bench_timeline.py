@@ -35,57 +35,68 @@ SAMPLES = int(quick(60, 25))
 WARMUP = 5
 
 Timeline = dict[str, int]  # stage → monotonic ns
+Turns = dict[str, tuple[int, int]]  # stage → (pid, event-loop turns of that process)
+Row = tuple[str, float, float, float]
 _LAST_OF = ("batch.thread_running", "batch.torch_done", "router.event.Committed", "router.event.Revealed")
 
 
 def _client_mark(path: Path, job_hex: str, stage: str, ns: int) -> None:
     with open(path, "a", encoding="ascii") as handle:
-        handle.write(f"{job_hex} {stage} {ns} {os.getpid()}\n")
+        handle.write(f"{job_hex} {stage} {ns} {os.getpid()} 0\n")
 
 
-def read_timelines(path: Path, peer_tags: dict[int, str]) -> dict[str, list[tuple[str, int]]]:
-    """job id hex → its (stage, ns) marks; executor stages (by pid) get their executor's tag."""
-    jobs: dict[str, list[tuple[str, int]]] = defaultdict(list)
+Mark = tuple[str, int, int, int]  # stage, ns, pid, event-loop turns of that process
+
+
+def read_timelines(path: Path, peer_tags: dict[int, str]) -> dict[str, list[Mark]]:
+    """job id hex → its marks; executor stages (by pid) get their executor's tag."""
+    jobs: dict[str, list[Mark]] = defaultdict(list)
     for line in path.read_text(encoding="ascii").splitlines():
         parts = line.split()
-        if len(parts) != 4:
+        if len(parts) != 5:
             continue
-        job, stage, ns, pid = parts[0], parts[1], int(parts[2]), int(parts[3])
+        job, stage, ns, pid, turns = parts[0], parts[1], int(parts[2]), int(parts[3]), int(parts[4])
         tag = peer_tags.get(pid)
         if tag is not None and ":" not in stage:
             stage = f"{stage}:{tag}"
-        jobs[job].append((stage, ns))
+        jobs[job].append((stage, ns, pid, turns))
     return jobs
 
 
-def normalise(marks: list[tuple[str, int]]) -> Timeline | None:
-    """Stages relative to ``client.sent``, executor tags replaced by #n in order of attempt."""
+def normalise(marks: list[Mark]) -> tuple[Timeline, Turns] | None:
+    """Stages relative to ``client.sent``, executor tags replaced by #n in order of attempt; and
+    each stage's (process, loop turns)."""
     order: list[str] = []
-    for stage, _ in sorted(marks, key=lambda m: m[1]):
+    for stage, *_ in sorted(marks, key=lambda m: m[1]):
         name, _, tag = stage.partition(":")
         if name == "router.attempt" and tag not in order:
             order.append(tag)
-    start = next((ns for stage, ns in marks if stage == "client.sent"), None)
-    if start is None or not any(stage == "client.received" for stage, _ in marks):
+    start = next((ns for stage, ns, *_ in marks if stage == "client.sent"), None)
+    if start is None or not any(stage == "client.received" for stage, *_ in marks):
         return None
     out: Timeline = {}
-    for stage, ns in marks:
+    turns: Turns = {}
+    for stage, ns, pid, turn in marks:
         name, _, tag = stage.partition(":")
         if tag:
             if tag not in order:
                 continue
             name = f"{name}#{order.index(tag) + 1}"
-        out.setdefault(name, ns - start)  # the first time a stage is reached
+        if name not in out:  # the first time a stage is reached
+            out[name] = ns - start
+            turns[name] = (pid, turn)
     if len(order) > 1:  # when the slowest executor reached the stages a k > 1 job waits for
         for stage in _LAST_OF:
             reached = [ns for name, ns in out.items() if name.partition("#")[0] == stage]
             if len(reached) == len(order):
                 out[f"{stage}#last"] = max(reached)
-    return out
+    return out, turns
 
 
-def summarise(timelines: list[Timeline]) -> list[tuple[str, float, float]]:
-    """(stage, median offset µs, median µs since the previous stage in that order)."""
+def summarise(jobs: list[tuple[Timeline, Turns]]) -> list[Row]:
+    """(stage, median offset µs, median µs since the previous stage in that order, median event-
+    loop turns since the previous stage when both are in one process, else NaN)."""
+    timelines = [t for t, _ in jobs]
     stages: dict[str, list[int]] = defaultdict(list)
     for t in timelines:
         for stage, ns in t.items():
@@ -94,17 +105,31 @@ def summarise(timelines: list[Timeline]) -> list[tuple[str, float, float]]:
     medians = sorted(
         ((stage, statistics.median(v)) for stage, v in stages.items() if len(v) > wanted), key=lambda s: s[1]
     )
-    rows: list[tuple[str, float, float]] = []
+    rows: list[Row] = []
     previous: str | None = None
     for stage, offset in medians:
-        if previous is None:
-            step = 0.0
-        else:
+        step, turn_step = 0.0, float("nan")
+        if previous is not None:
             steps = [t[stage] - t[previous] for t in timelines if stage in t and previous in t]
             step = statistics.median(steps) / 1000.0 if steps else float("nan")
-        rows.append((stage, offset / 1000.0, step))
+            counted = [
+                u[stage][1] - u[previous][1]
+                for _, u in jobs
+                if stage in u and previous in u and u[stage][0] == u[previous][0] and u[stage][1]
+            ]
+            if len(counted) > wanted:
+                turn_step = float(statistics.median(counted))
+        rows.append((stage, offset / 1000.0, step, turn_step))
         previous = stage
     return rows
+
+
+def loop_turns(jobs: list[tuple[Timeline, Turns]], first: str, last: str) -> float:
+    """Median event-loop turns one process made between two of a job's stages (NaN if unknown)."""
+    counts = [
+        u[last][1] - u[first][1] for _, u in jobs if first in u and last in u and u[first][0] == u[last][0]
+    ]
+    return float(statistics.median(counts)) if counts else float("nan")
 
 
 def _http_floor(network: _Network) -> float:
@@ -118,7 +143,8 @@ def _http_floor(network: _Network) -> float:
     return statistics.median(times) / 1000.0
 
 
-def _measure(replicas: int) -> list[tuple[str, float, float]]:
+def _measure(replicas: int) -> tuple[list[Row], dict[str, float]]:
+    """The stage rows, and the event-loop turns per job in the API node and in an executor."""
     with tempfile.TemporaryDirectory(prefix="veilnet-bench-timeline-") as tmp:
         root = Path(tmp)
         trace = root / "timeline.txt"
@@ -144,21 +170,36 @@ def _measure(replicas: int) -> list[tuple[str, float, float]]:
         finally:
             os.environ.pop(timeline.ENV, None)
             network.close()
-        jobs = read_timelines(trace, tags)
-    timelines = [t for t in (normalise(m) for m in jobs.values()) if t is not None]
-    return [("http GET /healthz round trip (reference)", floor, floor), *summarise(timelines)]
+        marks = read_timelines(trace, tags)
+    jobs = [j for j in (normalise(m) for m in marks.values()) if j is not None]
+    turns = {
+        "API node, api.handler → api.response_built": loop_turns(jobs, "api.handler", "api.response_built"),
+        "executor #1, exec.request_decoded → exec.written": loop_turns(
+            jobs, "exec.request_decoded#1", "exec.written#1"
+        ),
+    }
+    reference = ("http GET /healthz round trip (reference)", floor, floor, float("nan"))
+    return [reference, *summarise(jobs)], turns
 
 
 def run() -> list[Result]:
     results: list[Result] = []
     for replicas in (1, 3):
-        for stage, offset, step in _measure(replicas):
+        rows, turns = _measure(replicas)
+        for stage, offset, step, _ in rows:
             results.append(Result(f"k={replicas} {stage}", step, "µs since previous", offset, "offset µs"))
+        for where, count in turns.items():
+            results.append(Result(f"k={replicas} event-loop turns per job, {where}", count, "turns"))
     return results
 
 
 if __name__ == "__main__":
     for replicas in (1, 3):
-        print(f"k = {replicas}: stage, median offset from client.sent (µs), median step from previous (µs)")
-        for stage, offset, step in _measure(replicas):
-            print(f"  {stage:<42} {offset:>10.0f} {step:>10.0f}")
+        rows, turns = _measure(replicas)
+        print(f"k = {replicas}: stage, median offset from client.sent (µs), median step from previous (µs),"
+              " event-loop turns since previous (same process)")
+        for stage, offset, step, turn_step in rows:
+            shown = "" if turn_step != turn_step else f"{turn_step:>6.0f}"
+            print(f"  {stage:<42} {offset:>10.0f} {step:>10.0f} {shown}")
+        for where, count in turns.items():
+            print(f"  event-loop turns per job, {where}: {count:.0f}")

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from node import timeline
 from node.config import NodeConfig, TestnetConfig
 from node.keyfile import load_or_create_identity
 from node.metrics import Metrics
@@ -125,6 +126,7 @@ class Node:
         """Run until ``stop()`` or cancellation; contexts are left after every service stopped."""
         stopping_at: float | None = None
         services_done = 0.0
+        timeline.count_loop_turns()  # only with VEILNET_JOB_TIMELINE set (issue 12's job timeline)
         async with contextlib.AsyncExitStack() as stack:
             for _name, factory in self._contexts:
                 await stack.enter_async_context(factory())

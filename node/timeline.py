@@ -3,9 +3,13 @@
 Issue 12 asks where the wall time of a job goes, which no single process's profile can say (the
 API node waits while the executor computes, and both wait on each other's event loops). With
 ``VEILNET_JOB_TIMELINE=<file>`` in a node's environment, each stage a job passes appends one line
-``<job id hex> <stage> <monotonic ns> <pid>`` to that file. ``CLOCK_MONOTONIC`` is one clock for
+``<job id hex> <stage> <monotonic ns> <pid> <loop turns>`` to that file. ``CLOCK_MONOTONIC`` is one clock for
 every process of a machine, so the lines of the API node, the executors and the benchmark client
 merge into one timeline (``bench/bench_timeline.py`` does that and prints per-stage medians).
+
+``loop turns`` counts the trio event loop's passes in that process so far (``count_loop_turns``):
+the turns between two stages of one process are the scheduling rounds the job waited through, a
+figure that, unlike the time, does not depend on how loaded the machine is.
 
 Off (the default) a mark costs one global lookup. On, a mark is one ``write`` of a short line to a
 file opened in append mode (atomic per line for small writes, so processes do not interleave).
@@ -22,15 +26,21 @@ import os
 import time
 from collections.abc import Iterable
 
-__all__ = ["ENV", "configure", "current_job", "enabled", "enter", "mark", "mark_many", "start_request"]
+import trio
+
+__all__ = [
+    "ENV", "configure", "count_loop_turns", "current_job", "enabled", "enter", "mark", "mark_many",
+    "start_request",
+]
 
 ENV = "VEILNET_JOB_TIMELINE"
 
 _fd: int | None = None
+_turns = 0  # event-loop passes in this process since count_loop_turns (0 when not counted)
 _path = os.environ.get(ENV) or None
 _current: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("veilnet_timeline_job", default=None)
 # Stages reached before the job has an id (the HTTP request): kept until ``enter`` names the job.
-_early: contextvars.ContextVar[list[tuple[str, int]] | None] = contextvars.ContextVar(
+_early: contextvars.ContextVar[list[tuple[str, int, int]] | None] = contextvars.ContextVar(
     "veilnet_timeline_early", default=None
 )
 
@@ -60,9 +70,9 @@ def mark(stage: str, job_id: bytes | None = None, *, peer: bytes | None = None) 
     if job is None:
         early = _early.get()
         if early is not None:
-            early.append((stage, now))
+            early.append((stage, now, _turns))
         return
-    _write(f"{job.hex()} {stage} {now} {os.getpid()}\n")
+    _write(f"{job.hex()} {stage} {now} {os.getpid()} {_turns}\n")
 
 
 def mark_many(stage: str, job_ids: Iterable[bytes | None]) -> None:
@@ -70,7 +80,7 @@ def mark_many(stage: str, job_ids: Iterable[bytes | None]) -> None:
     if _path is None:
         return
     now, pid = time.monotonic_ns(), os.getpid()
-    lines = "".join(f"{job.hex()} {stage} {now} {pid}\n" for job in job_ids if job is not None)
+    lines = "".join(f"{job.hex()} {stage} {now} {pid} {_turns}\n" for job in job_ids if job is not None)
     if lines:
         _write(lines)
 
@@ -99,7 +109,7 @@ def enter(job_id: bytes) -> None:
     early = _early.get()
     if early:
         pid = os.getpid()
-        _write("".join(f"{job_id.hex()} {stage} {ns} {pid}\n" for stage, ns in early))
+        _write("".join(f"{job_id.hex()} {stage} {ns} {pid} {turns}\n" for stage, ns, turns in early))
     _early.set(None)
 
 
@@ -110,3 +120,15 @@ def configure(path: str | None) -> None:
         os.close(_fd)
         _fd = None
     _path = path or None
+
+
+class _TurnCounter(trio.abc.Instrument):
+    def before_io_wait(self, timeout: float) -> None:
+        global _turns
+        _turns += 1
+
+
+def count_loop_turns() -> None:
+    """Count this trio run's event-loop passes in the marks (call inside ``trio.run``; once)."""
+    if _path is not None:
+        trio.lowlevel.add_instrument(_TurnCounter())

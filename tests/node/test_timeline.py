@@ -24,8 +24,8 @@ def trace(tmp_path: Path) -> Iterator[Path]:
 def _lines(path: Path) -> list[tuple[str, str]]:
     out = []
     for line in path.read_text().splitlines():
-        job, stage, ns, pid = line.split()
-        assert int(ns) > 0 and int(pid) > 0
+        job, stage, ns, pid, turns = line.split()
+        assert int(ns) > 0 and int(pid) > 0 and int(turns) >= 0
         out.append((job, stage))
     return out
 
@@ -82,3 +82,15 @@ async def test_a_worker_thread_and_the_batcher_mark_the_job_of_the_calling_task(
         stages = [stage for j, stage in lines if j == job_id.hex()]
         assert stages == ["in.thread", "batch.queued", "batch.started", "batch.thread_running",
                           "batch.torch_done", "batch.back_in_loop"]
+
+
+async def test_marks_carry_the_event_loop_turns_between_them(trace: Path) -> None:
+    timeline.count_loop_turns()
+    job = b"\x07" * 16
+    timeline.enter(job)
+    timeline.mark("before")
+    for _ in range(3):
+        await trio.sleep(0.001)  # each sleep waits for I/O once at least
+    timeline.mark("after")
+    counts = [int(line.split()[4]) for line in trace.read_text().splitlines()]
+    assert counts[1] - counts[0] >= 3
