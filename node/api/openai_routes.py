@@ -171,7 +171,7 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
         for index, row in enumerate(vectors):
             embedding: Any = (
                 base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes()).decode("ascii")
-                if encoding == "base64" else [float(x) for x in row]
+                if encoding == "base64" else row.tolist()  # the same floats as float(x) each, in C
             )
             data.append({"object": "embedding", "index": index, "embedding": embedding})
         timeline.mark("api.data_built")
