@@ -15,6 +15,11 @@ with a fresh primary: one chunk with an empty delta and ``"restart": {"attempt":
 …, "message": …}`` in its ``veilnet`` object tells the client to discard the content received so
 far; the deltas after it are the new completion from its start (their ``veilnet.attempt`` is 2).
 
+Natural coalescing: the writer takes every event that arrived while it was writing the last ones,
+merges consecutive deltas into one chunk (their texts joined, the latest progress: progress only
+grows) and sends all of it in one body write. Nothing waits to fill a batch, so the first token
+leaves at once; later chunks grow only when the HTTP side is slower than the stream.
+
 The response owns a nursery: the job runs beside the writer, and a client that disconnects
 cancels the job with it (no task outlives the request).
 """
@@ -61,10 +66,12 @@ class ChatEventStream(Response):
             first = True
             async with events:
                 async for event in events:
-                    for line in self._lines(event, first):
-                        await send({"type": "http.response.body", "body": line.encode(), "more_body": True})
+                    batch = [event] if first else _drain(event, events)  # the first token goes alone
+                    lines = [self._lines(item, first and i == 0) for i, item in enumerate(batch)]
+                    body = "".join(line for group in lines for line in group)
+                    await send({"type": "http.response.body", "body": body.encode(), "more_body": True})
                     first = False
-                    if isinstance(event, (StreamDone, StreamFailed)):
+                    if isinstance(batch[-1], (StreamDone, StreamFailed)):
                         break
             nursery.cancel_scope.cancel()
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
@@ -111,3 +118,20 @@ class ChatEventStream(Response):
             "veilnet": veilnet,
         }
         return f"data: {json.dumps(body)}\n\n"
+
+
+def _drain(first: StreamEvent, events: trio.MemoryReceiveChannel[StreamEvent]) -> list[StreamEvent]:
+    """``first`` and every event already waiting behind it (never waiting for more), consecutive
+    deltas merged into one; the batch ends at the stream's last event."""
+    batch: list[StreamEvent] = [first]
+    while not isinstance(batch[-1], (StreamDone, StreamFailed)):
+        try:
+            event = events.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+        last = batch[-1]
+        if isinstance(event, StreamDelta) and isinstance(last, StreamDelta):
+            batch[-1] = StreamDelta(last.text + event.text, event.progress)
+        else:
+            batch.append(event)
+    return batch

@@ -4,7 +4,9 @@ The model thread hands each token to the trio side through an unbounded memory c
 by ``max_tokens``) without waiting for the event loop (``run_sync_soon``: FIFO, so tokens keep
 their order and all arrive before the thread's result); one sender task drains whatever has
 arrived and sends it as one sealed ``StreamChunk`` (``protocol.jobs.live``), so the first token
-leaves at once and chunks grow only when the link is slower than the model. The stream is
+leaves at once and chunks grow only when the link is slower than the model. The secretstream's
+opening leaves in the same write as the first tokens: one pass through the libp2p stack less before
+the first token, and none while the prompt is being prefilled. The stream is
 finalised (FINAL tag, empty plaintext) before the executor commits, so the client can tell a
 complete stream from a cut-off one.
 """
@@ -32,12 +34,12 @@ __all__ = ["generate_live"]
 
 
 async def generate_live(
-    send: Callable[[bytes], Awaitable[None]], job_id: bytes, session: JobSession, runtime: ModelRuntime,
+    send: Callable[..., Awaitable[None]], job_id: bytes, session: JobSession, runtime: ModelRuntime,
     job: GenerateInput, limiter: trio.CapacityLimiter, *, fault: LiveFault | None = None,
 ) -> tuple[GenerateResult, int, int]:
     """Stream ``job``'s generation to the client; returns (the result as sent, queue ms, compute ms)."""
     sealer, opening = StreamSealer.start(session)
-    await send(StreamChunk(job_id=job_id, data=opening).to_wire())
+    unsent_opening: list[bytes] = [StreamChunk(job_id=job_id, data=opening).to_wire()]
     tokens_in, tokens_out = trio.open_memory_channel[tuple[int, str]](math.inf)
     sent: list[int] = []
     texts: list[str] = []
@@ -76,7 +78,9 @@ async def generate_live(
                 sent.extend(tokens)
                 texts.append(text)
                 chunk = LiveChunk(tuple(tokens), text).to_bytes()
-                await send(StreamChunk(job_id=job_id, data=sealer.push(chunk)).to_wire())
+                frame = StreamChunk(job_id=job_id, data=sealer.push(chunk)).to_wire()
+                await send(*unsent_opening, frame)  # the opening rides with the first tokens
+                unsent_opening.clear()
                 if fault is not None and fault.stall_after is not None and len(sent) >= fault.stall_after:
                     await trio.sleep(fault.stall_seconds)
 
@@ -84,7 +88,7 @@ async def generate_live(
         nursery.start_soon(forward)
         async with tokens_in:
             prompt_tokens, finish = await trio.to_thread.run_sync(generate, limiter=limiter)
-    await send(StreamChunk(job_id=job_id, data=sealer.final(b"")).to_wire())
+    await send(*unsent_opening, StreamChunk(job_id=job_id, data=sealer.final(b"")).to_wire())
     start = timing.get("start", queued)
     end = time.monotonic()
     result = GenerateResult(prompt_tokens, tuple(sent), "".join(texts), finish)
