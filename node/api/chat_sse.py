@@ -59,10 +59,10 @@ class ChatEventStream(Response):
         self._include_usage = include_usage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         out, events = trio.open_memory_channel[StreamEvent](math.inf)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._run, out)
+            nursery.start_soon(self._run, out)  # the job starts while the headers are being written
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             first = True
             async with events:
                 async for event in events:
