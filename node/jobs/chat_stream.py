@@ -247,6 +247,7 @@ class ChatStream:
         checked = 0
         rank_key = os.urandom(JOB_ID_LEN)  # one verifier ranking for all rounds: KV caches are reused
         while True:
+            due: float | None = None  # VERIFY_INTERVAL_S after unverified tokens were first seen
             while True:
                 pending = len(state.tokens) - checked
                 if pending >= VERIFY_CHUNK_TOKENS or (state.streamed and pending > 0):
@@ -257,7 +258,9 @@ class ChatStream:
                 if pending == 0:
                     await changed.wait()
                     continue
-                with trio.move_on_after(VERIFY_INTERVAL_S) as interval:
+                if due is None:
+                    due = trio.current_time() + VERIFY_INTERVAL_S  # not restarted by each new token
+                with trio.move_on_at(due) as interval:
                     await changed.wait()
                 if interval.cancelled_caught:
                     break

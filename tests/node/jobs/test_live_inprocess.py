@@ -127,3 +127,50 @@ async def test_the_rounds_of_one_stream_go_to_the_same_verifiers_which_extend_th
         # primary and the two others scored nothing
         assert hits == [0, 0, 0, rounds - 1, rounds - 1]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_slow_primary_is_verified_every_interval_not_only_every_chunk(models):
+    """A primary slower than VERIFY_CHUNK_TOKENS per VERIFY_INTERVAL_S: tokens arrive more often
+    than the interval, and a round starts VERIFY_INTERVAL_S after the first unverified token
+    anyway (each new token does not push it back), long before VERIFY_CHUNK_TOKENS are unverified."""
+    import time
+
+    from node.jobs.chat_stream import VERIFY_CHUNK_TOKENS, VERIFY_INTERVAL_S
+    from node.runtime import load_runtime
+
+    _, chat, _ = models
+    tokens = 20
+    direct = chat.generate(MESSAGES, tokens)  # type: ignore[attr-defined]
+    pause = VERIFY_INTERVAL_S / 2  # the primary's pace: two tokens per interval, 16 take 8 intervals
+
+    def paced(runtime: Any) -> Any:
+        generate = runtime.generate
+
+        def slow_generate(messages: Any, max_tokens: int, on_token: Any = None) -> Any:
+            def slow_on_token(token: int, text: str) -> None:
+                time.sleep(pause)  # in the model's worker thread, never on the event loop
+                if on_token is not None:
+                    on_token(token, text)
+
+            return generate(messages, max_tokens, on_token=slow_on_token)
+
+        runtime.generate = slow_generate
+        return runtime
+
+    async with trio.open_nursery() as nursery:
+        net = MemoryNetwork(nursery, names=names_for([chat]))
+        for _ in range(3):  # own runtimes: a generation holds its runtime's lock throughout
+            runtime = paced(load_runtime("veilnet-tiny-random-lm"))
+            add_member(net, {runtime.model_id: runtime})
+        router = make_router(net)
+        await nursery.start(router.run)
+        out, events = trio.open_memory_channel[StreamEvent](math.inf)
+        with trio.fail_after(60):
+            await router.chat_stream(chat.model_id, MESSAGES, out, max_tokens=tokens, replicas=3)
+            received = [event async for event in events]
+        done = received[-1]
+        assert isinstance(done, StreamDone) and done.generation.tokens == direct.tokens
+        rounds = [p["tokens"] for p in done.report["phases"] if p["op"] == "score"]
+        assert rounds[0] < VERIFY_CHUNK_TOKENS and rounds[-1] == len(direct.tokens)
+        assert rounds == sorted(set(rounds))
+        nursery.cancel_scope.cancel()
