@@ -6,7 +6,9 @@ chunk as it arrives and hands it to the ``ChatStream`` coordinator, which forwar
 the caller at once. Beside it a verification loop re-scores the growing prefix with the
 verifiers (teacher-forced prefill, the same score phase as non-streamed chat) whenever
 ``VERIFY_CHUNK_TOKENS`` new tokens have arrived or ``VERIFY_INTERVAL_S`` has passed since the
-first unverified one, so verification trails generation by about one chunk. Every event the
+first unverified one, so verification trails generation by about one chunk; while the primary
+streams, rounds are spaced so that they take at most half the time (``VERIFY_DUTY``: when rounds
+are slow they grow larger instead of more frequent). Every event the
 caller receives carries the progress (``verified_tokens`` and the agreement so far).
 
 Endings, each before the job's deadline:
@@ -67,7 +69,10 @@ __all__ = [
 ]
 
 VERIFY_CHUNK_TOKENS = 16  # re-score once this many tokens are unverified ...
-VERIFY_INTERVAL_S = 0.25  # ... or this long after the first unverified token arrived
+VERIFY_INTERVAL_S = 0.25  # ... or this long after the first unverified token arrived,
+VERIFY_DUTY = 0.5  # ... but rounds take at most this share of the time while the primary streams:
+# a round that took t waits t after it before the next (slow rounds mean larger rounds, so the
+# verifiers, on a machine they share with the primary, do not take its CPU more than they must)
 STALL_S = 5.0  # a primary that sent a chunk and then nothing for this long has stalled
 RELEASES = ("live", "verified")
 
@@ -246,24 +251,26 @@ class ChatStream:
         state, sub = self._state, self._sub
         checked = 0
         rank_key = os.urandom(JOB_ID_LEN)  # one verifier ranking for all rounds: KV caches are reused
+        rest_until = -math.inf  # after a round, as long again without one: see VERIFY_DUTY
         while True:
             due: float | None = None  # VERIFY_INTERVAL_S after unverified tokens were first seen
             while True:
                 pending = len(state.tokens) - checked
-                if pending >= VERIFY_CHUNK_TOKENS or (state.streamed and pending > 0):
+                if state.streamed:
+                    if pending == 0:
+                        return
+                    break  # the stream is complete: verify the rest at once
+                now = trio.current_time()
+                if pending > 0 and due is None:
+                    due = now + VERIFY_INTERVAL_S  # not restarted by each new token
+                ready = pending >= VERIFY_CHUNK_TOKENS or (due is not None and now >= due)
+                if ready and now >= rest_until:
                     break
-                if state.streamed and pending == 0:
-                    return
                 changed = self._changed
-                if pending == 0:
+                wake = math.inf if due is None else max(due, rest_until)
+                with trio.move_on_at(wake):
                     await changed.wait()
-                    continue
-                if due is None:
-                    due = trio.current_time() + VERIFY_INTERVAL_S  # not restarted by each new token
-                with trio.move_on_at(due) as interval:
-                    await changed.wait()
-                if interval.cancelled_caught:
-                    break
+            started = trio.current_time()
             assert state.primary is not None
             prefix = tuple(state.tokens)
             score_id = os.urandom(JOB_ID_LEN)
@@ -282,6 +289,8 @@ class ChatStream:
             if not outcome.ok:
                 return
             checked = len(prefix)
+            ended = trio.current_time()
+            rest_until = ended + (ended - started) * (1 - VERIFY_DUTY) / VERIFY_DUTY
 
     # ------------------------------------------------------------------ the coordinator
 

@@ -121,7 +121,7 @@ async def test_the_rounds_of_one_stream_go_to_the_same_verifiers_which_extend_th
         done = received[-1]
         assert isinstance(done, StreamDone) and done.generation.tokens == direct.tokens
         rounds = done.report["stream"]["verification_rounds"]
-        assert rounds >= 3  # 48 tokens: at least one round per 16
+        assert rounds >= 2  # at least one round while streaming (more when rounds are quick) and the last
         hits = sorted(runtime.prefix_cache.hits for runtime in runtimes)  # type: ignore[attr-defined]
         # two verifiers saw every round and extended their cache in all but the first; the
         # primary and the two others scored nothing
