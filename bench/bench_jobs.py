@@ -63,6 +63,7 @@ class _Network:
         self.code_root = code_root
         self.nodes: list[NodeProcess] = []
         self.http = httpx.Client(timeout=120.0)
+        self.env: dict[str, str] | None = None  # the node processes' environment (None: this one's)
 
     def _overrides(self, index: int, config: NodeConfig) -> NodeConfig:
         models = () if index == 0 else (MODEL,)
@@ -72,12 +73,12 @@ class _Network:
     def start(self, executors: int) -> None:
         layout = create_testnet(self.root, nodes=1 + executors, api_port=0, code_root=self.code_root,
                                 node_overrides=self._overrides)
-        first = start_node_process(0, layout.node_configs[0], code_root=self.code_root)
+        first = start_node_process(0, layout.node_configs[0], env=self.env, code_root=self.code_root)
         self.nodes.append(first)
         wait_for_info(first)
         for index, path in enumerate(layout.node_configs[1:], start=1):
             self.nodes.append(start_node_process(index, path, ("--bootstrap", first.multiaddr),
-                                                 code_root=self.code_root))
+                                                 env=self.env, code_root=self.code_root))
         for node in self.nodes[1:]:
             wait_for_info(node)
         started = time.monotonic()
