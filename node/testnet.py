@@ -247,10 +247,17 @@ def start_node_process(
     return NodeProcess(index=index, config_path=config_path, process=process)
 
 
-def wait_for_info(node: NodeProcess, timeout: float = START_TIMEOUT) -> dict[str, Any]:
-    """Block until the node wrote its info file (it is up), or raise TestnetError."""
+def wait_for_info(
+    node: NodeProcess, timeout: float = START_TIMEOUT, *, checkpoint: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Block until the node wrote its info file (it is up), or raise TestnetError.
+
+    ``checkpoint`` is called on every poll: it may raise to abandon the wait (Ctrl-C).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if checkpoint is not None:
+            checkpoint()
         if not node.alive():
             last = _last_error_line(node.data_dir / "stderr.log")
             raise TestnetError(
@@ -360,12 +367,20 @@ def run_testnet(
             state["interruptible"] = False  # a second Ctrl-C must not interrupt the clean-up
             raise Interrupted(signal.Signals(signum).name)
 
+    def checkpoint() -> None:
+        """Raise the handler's Interrupted again if it was lost: Python drops an exception
+        raised inside an at-fork hook or a finaliser ("Exception ignored in ..."), and starting
+        each node forks, so a Ctrl-C landing there would otherwise go unnoticed until every
+        node had come up."""
+        if state["signal"]:
+            raise Interrupted(signal.Signals(state["signal"]).name)
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     nodes: list[NodeProcess] = []
     died = False
     try:
         try:
-            _start_all(layout, nodes, demo_steps, out)
+            _start_all(layout, nodes, demo_steps, out, checkpoint)
         except Interrupted as exc:
             print(f"\n{exc}: stopping the testnet during start-up", file=out, flush=True)
             return 130
@@ -419,16 +434,18 @@ def _start_all(
     nodes: list[NodeProcess],
     demo_steps: Sequence[Callable[[RunningTestnet], None]],
     out: Any,
+    checkpoint: Callable[[], None],
 ) -> None:
     env = shared_cores_env(len(layout.node_configs))
     first = start_node_process(0, layout.node_configs[0], env=env)
     nodes.append(first)
-    wait_for_info(first)
+    wait_for_info(first, checkpoint=checkpoint)
     bootstrap = ("--bootstrap", first.multiaddr)
     for index, config_path in enumerate(layout.node_configs[1:], start=1):
+        checkpoint()
         nodes.append(start_node_process(index, config_path, bootstrap, env=env))
     for node in nodes[1:]:
-        wait_for_info(node)
+        wait_for_info(node, checkpoint=checkpoint)
     run = RunningTestnet(layout, nodes)
     _print_summary(run, out)
     for node in measurement_mismatches(run):
@@ -440,6 +457,7 @@ def _start_all(
             flush=True,
         )
     for step in demo_steps:
+        checkpoint()
         step(run)
 
 
