@@ -22,62 +22,51 @@ import trio
 __all__ = ["PromptLock", "PromptSemaphore"]
 
 
-class PromptLock:
+class _Prompt:
+    """Take ``inner`` at once when it is free; otherwise wait with trio's fair hand-off."""
+
+    def __init__(self, inner: trio.Lock | trio.Semaphore) -> None:
+        self._inner = inner
+
+    async def acquire(self) -> None:
+        try:
+            self._inner.acquire_nowait()
+        except trio.WouldBlock:
+            await self._inner.acquire()
+
+    def acquire_nowait(self) -> None:
+        self._inner.acquire_nowait()
+
+    def release(self) -> None:
+        self._inner.release()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+class PromptLock(_Prompt):
     """A ``trio.Lock`` (non-reentrant, fair) that does not yield when it is free."""
 
     def __init__(self) -> None:
         self._lock = trio.Lock()
+        super().__init__(self._lock)
 
     def locked(self) -> bool:
         return self._lock.locked()
 
-    async def acquire(self) -> None:
-        try:
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
 
-    def acquire_nowait(self) -> None:
-        self._lock.acquire_nowait()
-
-    def release(self) -> None:
-        self._lock.release()
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
-
-
-class PromptSemaphore:
+class PromptSemaphore(_Prompt):
     """A ``trio.Semaphore`` that does not yield when a unit is free."""
 
     def __init__(self, initial_value: int, *, max_value: int | None = None) -> None:
         self._semaphore = trio.Semaphore(initial_value, max_value=max_value)
+        super().__init__(self._semaphore)
 
     @property
     def value(self) -> int:
         return self._semaphore.value
-
-    async def acquire(self) -> None:
-        try:
-            self._semaphore.acquire_nowait()
-        except trio.WouldBlock:
-            await self._semaphore.acquire()
-
-    def acquire_nowait(self) -> None:
-        self._semaphore.acquire_nowait()
-
-    def release(self) -> None:
-        self._semaphore.release()
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
