@@ -57,13 +57,17 @@ def _write(text: str) -> None:
     os.write(_fd, text.encode())
 
 
-def mark(stage: str, job_id: bytes | None = None, *, peer: bytes | None = None) -> None:
-    """Record that ``job_id`` (default: the job of this context) reached ``stage`` now; ``peer``
-    names the executor a stage belongs to (a k > 1 job has one attempt per executor). Before a
-    request has a job (``start_request`` … ``enter``) the stage is held and written by ``enter``."""
+def mark(stage: str, job_id: bytes | None = None, *, peer: bytes | None = None, kind: str = "") -> None:
+    """Record that ``job_id`` (default: the job of this context) reached ``stage`` now; ``kind``
+    refines the stage (``stage.kind``, joined only when the timeline is on: marks sit on the job
+    path); ``peer`` names the executor a stage belongs to (a k > 1 job has one attempt per
+    executor). Before a request has a job (``start_request`` … ``enter``) the stage is held and
+    written by ``enter``."""
     if _path is None:
         return
     now = time.monotonic_ns()
+    if kind:
+        stage = f"{stage}.{kind}"
     if peer is not None:
         stage = f"{stage}:{peer[-4:].hex()}"
     job = job_id if job_id is not None else _current.get()

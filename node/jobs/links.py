@@ -74,7 +74,7 @@ class JobLink:
                 if job_id is None:
                     why = f"session error from executor: {getattr(message, 'message', message.TAG)}"
                     return
-                timeline.mark("link.read." + message.TAG, job_id, peer=self.peer_id)
+                timeline.mark("link.read", job_id, peer=self.peer_id, kind=message.TAG)
                 channel = self.jobs.get(job_id)
                 if channel is None:
                     continue  # a job we already finished (late reveal, abandoned attempt)

@@ -452,7 +452,8 @@ class Router:
                         event = await receive.receive()
                 now = self._clock()
                 if event is not None:
-                    timeline.mark("router.event." + type(event).__name__, peer=getattr(event, "peer", None))
+                    timeline.mark("router.event", peer=getattr(event, "peer", None),
+                                  kind=type(event).__name__)
                 if isinstance(event, Committed):
                     actions = flow.on_commit(event.peer, event.commitment.commitment, event.statement, now)
                 elif isinstance(event, Revealed):
@@ -536,7 +537,7 @@ class Router:
         statement = b""
         live = phase.live
         async for message, frame in receive:
-            timeline.mark("router.got." + getattr(message, "TAG", "broken"), peer=peer)
+            timeline.mark("router.got", peer=peer, kind=getattr(message, "TAG", "broken"))
             if isinstance(message, Broken):
                 if live is not None:
                     live.on_failure(peer, message.why)
