@@ -1,20 +1,24 @@
 """The primary's side of a live chat job: generate in a worker thread, seal and send as it goes.
 
-The model thread hands each token to the trio side through an unbounded memory channel (bounded
-by ``max_tokens``) without waiting for the event loop (``run_sync_soon``: FIFO, so tokens keep
-their order and all arrive before the thread's result); one sender task drains whatever has
-arrived and sends it as one sealed ``StreamChunk`` (``protocol.jobs.live``), so the first token
-leaves at once and chunks grow only when the link is slower than the model. The secretstream's
-opening leaves in the same write as the first tokens: one pass through the libp2p stack less before
-the first token, and none while the prompt is being prefilled. The stream is
-finalised (FINAL tag, empty plaintext) before the executor commits, so the client can tell a
+The model thread hands each token to the trio side through a ``_TokenFeed`` without waiting for the
+event loop; one sender task takes whatever has arrived and sends it as one sealed ``StreamChunk``
+(``protocol.jobs.live``), so the first token leaves at once. The secretstream's opening leaves in
+the same write as the first tokens: one pass through the libp2p stack less before the first token,
+and none while the prompt is being prefilled. The stream is finalised (FINAL tag, empty plaintext,
+in the same write as the last tokens) before the executor commits, so the client can tell a
 complete stream from a cut-off one.
+
+Pacing. A write's CPU on the event loop (seal, frame, yamux, PSK, Noise) runs under the GIL that
+the model thread needs for every token, so a write per token slows a fast model down by what the
+writes cost. After each write the sender leaves the loop to the model for ``1 / WRITE_SHARE``
+times the CPU that write took (at most ``MAX_PAUSE_S``); tokens made meanwhile leave together in
+the next write. A model slower than that (any real model on a CPU) still has every token sent the
+moment it is made.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -32,6 +36,58 @@ if TYPE_CHECKING:
 
 __all__ = ["generate_live"]
 
+WRITE_SHARE = 0.05  # the event loop's writes take at most this share of a fast model's time
+MAX_PAUSE_S = 0.02  # the longest pause after a write, so the longest a made token waits
+
+
+class _TokenFeed:
+    """Tokens from the model thread, taken by the sender in batches.
+
+    The model thread wakes the event loop only when the sender is idle waiting for a token; while
+    the sender writes or pauses, tokens just pile up, so a batch costs one wake-up, not one per
+    token.
+    """
+
+    def __init__(self) -> None:
+        self._loop = trio.lowlevel.current_trio_token()
+        self._lock = threading.Lock()
+        self._items: list[tuple[int, str]] = []
+        self._done = False
+        self._waiting: trio.Event | None = None
+        self._finished = trio.Event()
+
+    def push(self, token: int, text: str) -> None:
+        """From the model thread: queue a token; wake the sender if it is idle waiting for one."""
+        with self._lock:
+            self._items.append((token, text))
+            waiting = self._waiting
+            if waiting is None:
+                return
+            self._waiting = None
+        self._loop.run_sync_soon(waiting.set)
+
+    def close(self) -> None:
+        """From the event loop, once the model thread has returned: what is left goes at once."""
+        with self._lock:
+            self._done = True
+            waiting, self._waiting = self._waiting, None
+        self._finished.set()
+        if waiting is not None:
+            waiting.set()
+
+    async def take(self, pause: float) -> tuple[list[tuple[int, str]], bool]:
+        """(the tokens made since the last call, whether they are the last), no sooner than ``pause`` s."""
+        if pause > 0:
+            with trio.move_on_after(pause):
+                await self._finished.wait()
+        while True:
+            with self._lock:
+                if self._done or self._items:
+                    items, self._items = self._items, []
+                    return items, self._done
+                waiting = self._waiting = trio.Event()
+            await waiting.wait()
+
 
 async def generate_live(
     send: Callable[..., Awaitable[None]], job_id: bytes, session: JobSession, runtime: ModelRuntime,
@@ -40,36 +96,27 @@ async def generate_live(
     """Stream ``job``'s generation to the client; returns (the result as sent, queue ms, compute ms)."""
     sealer, opening = StreamSealer.start(session)
     unsent_opening: list[bytes] = [StreamChunk(job_id=job_id, data=opening).to_wire()]
-    tokens_in, tokens_out = trio.open_memory_channel[tuple[int, str]](math.inf)
+    feed = _TokenFeed()
     sent: list[int] = []
     texts: list[str] = []
     messages = [m.to_map() for m in job.messages]
     timing: dict[str, float] = {}
     queued = time.monotonic()
 
-    loop = trio.lowlevel.current_trio_token()
-
-    def deliver(item: tuple[int, str]) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            tokens_in.send_nowait(item)  # the sender is gone only when the job is being cancelled
-
-    def on_token(token: int, text: str) -> None:
-        loop.run_sync_soon(deliver, (token, text))  # no round trip: the model goes on at once
-
     def generate() -> tuple[int, str]:
         timing["start"] = time.monotonic()
-        gen = runtime.generate(messages, job.max_tokens, on_token=on_token)  # type: ignore[attr-defined]
+        gen = runtime.generate(messages, job.max_tokens, on_token=feed.push)  # type: ignore[attr-defined]
         return len(gen.prompt_tokens), gen.finish_reason
 
     async def forward() -> None:
-        async with tokens_out:
-            async for first in tokens_out:
-                batch = [first]
-                while True:
-                    try:
-                        batch.append(tokens_out.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
+        pause = 0.0
+        last = False
+        while not last:
+            batch, last = await feed.take(pause)
+            cpu = time.thread_time()
+            frames = [*unsent_opening]  # the opening rides with the first tokens
+            unsent_opening.clear()
+            if batch:
                 tokens: list[int] = []
                 for token, _ in batch:
                     position = len(sent) + len(tokens)
@@ -78,17 +125,18 @@ async def generate_live(
                 sent.extend(tokens)
                 texts.append(text)
                 chunk = LiveChunk(tuple(tokens), text).to_bytes()
-                frame = StreamChunk(job_id=job_id, data=sealer.push(chunk)).to_wire()
-                await send(*unsent_opening, frame)  # the opening rides with the first tokens
-                unsent_opening.clear()
-                if fault is not None and fault.stall_after is not None and len(sent) >= fault.stall_after:
-                    await trio.sleep(fault.stall_seconds)
+                frames.append(StreamChunk(job_id=job_id, data=sealer.push(chunk)).to_wire())
+            if last:  # the last tokens and the end of the stream: one write
+                frames.append(StreamChunk(job_id=job_id, data=sealer.final(b"")).to_wire())
+            await send(*frames)
+            pause = min(MAX_PAUSE_S, (time.thread_time() - cpu) / WRITE_SHARE)
+            if fault is not None and fault.stall_after is not None and len(sent) >= fault.stall_after:
+                await trio.sleep(fault.stall_seconds)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(forward)
-        async with tokens_in:
-            prompt_tokens, finish = await trio.to_thread.run_sync(generate, limiter=limiter)
-    await send(*unsent_opening, StreamChunk(job_id=job_id, data=sealer.final(b"")).to_wire())
+        prompt_tokens, finish = await trio.to_thread.run_sync(generate, limiter=limiter)
+        feed.close()  # only once the model is done: a failed generation never reads as complete
     start = timing.get("start", queued)
     end = time.monotonic()
     result = GenerateResult(prompt_tokens, tuple(sent), "".join(texts), finish)
