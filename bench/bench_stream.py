@@ -31,9 +31,9 @@ from typing import Any
 import httpx
 
 from bench import Result, quick
-from bench.bench_jobs import _Network, _percentile
+from bench.bench_jobs import NODES, _Network, _percentile, as_one_node
 from node.config import NodeConfig
-from node.testnet import shared_cores_env, snapshot_code
+from node.testnet import snapshot_code
 
 MODEL = "veilnet-tiny-random-lm"
 MESSAGES = [{"role": "user", "content": "Tell me about enclaves."}]
@@ -41,14 +41,8 @@ MAX_TOKENS = 48
 SAMPLES = int(quick(20, 5))
 
 
-NODES = 4
-
 
 class _ChatNetwork(_Network):
-    def __init__(self, root: Path, code_root: Path) -> None:
-        super().__init__(root, code_root)
-        self.env = shared_cores_env(NODES)
-
     def _overrides(self, index: int, config: NodeConfig) -> NodeConfig:
         models = () if index == 0 else (MODEL,)
         extra = {"deadline_s": 60, "commit_timeout_s": 30}
@@ -99,17 +93,11 @@ def _in_process(runtime: Any) -> tuple[float, float, int]:
 
 
 def run() -> list[Result]:
-    import torch
-
-    from node.runtime import load_runtime, torch_env
+    from node.runtime import load_runtime
 
     runtime = load_runtime(MODEL)
-    threads = torch.get_num_threads()
-    torch_env.configure_torch(int(shared_cores_env(NODES)["VEILNET_TORCH_THREADS"]))  # as a node's
-    try:
+    with as_one_node():
         return _measure(runtime)
-    finally:
-        torch_env.configure_torch(threads)
 
 
 def _measure(runtime: Any) -> list[Result]:
