@@ -67,7 +67,6 @@ class ChatFlow:
             outcome, phase = await self._run_phase(PhaseSpec(
                 gen_id, sub.model_id, Task.CHAT, sub.mode, job, sub.decode, sub.infos, quorum=1,
                 deadline=sub.deadline, challenge=sub.challenge, escalate=False, exclude=frozenset(rejected),
-                pipeline=sub.mode is Mode.CONSENSUS and verifiers == 0,
             ))
             primary_rows = executor_report(outcome, phase, role="primary")
             for row in primary_rows:  # producing a completion is not agreement: phase 2 decides

@@ -243,7 +243,6 @@ class ChatStream:
             self._gen_id, sub.model_id, Task.CHAT, sub.mode, self._job, sub.decode, sub.infos, quorum=1,
             deadline=sub.deadline, challenge=sub.challenge, escalate=False, live=tap,
             exclude=frozenset(self._rejected),
-            pipeline=True,  # the tokens are out already: nothing is gained by holding the reveal back
         ))
         inbox.send_nowait(_PrimaryDone(outcome, phase))
 

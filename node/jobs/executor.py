@@ -218,8 +218,8 @@ class Executor:
         self._replay = ReplayWindow(max_ahead_ms=self.settings.max_deadline_ahead_ms)
         self._pending: dict[tuple[bytes, bytes], _Pending] = {}
         # Jobs admitted and still computing → whether their client already asked for the reveal.
-        # A client that wants no cross-check (k = 1) pipelines the reveal request behind the job
-        # to save a round trip; the result is then revealed right after the commitment.
+        # Clients pipeline the reveal request behind the job to save a round trip; the result is
+        # then revealed right after the commitment (the client holds it until its reveal gate).
         self._running: dict[tuple[bytes, bytes], bool] = {}
         self._active = 0
         self._active_by_peer: dict[bytes, int] = {}
@@ -413,7 +413,7 @@ class Executor:
             timeline.mark("exec.committed")
             key = (session.client, req.job_id)
             if self._running.get(key) and self.faults is None and not self._pending[key].stream:
-                # the reveal was asked for with the job (k = 1): commitment and reveal in one write
+                # the reveal was asked for with the job: commitment and reveal in one write
                 frames = (commitment.to_wire(), self._reveal_frame(key))
                 timeline.mark("exec.revealed")
                 await session.send(*frames)

@@ -82,7 +82,7 @@ class PhaseSpec:
     exclude: frozenset[bytes] = frozenset()
     voter: Voter | None = None  # None: the task's default voter
     needed: int | None = None
-    pipeline: bool = False  # k = 1 without cross-check: ask for the reveal with the job
+    pipeline: bool = True  # ask for the reveal with the job (held until the reveal gate: jobflow rule 2)
     live: LiveSink | None = None  # a live chat primary: where its streamed tokens go
     rank_key: bytes | None = None  # rank executors on this random key instead of the job id (a
     # live stream's verification rounds share one, so the same verifiers extend their KV caches)
@@ -103,7 +103,7 @@ class Phase:
     infos: Mapping[bytes, ExecutorInfo]
     decode: Decoder
     challenge: bool
-    pipeline_reveal: bool = False  # k = 1 without cross-check: ask for the reveal with the job
+    pipeline_reveal: bool = True  # the reveal request leaves with the job request
     live: LiveSink | None = None
     sessions: dict[bytes, JobSession] = field(default_factory=dict)
     timings: dict[bytes, dict[str, float]] = field(default_factory=dict)

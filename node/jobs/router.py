@@ -382,9 +382,6 @@ class Router:
         outcome, phase = await self.run_phase(PhaseSpec(
             sub.job_id, sub.model_id, sub.task, mode, sub.job, sub.decode, sub.infos, quorum=quorum,
             deadline=sub.deadline, challenge=sub.challenge, escalate=self.settings.escalate and quorum > 1,
-            # k = 1 by the user's choice: nothing to cross-check, so no reason to hold the reveal
-            # back (never in spot-check: the primary must not learn that it goes unchecked)
-            pipeline=mode is Mode.CONSENSUS and quorum == 1,
         ))
         report["executors"] = executor_report(outcome, phase, role="replica")
         self.reports.finish(report, outcome, sub.started)

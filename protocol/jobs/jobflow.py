@@ -14,7 +14,11 @@ Rules, in the order they apply:
 2. Reveals are requested once every live attempt has committed, or once the commit window of the
    round has passed (then from those that have committed; later commits are asked at once).
    Executors seal results to the client's ephemeral key, so no executor can see another's result
-   before committing; the signed commitment makes any later change of answer provable.
+   before committing; the signed commitment makes any later change of answer provable. A reveal
+   that arrives before it was asked for (the client pipelined its reveal request behind the job,
+   so the executor revealed right after committing) is checked against the commitment at once
+   and held: it counts only when the gate above would have asked for it, so the vote sees exactly
+   what it would have seen without pipelining, one round trip sooner.
 3. A reveal must open the executor's own commitment (``commitment_of(job_id, peer, salt,
    digest) == commitment``), otherwise the attempt fails with a provable ``bad_reveal``.
 4. When every live attempt has revealed, the voter clusters the results. A cluster of at least
@@ -112,6 +116,7 @@ class Attempt:
     failure: Failure | None = None
     detail: str = ""
     progress_at: float | None = None  # last sign of work before the commitment (live streams)
+    early: tuple[Any, float] | None = None  # (result, when) of a reveal that came before it was asked
 
     @property
     def live(self) -> bool:
@@ -293,11 +298,15 @@ class JobFlow:
     ) -> list[Action]:
         """A reveal the router opened; ``result_digest`` must be computed by the router itself."""
         a = self._attempts.get(peer_id)
-        if self.done or a is None or a.state is not AttemptState.REVEAL_REQUESTED:
+        early = a is not None and a.state is AttemptState.COMMITTED and a.early is None
+        if self.done or a is None or not (early or a.state is AttemptState.REVEAL_REQUESTED):
             return []
         expected = self._commitment_of(self.job_id, peer_id, salt, result_digest)
         if not hmac.compare_digest(expected, a.commitment):
             return self._fail(a, Failure.BAD_REVEAL, "reveal does not open the commitment", now)
+        if early:  # pipelined: held until the reveal gate opens for this attempt (rule 2)
+            a.early = (result, now)
+            return []
         a.state = AttemptState.REVEALED
         a.result = result
         a.revealed_at = now
@@ -368,8 +377,12 @@ class JobFlow:
         if self._gate_open:
             for a in live:
                 if a.state is AttemptState.COMMITTED:
-                    a.state = AttemptState.REVEAL_REQUESTED
                     a.reveal_requested_at = now
+                    if a.early is not None:  # revealed already: it counts from now
+                        a.state = AttemptState.REVEALED
+                        a.result, a.revealed_at = a.early
+                        continue
+                    a.state = AttemptState.REVEAL_REQUESTED
                     actions.append(RequestReveal(a.peer_id))
         # 3. vote once nothing is pending
         if all(a.state is AttemptState.REVEALED for a in live):

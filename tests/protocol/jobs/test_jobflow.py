@@ -427,9 +427,46 @@ def test_majority_of():
     assert [majority_of(n) for n in range(1, 8)] == [1, 2, 2, 3, 3, 4, 4]
 
 
+
+def test_a_pipelined_reveal_is_held_until_the_quorum_has_committed():
+    # each executor reveals right after committing (the client asked with the job); the flow
+    # counts a reveal only once the gate opens, exactly when it would have asked for it
+    flow = make_flow()
+    flow.start(T0)
+    assert commit(flow, A, "x", T0 + 1) == [] and reveal(flow, A, "x", T0 + 1) == []
+    assert flow.attempt(A).state is AttemptState.COMMITTED  # held, not yet revealed
+    assert commit(flow, B, "WRONG", T0 + 2) == [] and reveal(flow, B, "WRONG", T0 + 2) == []
+    actions = commit(flow, C, "x", T0 + 3)  # the gate opens: A and B count now, C is asked
+    assert reveal_requests(actions) == [C] and finished(actions) is None
+    assert flow.attempt(A).state is AttemptState.REVEALED and flow.attempt(A).revealed_at == T0 + 1
+    outcome = finished(reveal(flow, C, "x", T0 + 4))
+    assert outcome.ok and outcome.value == "x" and set(outcome.winners) == {A, C}
+    assert [(peer, offence) for peer, offence, _ in outcome.penalties] == [(B, Offence.WRONG_OUTPUT)]
+
+
+def test_a_pipelined_reveal_that_does_not_open_the_commitment_is_a_bad_reveal_at_once():
+    flow = make_flow()
+    flow.start(T0)
+    commit(flow, A, "x", T0 + 1)
+    assert sends(reveal(flow, A, "other", T0 + 1)) == [D]  # replaced at once, not at the gate
+    assert flow.attempt(A).failure is Failure.BAD_REVEAL
+
+
+def test_a_second_early_reveal_does_not_replace_the_first():
+    flow = make_flow(quorum=2, escalation=0)
+    flow.start(T0)
+    commit(flow, A, "x", T0 + 1)
+    reveal(flow, A, "x", T0 + 1)
+    assert reveal(flow, A, "y", T0 + 1) == []  # ignored: one reveal per attempt
+    commit(flow, B, "x", T0 + 2)
+    outcome = finished(reveal(flow, B, "x", T0 + 3))
+    assert outcome.ok and outcome.value == "x" and set(outcome.winners) == {A, B}
+
+
 # ---------------------------------------------------------------- property test: random schedules
 
-BEHAVIOURS = ["honest", "wrong", "busy", "crash", "slow", "drop_reveal", "bad_reveal"]
+BEHAVIOURS = ["honest", "wrong", "busy", "crash", "slow", "drop_reveal", "bad_reveal", "pipelined",
+              "pipelined_wrong", "pipelined_bad"]
 
 
 @settings(max_examples=300, deadline=None)
@@ -450,7 +487,7 @@ def test_every_schedule_finishes_before_the_deadline_with_a_sound_outcome(behavi
     pending = list(flow.start(now))
 
     def value_of(p: bytes) -> str:
-        return "wrong-" + p[:1].decode() if behaviour[p] == "wrong" else "x"
+        return "wrong-" + p[:1].decode() if behaviour[p] in ("wrong", "pipelined_wrong") else "x"
 
     steps = 0
     while not flow.done:
@@ -468,9 +505,14 @@ def test_every_schedule_finishes_before_the_deadline_with_a_sound_outcome(behavi
                     pending += flow.on_failure(action.peer_id, Failure.CRASH, "", now)
                 elif b != "slow":
                     pending += commit(flow, action.peer_id, value_of(action.peer_id), now)
+                if b.startswith("pipelined"):  # reveals right behind its commitment, unasked
+                    revealed = "other" if b == "pipelined_bad" else value_of(action.peer_id)
+                    pending += reveal(flow, action.peer_id, revealed, now)
             elif isinstance(action, RequestReveal):
                 b = behaviour[action.peer_id]
-                if b == "bad_reveal":
+                if b.startswith("pipelined"):
+                    continue  # revealed already (before the gate, or right after this request)
+                elif b == "bad_reveal":
                     pending += reveal(flow, action.peer_id, "other", now)
                 elif b != "drop_reveal":
                     pending += reveal(flow, action.peer_id, value_of(action.peer_id), now)
@@ -485,8 +527,8 @@ def test_every_schedule_finishes_before_the_deadline_with_a_sound_outcome(behavi
     if outcome.ok and quorum >= 2:
         assert outcome.value == "x"  # wrong outputs are all distinct, so they never form a majority
         assert len(outcome.winners) >= min(flow.needed, quorum)
-        assert all(behaviour[p] == "honest" for p in outcome.winners)
+        assert all(behaviour[p] in ("honest", "pipelined") for p in outcome.winners)
     offenders = {p for p, _, _ in outcome.penalties}
-    assert all(behaviour[p] != "honest" and behaviour[p] != "busy" for p in offenders)
+    assert all(behaviour[p] not in ("honest", "pipelined", "busy") for p in offenders)
     for a in outcome.attempts:
         assert a.state in (AttemptState.REVEALED, AttemptState.FAILED)
