@@ -26,7 +26,6 @@ cancels the job with it (no task outlives the request).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,6 +34,7 @@ import trio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from node.api.json_text import dumps
 from node.jobs.chat_stream import StreamDelta, StreamDone, StreamEvent, StreamFailed, StreamRestart
 
 __all__ = ["ChatEventStream"]
@@ -100,7 +100,7 @@ class ChatEventStream(Response):
                 }
                 body = {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
                         "model": self._model, "choices": [], "usage": usage}
-                lines.append(f"data: {json.dumps(body)}\n\n")
+                lines.append(f"data: {dumps(body)}\n\n")
             return lines
         error = event.error
         kind = "server_error" if error.http_status >= 500 else "invalid_request_error"
@@ -108,7 +108,7 @@ class ChatEventStream(Response):
         veilnet: dict[str, Any] = {**event.progress, "report": error.report}
         if event.rejected_at is not None:
             veilnet["rejected_at"] = event.rejected_at
-        lines.append(f"data: {json.dumps({'error': payload, 'veilnet': veilnet})}\n\n")
+        lines.append(f"data: {dumps({'error': payload, 'veilnet': veilnet})}\n\n")
         return lines
 
     def _chunk(self, delta: dict[str, Any], finish: str | None, veilnet: dict[str, Any]) -> str:
@@ -117,7 +117,7 @@ class ChatEventStream(Response):
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
             "veilnet": veilnet,
         }
-        return f"data: {json.dumps(body)}\n\n"
+        return f"data: {dumps(body)}\n\n"
 
 
 def _drain(first: StreamEvent, events: trio.MemoryReceiveChannel[StreamEvent]) -> list[StreamEvent]:

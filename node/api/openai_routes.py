@@ -30,7 +30,6 @@ outnumber the attested executors that serve it.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import time
@@ -45,6 +44,7 @@ from starlette.routing import BaseRoute, Route
 
 from node import timeline
 from node.api.chat_sse import ChatEventStream
+from node.api.json_text import FastJSONResponse, dumps
 from node.api.openai_contract import (
     MAX_MAX_TOKENS,
     ApiError,
@@ -175,7 +175,7 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
             )
             data.append({"object": "embedding", "index": index, "embedding": embedding})
         timeline.mark("api.data_built")
-        response = JSONResponse({
+        response = FastJSONResponse({
             "object": "list", "data": data, "model": model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             "veilnet": result.report,
@@ -204,7 +204,7 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
         except RouterError as exc:
             return from_router_error(exc).response()
         if not stream:
-            return JSONResponse(_completion(result, model, created))
+            return FastJSONResponse(_completion(result, model, created))
         return StreamingResponse(
             _sse(result, model, created), media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
@@ -277,7 +277,7 @@ def _chunk(completion_id: str, model: str, created: int, delta: dict[str, Any], 
         "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra,
     }
-    return f"data: {json.dumps(body)}\n\n"
+    return f"data: {dumps(body)}\n\n"
 
 
 async def _sse(result: JobResult, model: str, created: int) -> AsyncIterator[str]:
