@@ -133,10 +133,18 @@ async def generate_live(
             if fault is not None and fault.stall_after is not None and len(sent) >= fault.stall_after:
                 await trio.sleep(fault.stall_seconds)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(forward)
-        prompt_tokens, finish = await trio.to_thread.run_sync(generate, limiter=limiter)
-        feed.close()  # only once the model is done: a failed generation never reads as complete
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward)
+            prompt_tokens, finish = await trio.to_thread.run_sync(generate, limiter=limiter)
+            feed.close()  # only once the model is done: a failed generation never reads as complete
+    except BaseExceptionGroup as group:
+        # One failure (the model's, e.g. its engine died mid-stream, or the write's) is raised as
+        # itself, so the executor answers it as for any job (an error to the client, the session
+        # kept) instead of losing the whole session to an exception group it cannot match.
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+            raise group.exceptions[0] from None
+        raise
     start = timing.get("start", queued)
     end = time.monotonic()
     result = GenerateResult(prompt_tokens, tuple(sent), "".join(texts), finish)

@@ -11,9 +11,11 @@ import itertools
 import os
 import time
 
+import pytest
 import trio
 
 from node.jobs.live_sender import generate_live
+from node.runtime.engine_client import EngineUnavailable
 from node.runtime.generation import Generation
 from protocol.jobs.live import decode_live_chunk
 from protocol.jobs.messages import StreamChunk, decode_message
@@ -119,3 +121,39 @@ async def test_a_slow_model_has_every_token_sent_alone_as_it_is_made():
     # 200 ms between tokens: far longer than any pause, so no token ever waits for the next one
     writes = await _writes_for(_ScriptedModel(5, 0.2), write_cpu_s=0.001)
     assert [tokens for _, tokens in writes if tokens] == [[7], [8], [9], [10], [11]]
+
+
+class _DyingModel:
+    """A model whose engine dies after ``count`` tokens, as a vLLM killed mid-stream does."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def generate(self, messages: object, max_tokens: int, on_token: object) -> Generation:
+        for token in range(7, 7 + self.count):
+            on_token(token, "x")  # type: ignore[operator]
+        raise EngineUnavailable("POST /v1/completions: RemoteProtocolError: peer closed connection")
+
+
+async def test_a_model_that_fails_mid_stream_raises_its_own_error_not_a_group():
+    # The executor answers a ModelRuntimeError with an error frame and keeps the client's job
+    # session; an ExceptionGroup would match none of its handlers and end the whole session.
+    job_id = os.urandom(16)
+    sealed = seal_job(b"x", recipient_pubkey=EncryptionKeyPair.generate().public, job_id=job_id,
+                      model_id="m", deadline_ms=int(time.time() * 1000) + 60_000)
+    writes: list[tuple[bytes, ...]] = []
+
+    async def send(*frames: bytes) -> None:
+        writes.append(frames)
+        await trio.lowlevel.checkpoint()
+
+    job = GenerateInput((ChatMessage("user", "hi"),), 10)
+    with trio.fail_after(60), pytest.raises(EngineUnavailable, match="peer closed"):
+        await generate_live(send, job_id, sealed.session, _DyingModel(3), job,  # type: ignore[arg-type]
+                            trio.CapacityLimiter(1))
+    opener = StreamOpener.start(sealed.session, decode_message(writes[0][0]).data)  # type: ignore[union-attr]
+    frames = [frame for batch in writes for frame in batch][1:]
+    pulled = [opener.pull(decode_message(frame).data) for frame in frames]  # type: ignore[union-attr]
+    assert not opener.finished  # a failed generation never reads as complete
+    tokens = [t for plaintext in pulled for t in decode_live_chunk(plaintext).tokens]
+    assert tokens == [7, 8, 9][: len(tokens)]  # what was sent before the failure is in order
