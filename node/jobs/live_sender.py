@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from node import timeline
 from node.jobs.faults import LiveFault
 from protocol.jobs.live import LiveChunk
 from protocol.jobs.messages import StreamChunk
@@ -111,6 +112,7 @@ async def generate_live(
     async def forward() -> None:
         pause = 0.0
         last = False
+        written = False
         while not last:
             batch, last = await feed.take(pause)
             cpu = time.thread_time()
@@ -129,6 +131,9 @@ async def generate_live(
             if last:  # the last tokens and the end of the stream: one write
                 frames.append(StreamChunk(job_id=job_id, data=sealer.final(b"")).to_wire())
             await send(*frames)
+            if not written:
+                timeline.mark("live.first_written")
+                written = True
             pause = min(MAX_PAUSE_S, (time.thread_time() - cpu) / WRITE_SHARE)
             if fault is not None and fault.stall_after is not None and len(sent) >= fault.stall_after:
                 await trio.sleep(fault.stall_seconds)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from node import timeline
 from node.runtime.base import Capability, EngineIdentity, ModelRuntime, Task
 from node.runtime.engine_client import EngineClient, EngineUnavailable
 from node.runtime.errors import InvalidInput
@@ -80,11 +81,14 @@ class EngineChatRuntime(ModelRuntime):
         if max_tokens < 1:
             raise InvalidInput("max_tokens must be >= 1")
         prompt_ids = self.encode_prompt(prompt)
+        timeline.mark("engine.encoded")
         budget = min(max_tokens, self.context_length - len(prompt_ids))
         deltas = TextDeltas(self.prompts)
 
         def forward(token: int) -> None:
             assert on_token is not None
+            if not deltas.tokens:
+                timeline.mark("engine.first_token")
             last = token in self.eos_token_ids or len(deltas.tokens) + 1 >= budget
             on_token(token, deltas.push(token, last=last))
 
