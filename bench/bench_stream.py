@@ -11,6 +11,9 @@ Rows:
   in-process ``generate`` (call → first ``on_token``). Goal: ≤ in-process + 10 ms.
 - tokens/s via the API (completion tokens / time from request to the last delta) against
   in-process (tokens / generate time). Goal ≥ 0.8×.
+- the primary's generation time (its report's ``compute``) against the same generation
+  in-process, and the content events (SSE deltas) per stream: what the primary's per-write cost
+  and its pacing (``node.jobs.live_sender``) do to the model.
 - verification lag: generated − verified tokens on each delta, p50 and p95.
 
 The four nodes share this machine's cores as ``veilnet testnet`` shares them
@@ -23,10 +26,11 @@ at once measured oversubscription: on a loaded 2-core machine the primary's 48 t
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +66,14 @@ class _ChatNetwork(_Network):
             return 0
         return sum(entry["veilnet"]["attested_providers"] for entry in data if entry["id"] == self.model)
 
-    def stream(self) -> tuple[float, float, int, list[int]]:
-        """(seconds to the first delta, seconds to the last delta, tokens, lag per delta)."""
+    def stream(self) -> _Stream:
+        """One live k=3 stream through node 0's API, as the client saw it."""
         body = {"model": self.model, "messages": MESSAGES, "max_tokens": MAX_TOKENS, "stream": True,
                 "veilnet": {"replicas": 3}}
         first = last = None
         lags: list[int] = []
         tokens = 0
+        primary_ms = math.nan
         started = time.perf_counter()
         with self.http.stream("POST", f"{self.nodes[0].api_url}/v1/chat/completions", json=body) as response:
             for line in response.iter_lines():
@@ -85,8 +90,20 @@ class _ChatNetwork(_Network):
                     lags.append(progress["generated_tokens"] - progress["verified_tokens"])
                 if event["choices"] and event["choices"][0]["finish_reason"]:
                     tokens = progress["generated_tokens"]
+                    executors = progress["report"]["executors"]
+                    primary_ms = next(float(e["timings_ms"]["compute"]) for e in executors
+                                      if e["role"] == "primary" and e["state"] == "revealed")
         assert first is not None and last is not None and tokens
-        return first - started, last - started, tokens, lags
+        return _Stream(first - started, last - started, tokens, lags, primary_ms)
+
+
+@dataclass(frozen=True)
+class _Stream:
+    first_s: float  # request sent → first content delta
+    last_s: float  # request sent → last content delta
+    tokens: int
+    lags: list[int]  # generated − verified tokens at each content delta (one per SSE event)
+    primary_ms: float  # the primary's generation, from its start to its last write (the report)
 
 
 def _in_process(runtime: Any) -> tuple[float, float, int]:
@@ -122,14 +139,18 @@ def _measure(runtime: Any, model: str) -> list[Result]:
             for _ in range(3 if model == TINY else 1):
                 network.stream()
             api_first, api_rate, local_first, local_rate, lags = [], [], [], [], []
+            events, primary, local_total = [], [], []
             for _ in range(SAMPLES[model]):
-                first, last, tokens, lag = network.stream()
-                api_first.append(first)
-                api_rate.append(tokens / last)
-                lags.extend(lag)
+                got = network.stream()
+                api_first.append(got.first_s)
+                api_rate.append(got.tokens / got.last_s)
+                lags.extend(got.lags)
+                events.append(len(got.lags))
+                primary.append(got.primary_ms)
                 first, total, tokens = _in_process(runtime)
                 local_first.append(first)
                 local_rate.append(tokens / total)
+                local_total.append(total * 1000.0)
         finally:
             network.close()
     ms = 1000.0
@@ -143,6 +164,11 @@ def _measure(runtime: Any, model: str) -> list[Result]:
                goal="≤ 10 ms"),
         Result(f"{label}: tokens/s via API, p50", rate, "tokens/s", rate_local,
                "in-process tokens/s, p50", rate / rate_local, "≥ 0.8×"),
+        Result(f"{label}: primary's generation, p50", statistics.median(primary), "ms",
+               statistics.median(local_total), "in-process generation, p50",
+               statistics.median(primary) / statistics.median(local_total)),
+        Result(f"{label}: content events per stream, p50", float(statistics.median(events)), "events",
+               float(MAX_TOKENS), "tokens per stream (at most)"),
         Result(f"{label}: verification lag, p50", float(statistics.median(lags)), "tokens"),
         Result(f"{label}: verification lag, p95", float(_percentile([float(x) for x in lags], 0.95)),
                "tokens"),
