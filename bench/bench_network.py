@@ -4,7 +4,9 @@ Rows:
 - registry complete, N = 5, 10, 20: seconds from starting a testnet the way ``veilnet testnet up``
   does (node 0 first, every other node given only node 0's address) until every node's registry
   lists every node. Baseline: the same for N = 1 (process start, imports, host, first bundle),
-  measured in the same run, so the ratio is what the network adds. Goal: N = 20 under 20 s.
+  measured in the same run, so the ratio is what the network adds. Goal: N = 20 under 20 s. And
+  the part of it after the last node is listening (what discovery, gossip and sync add once every
+  process has imported and started). Goal: N = 20 within 5 s.
 - re-announce propagation p50/p95: seconds from a node publishing a re-announced bundle to each
   other node accepting it (10 nodes re-announcing every 3 s; both timestamps come from the same
   clock). Baseline: fetching the same bundle directly over ``/veilnet/attest/1.0.0`` and
@@ -71,6 +73,7 @@ class Testnet:
         self.nodes: list[NodeProcess] = []
         self.http = httpx.Client(timeout=5.0)
         self.started_at = time.monotonic()
+        self.listening_s = 0.0
 
     def _overrides(self, index: int, config: NodeConfig) -> NodeConfig:
         return replace(config, log_level="WARNING")
@@ -95,6 +98,7 @@ class Testnet:
             self.nodes.append(start_node_process(index, path, args, code_root=self.code_root))
         for node in self.nodes[1:]:
             wait_for_info(node)
+        self.listening_s = time.monotonic() - started  # the last node is listening
         expected = {node.info["peer_id"] for node in self.nodes}
         while time.monotonic() - started < COMPLETE_TIMEOUT:
             if all(expected <= self.peer_ids(node) for node in self.nodes):
@@ -132,25 +136,26 @@ def _with_testnet(nodes: int, reannounce: int, body: Callable[[Testnet, float], 
 
 
 def _registry_complete() -> list[Result]:
-    times: dict[int, float] = {}
+    times: dict[int, tuple[float, float]] = {}  # size -> (complete, last node listening)
 
     def keep(size: int) -> Callable[[Testnet, float], None]:
-        return lambda _testnet, seconds: times.__setitem__(size, seconds)
+        return lambda testnet, seconds: times.__setitem__(size, (seconds, testnet.listening_s))
 
     for size in (1, *SIZES):
         _with_testnet(size, 60, keep(size))
-    return [
-        Result(
-            f"registry complete, {size} nodes",
-            times[size],
-            "s",
-            baseline=times[1],
-            baseline_name="1 node up with its own bundle",
-            ratio=times[size] / times[1],
+    rows: list[Result] = []
+    for size in SIZES:
+        complete, listening = times[size]
+        rows.append(Result(
+            f"registry complete, {size} nodes", complete, "s", baseline=times[1][0],
+            baseline_name="1 node up with its own bundle", ratio=complete / times[1][0],
             goal="< 20 s for 20 nodes" if size == 20 else "",
-        )
-        for size in SIZES
-    ]
+        ))
+        rows.append(Result(
+            f"registry complete after the last node listens, {size} nodes", complete - listening, "s",
+            goal="≤ 5 s for 20 nodes" if size == 20 else "",
+        ))
+    return rows
 
 
 def _propagation(testnet: Testnet, _complete: float) -> list[Result]:
