@@ -10,6 +10,12 @@ Rows:
 - tokens/s, p50: completion tokens / time to the last delta, same pair. Goal ≥ 0.9×.
 - k=3 verified cost: a non-streamed k=3 chat (primary + two teacher-forced verifier prefills)
   against the same request at k=1, wall time p50.
+- CPU per streamed token, a figure the machine's load hardly moves: every node process together
+  during the Veilnet streams against the engine's processes during the direct ones. The engine
+  shares the cores with the nodes here, so each CPU-ms Veilnet spends per token is taken from it.
+
+Each sample runs the Veilnet and the direct stream back to back, in alternating order, so neither
+always follows the k=3 chat (on a loaded 2-core machine the order alone moved a 3-sample p50).
 
 Needs the engine's interpreter: ``VEILNET_ENGINE_PYTHON`` (``make bench`` builds ``.venv-vllm``).
 """
@@ -34,7 +40,7 @@ from node.testnet import snapshot_code
 
 MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
 MAX_TOKENS = 64
-SAMPLES = int(quick(12, 3))
+SAMPLES = int(quick(12, 6))
 START_TIMEOUT = 900.0
 
 
@@ -138,14 +144,21 @@ def run() -> list[Result]:
                     network.stream_veilnet()
                     network.stream_direct()
                     network.chat(3)
-                via_first, via_rate, direct_first, direct_rate, k1, k3 = [], [], [], [], [], []
-                for _ in range(SAMPLES):
-                    first, last, tokens = network.stream_veilnet()
-                    via_first.append(first)
-                    via_rate.append(tokens / last)
-                    first, last, tokens = network.stream_direct()
-                    direct_first.append(first)
-                    direct_rate.append(tokens / last)
+                streams = {"veilnet": network.stream_veilnet, "direct": network.stream_direct}
+                pids = {"veilnet": [node.process.pid for node in network.nodes],
+                        "direct": _process_tree(engine.pid) if engine.pid is not None else []}
+                firsts: dict[str, list[float]] = {"veilnet": [], "direct": []}
+                rates: dict[str, list[float]] = {"veilnet": [], "direct": []}
+                cpu = {"veilnet": [0.0, 0.0], "direct": [0.0, 0.0]}  # CPU seconds, tokens
+                k1, k3 = [], []
+                for sample in range(SAMPLES):
+                    for path in ("veilnet", "direct") if sample % 2 == 0 else ("direct", "veilnet"):
+                        before = _cpu_seconds(pids[path])
+                        first, last, tokens = streams[path]()
+                        cpu[path][0] += _cpu_seconds(pids[path]) - before
+                        cpu[path][1] += tokens
+                        firsts[path].append(first)
+                        rates[path].append(tokens / last)
                     k1.append(network.chat(1))
                     k3.append(network.chat(3))
             finally:
@@ -153,10 +166,12 @@ def run() -> list[Result]:
     finally:
         runner.stop()
     ms = 1000.0
-    ttft, ttft_direct = statistics.median(via_first), statistics.median(direct_first)
-    rate, rate_direct = statistics.median(via_rate), statistics.median(direct_rate)
+    ttft, ttft_direct = statistics.median(firsts["veilnet"]), statistics.median(firsts["direct"])
+    rate, rate_direct = statistics.median(rates["veilnet"]), statistics.median(rates["direct"])
     one, three = statistics.median(k1), statistics.median(k3)
     startup = engine.last_start_s or 0.0
+    node_cpu = cpu["veilnet"][0] / max(1, cpu["veilnet"][1])
+    engine_cpu = cpu["direct"][0] / max(1, cpu["direct"][1])
     return [
         Result("vLLM backend k=1: time to first token via Veilnet, p50", ttft * ms, "ms", ttft_direct * ms,
                "same vLLM called directly, p50", ttft / ttft_direct, "≤ direct + 20 ms"),
@@ -166,5 +181,38 @@ def run() -> list[Result]:
                "same vLLM called directly, p50", rate / rate_direct, "≥ 0.9×"),
         Result("vLLM backend: k=3 verified chat, wall time p50", three * ms, "ms", one * ms, "k=1, p50",
                three / one, "cost of two verifier prefills"),
+        Result("vLLM backend k=1: CPU per streamed token, all Veilnet nodes", node_cpu * ms, "ms/token",
+               engine_cpu * ms, "the engine's processes, direct stream", node_cpu / engine_cpu,
+               "CPU taken from a co-located engine"),
         Result("vLLM engine start-up (supervised, until /v1/models serves)", startup, "s"),
     ]
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (vLLM's API server, engine core and worker processes)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, []))
+    return tree
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of ``pids`` so far (all their threads), from ``/proc/PID/stat``."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
