@@ -4,13 +4,17 @@ Nodes 0 and 1 serve SmolLM2 in-process (torch fp32); node 2 launches and supervi
 (bf16); node 3 attaches to the session's vLLM by URL and key. Every answer is cross-checked by
 verifiers of the other engine too (the router prefers the primary's class, and there are only two
 of each), so the answers agreeing is consensus across engines. Then node 2's engine is killed while
-it computes: the jobs fail over to other executors, and the node restarts its engine.
+it computes: the jobs fail over to other executors, and the node restarts its engine. Last, node 2's
+engine is killed during a live stream it serves: that stream ends with a typed error event, never
+a hang (the module ends without waiting for that second restart).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +33,8 @@ from tests.node.cluster import Cluster
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(1800)]  # a vLLM start takes minutes
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? One sentence."}]
+STORY = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
+SILENCE_S = 15.0  # a live stream that sends nothing for this long is taken as hanging
 
 
 class _EngineCluster(Cluster):
@@ -139,3 +145,58 @@ def test_a_killed_engine_fails_over_and_is_restarted(testnet: _EngineCluster, sm
     body = _chat(url, smollm2_dir.name, replicas=3)
     assert all(e["in_majority"] for e in body["veilnet"]["executors"] if e.get("failure") is None)
 
+
+
+def _live_stream(url: str, model: str, watched: str, streaming: threading.Event) -> dict[str, Any]:
+    """One live chat stream (k=1) read to its end, or to a silence of ``SILENCE_S``. Sets
+    ``streaming`` when ``watched`` (a peer id) is its primary and its text has begun."""
+    body = {"model": model, "messages": STORY, "max_tokens": 64, "stream": True,
+            "veilnet": {"replicas": 1, "deadline_s": 240}}
+    seen: dict[str, Any] = {"primary": None, "content": 0, "error": None, "done": False, "silent": False,
+                            "ended_at": None}
+    timeout = httpx.Timeout(SILENCE_S, connect=10.0)
+    try:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=timeout) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line == "data: [DONE]":
+                    seen["done"] = True
+                    break
+                if not line.startswith("data: {"):
+                    continue
+                event = json.loads(line[len("data: "):])
+                seen["primary"] = event["veilnet"].get("primary", seen["primary"])
+                if "error" in event:
+                    seen["error"], seen["ended_at"] = event["error"], time.monotonic()
+                elif event["choices"] and event["choices"][0]["delta"].get("content"):
+                    seen["content"] += 1
+                    if seen["primary"] == watched:
+                        streaming.set()
+    except httpx.ReadTimeout:
+        seen["silent"] = True  # a stream queued behind the others: the client leaves
+    return seen
+
+
+def test_an_engine_killed_during_a_live_stream_ends_it_with_a_typed_error(
+    testnet: _EngineCluster, smollm2_dir: Path
+) -> None:
+    node2 = testnet.nodes[2]
+    engine = next(iter(testnet.get(node2, "/veilnet/v1/node")["engines"].values()))
+    assert engine["ready"]
+    watched = node2.info["peer_id"]
+    streaming = threading.Event()
+    url = testnet.nodes[0].api_url
+    with ThreadPoolExecutor(6) as pool:
+        # six concurrent live streams over four executors: the router gives node 2 at least one
+        streams = [pool.submit(_live_stream, url, smollm2_dir.name, watched, streaming) for _ in range(6)]
+        testnet.wait_until(streaming.is_set, "a live stream from node 2's engine", 180, 0.02)
+        os.killpg(engine["pid"], signal.SIGKILL)  # the engine and its workers, mid-stream
+        killed_at = time.monotonic()
+        ended = [stream.result(timeout=300) for stream in streams]
+    killed = [s for s in ended if s["primary"] == watched and s["content"]]
+    assert killed, ended
+    for seen in killed:
+        # a typed error event, then [DONE], soon after the kill: never a silence, nor the deadline
+        assert seen["done"] and not seen["silent"] and seen["error"] is not None, seen
+        assert seen["error"]["code"] == "primary_failed", seen
+        assert seen["ended_at"] - killed_at < SILENCE_S, seen
