@@ -14,7 +14,8 @@ Rows:
 - the primary's generation time (its report's ``compute``) against the same generation
   in-process, and the content events (SSE deltas) per stream: what the primary's per-write cost
   and its pacing (``node.jobs.live_sender``) do to the model.
-- verification lag: generated − verified tokens on each delta, p50 and p95.
+- verification lag: generated − verified tokens on each delta, p50 and p95; and in ms, per
+  token, from its arrival at the client to the event that reported it verified.
 
 The four nodes share this machine's cores as ``veilnet testnet`` shares them
 (``node.testnet.shared_cores_env``: torch threads = cores ÷ nodes), and the in-process baseline
@@ -72,6 +73,8 @@ class _ChatNetwork(_Network):
                 "veilnet": {"replicas": 3}}
         first = last = None
         lags: list[int] = []
+        arrived: list[float] = []  # when token i reached the client
+        verified: list[float] = []  # when the client learnt that token i was verified
         tokens = 0
         primary_ms = math.nan
         started = time.perf_counter()
@@ -83,8 +86,10 @@ class _ChatNetwork(_Network):
                 if "error" in event:
                     raise RuntimeError(f"stream failed: {event['error']}")
                 progress = event.get("veilnet", {})
+                now = time.perf_counter()
+                arrived += [now] * (progress.get("generated_tokens", 0) - len(arrived))
+                verified += [now] * (progress.get("verified_tokens", 0) - len(verified))
                 if event["choices"] and event["choices"][0]["delta"].get("content"):
-                    now = time.perf_counter()
                     first = now if first is None else first
                     last = now
                     lags.append(progress["generated_tokens"] - progress["verified_tokens"])
@@ -94,7 +99,8 @@ class _ChatNetwork(_Network):
                     primary_ms = next(float(e["timings_ms"]["compute"]) for e in executors
                                       if e["role"] == "primary" and e["state"] == "revealed")
         assert first is not None and last is not None and tokens
-        return _Stream(first - started, last - started, tokens, lags, primary_ms)
+        lag_ms = [(v - a) * 1000.0 for a, v in zip(arrived, verified, strict=False)]
+        return _Stream(first - started, last - started, tokens, lags, lag_ms, primary_ms)
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,7 @@ class _Stream:
     last_s: float  # request sent → last content delta
     tokens: int
     lags: list[int]  # generated − verified tokens at each content delta (one per SSE event)
+    lag_ms: list[float]  # per token: from its arrival to the event that reported it verified
     primary_ms: float  # the primary's generation, from its start to its last write (the report)
 
 
@@ -138,13 +145,14 @@ def _measure(runtime: Any, model: str) -> list[Result]:
             network.start(executors=NODES - 1)
             for _ in range(3 if model == TINY else 1):
                 network.stream()
-            api_first, api_rate, local_first, local_rate, lags = [], [], [], [], []
+            api_first, api_rate, local_first, local_rate, lags, lag_ms = [], [], [], [], [], []
             events, primary, local_total = [], [], []
             for _ in range(SAMPLES[model]):
                 got = network.stream()
                 api_first.append(got.first_s)
                 api_rate.append(got.tokens / got.last_s)
                 lags.extend(got.lags)
+                lag_ms.extend(got.lag_ms)
                 events.append(len(got.lags))
                 primary.append(got.primary_ms)
                 first, total, tokens = _in_process(runtime)
@@ -172,4 +180,6 @@ def _measure(runtime: Any, model: str) -> list[Result]:
         Result(f"{label}: verification lag, p50", float(statistics.median(lags)), "tokens"),
         Result(f"{label}: verification lag, p95", float(_percentile([float(x) for x in lags], 0.95)),
                "tokens"),
+        Result(f"{label}: verification lag, p50", statistics.median(lag_ms), "ms"),
+        Result(f"{label}: verification lag, p95", _percentile(lag_ms, 0.95), "ms"),
     ]
