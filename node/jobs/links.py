@@ -118,11 +118,6 @@ class LinkPool:
         self.nursery: trio.Nursery | None = None
         self.streams_opened = 0
 
-    def existing(self, peer: bytes) -> JobLink | None:
-        """The peer's live link, or None (never opens one)."""
-        link = self._links.get(peer)
-        return None if link is None or link.broken else link
-
     async def get(self, peer: bytes) -> JobLink:
         """The peer's live link, opening one (within ``open_timeout_s``) if there is none."""
         link = self._links.get(peer)

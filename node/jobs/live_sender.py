@@ -53,9 +53,8 @@ class _TokenFeed:
         self._loop = trio.lowlevel.current_trio_token()
         self._lock = threading.Lock()
         self._items: list[tuple[int, str]] = []
-        self._done = False
         self._waiting: trio.Event | None = None
-        self._finished = trio.Event()
+        self._finished = trio.Event()  # set (on the loop) once the model thread has returned
 
     def push(self, token: int, text: str) -> None:
         """From the model thread: queue a token; wake the sender if it is idle waiting for one."""
@@ -69,10 +68,9 @@ class _TokenFeed:
 
     def close(self) -> None:
         """From the event loop, once the model thread has returned: what is left goes at once."""
-        with self._lock:
-            self._done = True
-            waiting, self._waiting = self._waiting, None
         self._finished.set()
+        with self._lock:
+            waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.set()
 
@@ -82,10 +80,11 @@ class _TokenFeed:
             with trio.move_on_after(pause):
                 await self._finished.wait()
         while True:
+            done = self._finished.is_set()
             with self._lock:
-                if self._done or self._items:
+                if done or self._items:
                     items, self._items = self._items, []
-                    return items, self._done
+                    return items, done
                 waiting = self._waiting = trio.Event()
             await waiting.wait()
 

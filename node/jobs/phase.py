@@ -82,7 +82,6 @@ class PhaseSpec:
     exclude: frozenset[bytes] = frozenset()
     voter: Voter | None = None  # None: the task's default voter
     needed: int | None = None
-    pipeline: bool = True  # ask for the reveal with the job (held until the reveal gate: jobflow rule 2)
     live: LiveSink | None = None  # a live chat primary: where its streamed tokens go
     rank_key: bytes | None = None  # rank executors on this random key instead of the job id (a
     # live stream's verification rounds share one, so the same verifiers extend their KV caches)
@@ -103,7 +102,6 @@ class Phase:
     infos: Mapping[bytes, ExecutorInfo]
     decode: Decoder
     challenge: bool
-    pipeline_reveal: bool = True  # the reveal request leaves with the job request
     live: LiveSink | None = None
     sessions: dict[bytes, JobSession] = field(default_factory=dict)
     timings: dict[bytes, dict[str, float]] = field(default_factory=dict)
@@ -118,7 +116,7 @@ class Phase:
             stream=isinstance(spec.job, GenerateInput) and spec.live is None,
             deadline_ms=int(spec.deadline * 1000),
             infos=spec.infos, decode=spec.decode, challenge=spec.challenge, started=now,
-            pipeline_reveal=spec.pipeline, live=spec.live,
+            live=spec.live,
         )
 
 

@@ -439,8 +439,9 @@ class Router:
                     if isinstance(action, Send):
                         nursery.start_soon(self._attempt, phase, action.peer_id, send)
                     elif isinstance(action, RequestReveal):
+                        # asked already, in the job's own write: the executor reveals right after
+                        # committing, and the flow holds what came early until this point
                         timeline.mark("router.reveal_requested", peer=action.peer_id)
-                        nursery.start_soon(self._request_reveal, phase, action.peer_id, send)
                 actions = []
                 wait = flow.next_deadline() - self._clock()
                 event = None
@@ -508,11 +509,8 @@ class Router:
                 live=True if phase.live is not None else None,
             )
             timeline.mark("router.sealed", peer=peer)
-            try:
-                if phase.pipeline_reveal:  # both in one write
-                    await link.send(request.to_wire(), RevealRequest(job_id=phase.job_id).to_wire())
-                else:
-                    await link.send(request.to_wire())
+            try:  # the job and its reveal request in one write (jobflow rule 2)
+                await link.send(request.to_wire(), RevealRequest(job_id=phase.job_id).to_wire())
                 link.jobs_sent += 1
                 timeline.mark("router.written", peer=peer)
             except Exception as exc:
@@ -586,19 +584,6 @@ class Router:
                 return
             await events.send(Failed(peer, Failure.MALFORMED, f"unexpected {message.TAG}"))
             return
-
-    async def _request_reveal(self, phase: Phase, peer: bytes, events: trio.MemorySendChannel[Any]) -> None:
-        if phase.pipeline_reveal:
-            return  # already asked together with the job
-        link = self.links.existing(peer)
-        if link is None:
-            await events.send(Failed(peer, Failure.CRASH, "job stream gone before the reveal"))
-            return
-        try:
-            await link.send(RevealRequest(job_id=phase.job_id).to_wire())
-            timeline.mark("router.reveal_request_written", peer=peer)
-        except Exception as exc:
-            await events.send(Failed(peer, Failure.CRASH, f"reveal request failed: {exc}"))
 
 
 def _second_commitment(
