@@ -5,7 +5,10 @@ The node that answers the API need not run the model; it counts with the model's
 serves, or the embedded all-MiniLM-L6-v2. Otherwise the count is unknown and ``usage`` says 0,
 as before. Counting runs in a worker thread (a tokenizer call on 2,048 inputs takes milliseconds
 to tens of them), alongside the job (``alongside``): a thread hop after the job was a scheduling
-round or two of the API's wall time (0.3–1.3 ms per request in issue 12's timeline).
+round or two of the API's wall time (0.3–1.3 ms per request in issue 12's timeline). Short inputs
+(``INLINE_CHARS`` in all, ~0.25 µs a character, so at most ~130 µs) are counted on the loop
+instead: the thread hop, its task and its GIL hand-offs cost more than the count (a 64-character
+text: 22 µs), and at saturation they were the API node's largest single cost after HTTP.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ __all__ = ["TokenCounter"]
 T = TypeVar("T")
 
 _EMBEDDED_WITH_FILES = "all-MiniLM-L6-v2"
+INLINE_CHARS = 512  # inputs this short (all texts together) are counted on the event loop
 
 
 class TokenCounter:
@@ -59,6 +63,21 @@ class TokenCounter:
                 self._tokenizers[model_id] = tokenizer
             return sum(len(encoding.ids) for encoding in tokenizer.encode_batch(texts))
 
+    def _count_inline(self, model_id: str, texts: list[str]) -> int | None:
+        """The count, if it is cheap enough for the loop: short input, tokenizer loaded, lock free
+        (a worker thread counting a large request holds it; never wait for it here)."""
+        if sum(len(text) for text in texts) > INLINE_CHARS or model_id not in self._tokenizers:
+            return None
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            tokenizer = self._tokenizers[model_id]
+            return sum(len(tokenizer.encode(text).ids) for text in texts)
+        except Exception:
+            return 0
+        finally:
+            self._lock.release()
+
     async def count(self, model_id: str, texts: list[str]) -> int:
         """Tokens in ``texts`` for ``model_id`` (special tokens included); 0 when unknown."""
         try:
@@ -71,6 +90,9 @@ class TokenCounter:
     ) -> tuple[T, int]:
         """(``await job()``, the token count of ``texts``), counting while the job runs. The job's
         exception propagates as it is (not in an exception group); the count is then dropped."""
+        inline = self._count_inline(model_id, texts)
+        if inline is not None:
+            return await job(), inline
         tokens = 0
 
         async def count() -> None:

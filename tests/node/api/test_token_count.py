@@ -48,3 +48,41 @@ async def test_an_unknown_model_counts_zero() -> None:
         return 7
 
     assert await _counter().alongside("other", ["hello"], job) == (7, 0)
+
+
+async def test_a_short_input_is_counted_on_the_loop_once_the_tokenizer_is_loaded() -> None:
+    counter = _counter()
+    expected = await counter.count("m", ["hello world", "two texts"])  # loads the tokenizer (a thread)
+
+    async def no_thread(model_id: str, texts: list[str]) -> int:
+        raise AssertionError("a short input went to a worker thread")
+
+    counter.count = no_thread  # type: ignore[method-assign]
+
+    async def job() -> str:
+        return "vectors"
+
+    assert await counter.alongside("m", ["hello world", "two texts"], job) == ("vectors", expected)
+
+
+async def test_a_long_input_or_a_busy_tokenizer_is_counted_in_a_thread() -> None:
+    counter = _counter()
+    short = ["hello world"]
+    expected_short = await counter.count("m", short)
+    long = ["word " * 200]  # over INLINE_CHARS
+    assert await counter.alongside("m", long, lambda: trio.sleep(0)) == (None, await counter.count("m", long))
+
+    # A worker thread holds the tokenizer's lock: the loop must not wait for it, so the short
+    # input goes to a thread too and is counted once the lock is free.
+    counter._lock.acquire()
+    result: list[tuple[None, int]] = []
+
+    async def run() -> None:
+        result.append(await counter.alongside("m", short, lambda: trio.sleep(0)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await trio.sleep(0.05)  # the loop runs on while the lock is held
+        assert not result  # not counted inline, past the lock
+        counter._lock.release()
+    assert result == [(None, expected_short)]
