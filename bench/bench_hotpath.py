@@ -52,12 +52,14 @@ def _pieces() -> list[tuple[str, Callable[[], object]]]:
     request = JobRequest(
         job_id=job_id, model_id=MODEL, task=Task.EMBEDDINGS, deadline_ms=deadline,
         client_pubkey=sealed.client_keys.public, executor_enc_pubkey=executor_keys.public,
-        sealed_input=sealed.envelope, mode=Mode.CONSENSUS, stream=False,
+        input_nonce=sealed.envelope.nonce, sealed_input=sealed.envelope.ciphertext, mode=Mode.CONSENSUS,
+        stream=False,
     )
     commitment = Commitment.create(identity, job_id=job_id, salt=salt, result_digest=result_digest(result),
                                    queue_ms=0, compute_ms=1)
+    sealed_result = seal_result(sealed.session, result)
     reveal = Reveal.create(identity, job_id=job_id, salt=salt, result_digest=result_digest(result),
-                           sealed_result=seal_result(sealed.session, result))
+                           result_nonce=sealed_result.nonce, sealed_result=sealed_result.ciphertext)
     wire_request, wire_reveal = request.to_wire(), reveal.to_wire()
 
     def seal_open_job() -> object:
@@ -74,7 +76,7 @@ def _pieces() -> list[tuple[str, Callable[[], object]]]:
                                  queue_ms=0, compute_ms=1)
         made.verify(expected_peer_id=identity.peer_id)
         shown = Reveal.create(identity, job_id=job_id, salt=salt, result_digest=result_digest(result),
-                              sealed_result=reveal.sealed_result)
+                              result_nonce=reveal.result_nonce, sealed_result=reveal.sealed_result)
         shown.verify(expected_peer_id=identity.peer_id)
         shown.check_against(made)
         return shown

@@ -1,7 +1,10 @@
 """Sealing throughput against raw XChaCha20-Poly1305 measured in the same run.
 
 Rows per payload size (1 KiB, 64 KiB, 1 MiB):
-- job envelope seal+open: fresh ephemeral X25519 key, two X25519 key agreements, KDF, AAD, AEAD;
+- job envelope seal+open (session): what the router and an executor do per job once their session
+  exists (X25519 cached on both sides): binding checks, per-job key derivation, AAD, a random nonce,
+  AEAD, on each side; the envelope is the (nonce, ciphertext) pair that goes on the wire as is;
+- job envelope seal+open (one-job key): the same with a fresh client key, so X25519 on both sides;
 - result envelope seal+open: the per-job session keys already exist (the common reply path);
 - baseline: one raw ``crypto_aead_xchacha20poly1305_ietf_encrypt`` + ``_decrypt`` of the same bytes
   (fixed key and nonce, no AAD: the cheapest correct-looking use of the primitive).

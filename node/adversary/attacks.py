@@ -1232,7 +1232,8 @@ def sealed_embeddings_jobs(bundle_bytes: bytes, texts: int, deadline_s: float = 
             deadline_ms=deadline_ms,
             client_pubkey=sealed.client_keys.public,
             executor_enc_pubkey=bundle.enc_pubkey,
-            sealed_input=sealed.envelope,
+            input_nonce=sealed.envelope.nonce,
+            sealed_input=sealed.envelope.ciphertext,
             mode=Mode.CONSENSUS,
             stream=False,
         )

@@ -88,7 +88,15 @@ from protocol.jobs.payloads import (
     decode_input,
 )
 from protocol.jobs.replay import ReplayError, ReplayWindow
-from protocol.sealing import EncryptionKeyPair, JobSession, SealingError, StreamSealer, open_job, seal_result
+from protocol.sealing import (
+    EncryptionKeyPair,
+    Envelope,
+    JobSession,
+    SealingError,
+    StreamSealer,
+    open_job,
+    seal_result,
+)
 
 if TYPE_CHECKING:
     # node.runtime imports torch; a node that serves no model must never load it, so runtime
@@ -355,7 +363,8 @@ class Executor:
             return _Refusal(ErrorCode.WRONG_KEY, "sealed to neither this epoch's nor the previous job key")
         try:
             opened = open_job(
-                req.sealed_input, recipient=keys, client_pubkey=req.client_pubkey, job_id=req.job_id,
+                Envelope(req.input_nonce, req.sealed_input), recipient=keys, client_pubkey=req.client_pubkey,
+                job_id=req.job_id,
                 model_id=req.model_id, deadline_ms=req.deadline_ms,
             )
         except SealingError as exc:
@@ -559,7 +568,8 @@ class Executor:
         sealed = seal_result(pending.session, pending.result_bytes)
         return Reveal.create(
             self.identity, job_id=pending.job_id, salt=pending.salt,
-            result_digest=result_digest(pending.result_bytes), sealed_result=sealed,
+            result_digest=result_digest(pending.result_bytes), result_nonce=sealed.nonce,
+            sealed_result=sealed.ciphertext,
         ).to_wire()
 
     async def _reveal(self, session: _Session, job_id: bytes) -> None:
@@ -588,7 +598,7 @@ class Executor:
             return
         sealer, opening = StreamSealer.start(pending.session)
         reveal = Reveal.create(self.identity, job_id=job_id, salt=pending.salt, result_digest=digest,
-                               sealed_result=opening)
+                               result_nonce=opening.nonce, sealed_result=opening.ciphertext)
         await session.send(reveal.to_wire())
         for piece in _chunk_text(pending.deltas, self.settings.stream_chunk_chars):
             await session.send(StreamChunk(job_id=job_id, data=sealer.push(piece.encode())).to_wire())

@@ -95,7 +95,9 @@ async def generate_live(
 ) -> tuple[GenerateResult, int, int]:
     """Stream ``job``'s generation to the client; returns (the result as sent, queue ms, compute ms)."""
     sealer, opening = StreamSealer.start(session)
-    unsent_opening: list[bytes] = [StreamChunk(job_id=job_id, data=opening).to_wire()]
+    unsent_opening: list[bytes] = [
+        StreamChunk(job_id=job_id, data=opening.ciphertext, opening_nonce=opening.nonce).to_wire()
+    ]
     feed = _TokenFeed()
     sent: list[int] = []
     texts: list[str] = []

@@ -13,7 +13,8 @@ from typing import Any
 import trio
 
 from protocol.jobs.live import LiveChunk, LiveChunkError, decode_live_chunk
-from protocol.sealing import JobSession, SealingError, StreamOpener
+from protocol.jobs.messages import StreamChunk
+from protocol.sealing import Envelope, JobSession, SealingError, StreamOpener
 
 __all__ = ["LiveTap", "TapBroken", "TapEnded", "TapTokens"]
 
@@ -56,31 +57,35 @@ class LiveTap:
         self._finished = False
         self.tokens = 0
 
-    def on_chunk(self, peer: bytes, session: JobSession, data: bytes) -> str | None:
+    def on_chunk(self, peer: bytes, session: JobSession, chunk: StreamChunk) -> str | None:
         if self.owner is None:
             self.owner = peer
         elif peer != self.owner:
             return "another primary already streams this job"
         try:
             if self._opener is None:
-                self._opener = StreamOpener.start(session, data)
+                if chunk.opening_nonce is None:
+                    raise LiveChunkError("no_opening", "the first chunk of a live stream is its opening")
+                self._opener = StreamOpener.start(session, Envelope(chunk.opening_nonce, chunk.data))
                 return None
+            if chunk.opening_nonce is not None:
+                raise LiveChunkError("second_opening", "a second opening inside a live stream")
             if self._finished:
                 raise LiveChunkError("after_final", "a chunk after the FINAL one")
-            plaintext = self._opener.pull(data)
+            plaintext = self._opener.pull(chunk.data)
             if self._opener.finished:
                 if plaintext:
                     raise LiveChunkError("bad_final", "the FINAL chunk must be empty")
                 self._finished = True
                 self._inbox.send_nowait(TapEnded(peer))
                 return None
-            chunk = decode_live_chunk(plaintext)
+            tokens = decode_live_chunk(plaintext)
         except (SealingError, LiveChunkError) as exc:
             why = str(exc)
             self._inbox.send_nowait(TapBroken(peer, f"the primary's stream is broken: {why}"))
             return why
-        self.tokens += len(chunk.tokens)
-        self._inbox.send_nowait(TapTokens(peer, chunk))
+        self.tokens += len(tokens.tokens)
+        self._inbox.send_nowait(TapTokens(peer, tokens))
         return None
 
     def on_failure(self, peer: bytes, why: str) -> None:

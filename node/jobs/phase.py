@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from node.jobs.network_view import ExecutorInfo
 from protocol.jobs.jobflow import Failure, Voter
-from protocol.jobs.messages import Commitment, Mode, Task
+from protocol.jobs.messages import Commitment, Mode, StreamChunk, Task
 from protocol.jobs.offences import OffenceKind
 from protocol.jobs.payloads import GenerateInput, JobInput
 from protocol.sealing import JobSession
@@ -35,7 +35,7 @@ Decoder = Callable[[bytes], Any]  # result plaintext → comparator value (raise
 class LiveSink(Protocol):
     """Receives a live primary's stream chunks as they arrive (``node.jobs.chat_stream``)."""
 
-    def on_chunk(self, peer: bytes, session: JobSession, data: bytes) -> str | None:
+    def on_chunk(self, peer: bytes, session: JobSession, chunk: StreamChunk) -> str | None:
         """Take one sealed chunk; a string says why the stream is broken (the attempt fails)."""
 
     def on_failure(self, peer: bytes, why: str) -> None:

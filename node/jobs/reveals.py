@@ -24,7 +24,7 @@ from protocol.jobs.jobflow import Failure
 from protocol.jobs.messages import Commitment, MessageError, Reveal, StreamChunk, result_digest
 from protocol.jobs.offences import OffenceKind
 from protocol.jobs.payloads import GenerateResult, PayloadError, decode_result
-from protocol.sealing import JobSession, SealingError, StreamOpener, open_result
+from protocol.sealing import Envelope, JobSession, SealingError, StreamOpener, open_result
 
 __all__ = ["ResultStreamError", "open_reveal", "read_result_stream"]
 
@@ -53,11 +53,12 @@ async def open_reveal(
         if statement and reveal_wire:
             proof = Misbehaviour(OffenceKind.BAD_REVEAL, phase.job_id, peer, statement, reveal_wire)
         return Failed(peer, Failure.BAD_REVEAL, f"reveal: {exc}", proof)
+    sealed = Envelope(reveal.result_nonce, reveal.sealed_result)
     try:
         if phase.stream:
-            plaintext = await read_result_stream(session, reveal.sealed_result, receive)
+            plaintext = await read_result_stream(session, sealed, receive)
         else:
-            plaintext = open_result(session, reveal.sealed_result)
+            plaintext = open_result(session, sealed)
     except (SealingError, ResultStreamError) as exc:
         return Failed(peer, Failure.BAD_REVEAL, f"sealed result: {exc}")
     digest = result_digest(plaintext)  # computed here, never taken from the executor
@@ -69,7 +70,7 @@ async def open_reveal(
 
 
 async def read_result_stream(
-    session: JobSession, opening: bytes, receive: trio.MemoryReceiveChannel[Any]
+    session: JobSession, opening: Envelope, receive: trio.MemoryReceiveChannel[Any]
 ) -> bytes:
     """Text deltas, then the full result as the FINAL chunk; the deltas must spell its text."""
     opener = StreamOpener.start(session, opening)
@@ -77,6 +78,8 @@ async def read_result_stream(
     async for message, _frame in receive:
         if not isinstance(message, StreamChunk):
             raise ResultStreamError(f"unexpected {getattr(message, 'TAG', 'end')} inside a result stream")
+        if message.opening_nonce is not None:  # the opening came in the reveal; only live streams send one
+            raise ResultStreamError("a second stream opening inside a result stream")
         plaintext = opener.pull(message.data)
         if not opener.finished:
             try:

@@ -505,7 +505,8 @@ class Router:
             request = JobRequest(
                 job_id=phase.job_id, model_id=phase.model_id, task=phase.task, deadline_ms=phase.deadline_ms,
                 client_pubkey=sealed.client_keys.public, executor_enc_pubkey=info.enc_pubkey,
-                sealed_input=sealed.envelope, mode=phase.mode, stream=phase.stream,
+                input_nonce=sealed.envelope.nonce, sealed_input=sealed.envelope.ciphertext, mode=phase.mode,
+                stream=phase.stream,
                 live=True if phase.live is not None else None,
             )
             timeline.mark("router.sealed", peer=peer)
@@ -547,7 +548,7 @@ class Router:
                 await events.send(Failed(peer, failure, f"{message.code.value}: {message.message}"))
                 return
             if live is not None and commitment is None and isinstance(message, StreamChunk):
-                why = live.on_chunk(peer, session, message.data)
+                why = live.on_chunk(peer, session, message)
                 if why is not None:
                     await events.send(Failed(peer, Failure.MALFORMED, f"live stream: {why}"))
                     return

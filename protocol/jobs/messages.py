@@ -53,6 +53,8 @@ __all__ = [
     "NONCE_LEN",
     "PROTOCOL_VERSION",
     "SALT_LEN",
+    "SEAL_NONCE_LEN",
+    "SEAL_TAG_LEN",
     "SIG_LEN",
     "ChallengeRequest",
     "ChallengeResponse",
@@ -73,19 +75,22 @@ __all__ = [
     "result_hasher",
 ]
 
-PROTOCOL_VERSION = 1
+# 2: envelopes travel as two fields, the random nonce apart from the ciphertext (docs/protocol/sealing.md)
+PROTOCOL_VERSION = 2
 
 JOB_ID_LEN = 16
 KEY_LEN = 32  # X25519 public keys
 HASH_LEN = 32  # SHA-256 digests: commitments, result digests
 SALT_LEN = 32
 NONCE_LEN = 32  # challenge nonces
+SEAL_NONCE_LEN = 24  # an envelope's XChaCha20-Poly1305 nonce (protocol.sealing)
+SEAL_TAG_LEN = 16  # its Poly1305 tag: the shortest ciphertext
 SIG_LEN = 64
 
 MAX_MODEL_ID = 128
 MAX_ERROR_MESSAGE = 1024  # characters
 MAX_KIND = 64
-MAX_SEALED = 4 << 20  # a sealed job input or result envelope
+MAX_SEALED = 4 << 20  # the ciphertext of a sealed job input or result envelope
 MAX_EVIDENCE = 1 << 20  # an opaque attestation evidence blob in a challenge response
 MAX_STREAM_CHUNK = (1 << 20) + 17  # one secretstream chunk: 1 MiB plaintext + secretstream overhead
 MAX_MESSAGE_SIZE = MAX_SEALED + (64 << 10)  # room for every other field of the largest message
@@ -151,11 +156,15 @@ def _bad(name: str, why: str) -> MessageError:
     return MessageError("bad_field", f"{name}: {why}")
 
 
-def _bytes(name: str, value: Any, *, exact: int | None = None, max_len: int | None = None) -> bytes:
+def _bytes(
+    name: str, value: Any, *, exact: int | None = None, min_len: int = 0, max_len: int | None = None
+) -> bytes:
     if not isinstance(value, bytes):
         raise _bad(name, f"expected bytes, got {type(value).__name__}")
     if exact is not None and len(value) != exact:
         raise _bad(name, f"expected {exact} bytes, got {len(value)}")
+    if len(value) < min_len:
+        raise _bad(name, f"{len(value)} bytes is shorter than {min_len}")
     if max_len is not None and len(value) > max_len:
         raise _bad(name, f"{len(value)} bytes exceeds {max_len}")
     return value
@@ -218,7 +227,8 @@ _Key = Annotated[bytes, partial(_bytes, exact=KEY_LEN)]
 _Hash = Annotated[bytes, partial(_bytes, exact=HASH_LEN)]
 _Salt = Annotated[bytes, partial(_bytes, exact=SALT_LEN)]
 _Nonce = Annotated[bytes, partial(_bytes, exact=NONCE_LEN)]
-_Sealed = Annotated[bytes, partial(_bytes, max_len=MAX_SEALED)]
+_SealNonce = Annotated[bytes, partial(_bytes, exact=SEAL_NONCE_LEN)]
+_Sealed = Annotated[bytes, partial(_bytes, min_len=SEAL_TAG_LEN, max_len=MAX_SEALED)]
 _Evidence = Annotated[bytes, partial(_bytes, max_len=MAX_EVIDENCE)]
 _ChunkData = Annotated[bytes, partial(_bytes, max_len=MAX_STREAM_CHUNK)]
 _ModelId = Annotated[str, partial(_str, max_len=MAX_MODEL_ID, pattern=_MODEL_ID_RE)]
@@ -382,9 +392,10 @@ class _Signed(_Message):
 class JobRequest(_Message):
     """Client → executor: a job whose inputs are sealed to the executor's attested epoch key.
 
-    ``client_pubkey`` is the per-envelope ephemeral X25519 key (results are sealed back to it);
-    ``sealed_input`` is a ``protocol.sealing`` job envelope whose AAD binds job id, model id, both
-    keys and the deadline, so none of those clear-text fields can be altered in transit. ``live``
+    ``client_pubkey`` is the client's session X25519 key (results are sealed back to it);
+    ``input_nonce`` and ``sealed_input`` are a ``protocol.sealing`` job envelope (its nonce and its
+    ciphertext) whose AAD binds job id, model id, both keys and the deadline, so none of those
+    clear-text fields can be altered in transit. ``live``
     (omitted when false) asks a chat primary to stream its tokens while it generates.
     """
 
@@ -395,6 +406,7 @@ class JobRequest(_Message):
     deadline_ms: _TimestampMs
     client_pubkey: _Key
     executor_enc_pubkey: _Key
+    input_nonce: _SealNonce
     sealed_input: _Sealed
     mode: _Mode
     stream: _Flag
@@ -453,11 +465,11 @@ class RevealRequest(_Message):
 
 @dataclass(frozen=True)
 class Reveal(_Signed):
-    """Executor → client: the salt and the result sealed to the client's ephemeral key.
+    """Executor → client: the salt and the result sealed to the client's session key.
 
-    For ``stream=True`` jobs ``sealed_result`` is a secretstream opening (``sealing.StreamSealer``)
-    and the result follows as ``StreamChunk`` messages; ``result_digest`` is always over the whole
-    plaintext result.
+    ``result_nonce`` and ``sealed_result`` are a result envelope (its nonce and its ciphertext). For
+    ``stream=True`` jobs they are a secretstream opening (``sealing.StreamSealer``) and the result
+    follows as ``StreamChunk`` messages; ``result_digest`` is always over the whole plaintext result.
     """
 
     TAG: ClassVar[str] = "reveal"
@@ -466,15 +478,24 @@ class Reveal(_Signed):
     peer_id: _PeerId
     salt: _Salt
     result_digest: _Hash
+    result_nonce: _SealNonce
     sealed_result: _Sealed
     sig: _Signature
 
     @classmethod
     def create(
-        cls, identity: Identity, *, job_id: bytes, salt: bytes, result_digest: bytes, sealed_result: bytes
+        cls,
+        identity: Identity,
+        *,
+        job_id: bytes,
+        salt: bytes,
+        result_digest: bytes,
+        result_nonce: bytes,
+        sealed_result: bytes,
     ) -> Reveal:
         return cls._signed(
-            identity, job_id=job_id, salt=salt, result_digest=result_digest, sealed_result=sealed_result
+            identity, job_id=job_id, salt=salt, result_digest=result_digest, result_nonce=result_nonce,
+            sealed_result=sealed_result,
         )
 
     def check_against(self, commitment: Commitment) -> None:
@@ -491,11 +512,17 @@ class Reveal(_Signed):
 
 @dataclass(frozen=True)
 class StreamChunk(_Message):
-    """Executor → client: one secretstream chunk of a streamed, sealed result (ordered)."""
+    """Executor → client: one secretstream chunk of a streamed, sealed result (ordered).
+
+    A live stream (``protocol.jobs.live``) starts with a chunk that carries its opening instead:
+    ``opening_nonce`` and ``data`` are then the opening envelope's nonce and ciphertext.
+    ``opening_nonce`` is omitted from every other chunk.
+    """
 
     TAG: ClassVar[str] = "stream_chunk"
     job_id: _JobId
     data: _ChunkData
+    opening_nonce: _SealNonce | None = None
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@ from protocol.sealing import (
     ENVELOPE_OVERHEAD,
     MAX_PLAINTEXT,
     MAX_STREAM_PLAINTEXT,
+    NONCE_LEN,
     ClientKeys,
     EncryptionKeyPair,
+    Envelope,
     JobBinding,
     SealedJob,
     SealingError,
@@ -50,7 +52,7 @@ def seal(payload: bytes = b"the prompt") -> SealedJob:
     return seal_job(payload, recipient_pubkey=EXECUTOR.public, **BINDING)
 
 
-def open_as_executor(sealed: SealedJob, envelope: bytes | None = None, **changes: Any) -> bytes:
+def open_as_executor(sealed: SealedJob, envelope: Any = None, **changes: Any) -> bytes:
     kwargs: dict[str, Any] = {"recipient": EXECUTOR, "client_pubkey": sealed.client_keys.public, **BINDING}
     kwargs.update(changes)
     return open_job(sealed.envelope if envelope is None else envelope, **kwargs).payload
@@ -60,13 +62,29 @@ def reason(exc: pytest.ExceptionInfo[SealingError]) -> str:
     return exc.value.reason
 
 
+def flipped(envelope: Envelope, bit: int) -> list[Envelope]:
+    """The envelope with one bit flipped, for each byte of its nonce and of its ciphertext."""
+    out = []
+    for i in range(len(envelope.nonce)):
+        nonce = bytearray(envelope.nonce)
+        nonce[i] ^= bit
+        out.append(Envelope(bytes(nonce), envelope.ciphertext))
+    for i in range(len(envelope.ciphertext)):
+        body = bytearray(envelope.ciphertext)
+        body[i] ^= bit
+        out.append(Envelope(envelope.nonce, bytes(body)))
+    return out
+
+
 # --- envelopes ------------------------------------------------------------------------------------
 
 
 @given(st.binary(max_size=2048))
 def test_job_and_result_round_trip(payload: bytes) -> None:
     sealed = seal(payload)
-    assert len(sealed.envelope) == len(payload) + ENVELOPE_OVERHEAD
+    assert isinstance(sealed.envelope, Envelope)
+    assert len(sealed.envelope.nonce) == NONCE_LEN
+    assert len(sealed.envelope.ciphertext) == len(payload) + ENVELOPE_OVERHEAD == len(payload) + 16
     opened = open_job(sealed.envelope, recipient=EXECUTOR, client_pubkey=sealed.client_keys.public, **BINDING)
     assert opened.payload == payload
     assert opened.session == sealed.session  # both ends derive the same result key and binding
@@ -76,15 +94,15 @@ def test_job_and_result_round_trip(payload: bytes) -> None:
 def test_every_envelope_is_fresh() -> None:
     a, b = seal(), seal()
     assert a.client_keys.public != b.client_keys.public
-    assert a.envelope[:24] != b.envelope[:24]
+    assert a.envelope.nonce != b.envelope.nonce
     assert a.session.result_key != b.session.result_key
     opened = open_job(a.envelope, recipient=EXECUTOR, client_pubkey=a.client_keys.public, **BINDING)
     r1, r2 = seal_result(opened.session, b"same"), seal_result(opened.session, b"same")
-    assert r1[:24] != r2[:24] and r1 != r2
+    assert r1.nonce != r2.nonce and r1.ciphertext != r2.ciphertext
 
 
 def test_aad_is_the_canonical_binding() -> None:
-    aad = job_aad(JobBinding(JOB_ID, MODEL, DEADLINE), b"\x01" * 32, b"\x02" * 32, "job")
+    aad = job_aad(JobBinding.checked(JOB_ID, MODEL, DEADLINE), b"\x01" * 32, b"\x02" * 32, "job")
     assert decode(aad) == {
         "client_pubkey": b"\x01" * 32,
         "deadline_ms": DEADLINE,
@@ -92,29 +110,26 @@ def test_aad_is_the_canonical_binding() -> None:
         "executor_pubkey": b"\x02" * 32,
         "job_id": JOB_ID,
         "model_id": MODEL,
-        "v": 1,
+        "v": 2,
     }
 
 
 def test_each_flipped_byte_of_an_envelope_is_refused() -> None:
     sealed = seal(b"tiny")
-    for i in range(len(sealed.envelope)):
-        for bit in (0x01, 0x80):
-            tampered = bytearray(sealed.envelope)
-            tampered[i] ^= bit
+    for bit in (0x01, 0x80):
+        for i, tampered in enumerate(flipped(sealed.envelope, bit)):
             with pytest.raises(SealingError) as info:
-                open_as_executor(sealed, bytes(tampered))
+                open_as_executor(sealed, tampered)
             assert reason(info) == "decrypt_failed", i
 
 
 def test_each_flipped_byte_of_a_result_envelope_is_refused() -> None:
     sealed = seal()
     envelope = seal_result(sealed.session, b"result")
-    for i in range(len(envelope)):
-        tampered = bytearray(envelope)
-        tampered[i] ^= 0x04
-        with pytest.raises(SealingError):
-            open_result(sealed.session, bytes(tampered))
+    for tampered in flipped(envelope, 0x04):
+        with pytest.raises(SealingError) as info:
+            open_result(sealed.session, tampered)
+        assert reason(info) == "decrypt_failed"
 
 
 @pytest.mark.parametrize(
@@ -142,12 +157,21 @@ def test_wrong_recipient_is_refused() -> None:
 
 def test_truncated_and_extended_envelopes_are_refused() -> None:
     sealed = seal(b"a payload")
-    for n in range(len(sealed.envelope)):
+    nonce, body = sealed.envelope
+    for n in range(len(body)):
         with pytest.raises(SealingError) as info:
-            open_as_executor(sealed, sealed.envelope[:n])
+            open_as_executor(sealed, Envelope(nonce, body[:n]))
         assert reason(info) == ("truncated" if n < ENVELOPE_OVERHEAD else "decrypt_failed")
-    with pytest.raises(SealingError):
-        open_as_executor(sealed, sealed.envelope + b"\x00")
+    with pytest.raises(SealingError) as info:
+        open_as_executor(sealed, Envelope(nonce, body + b"\x00"))
+    assert reason(info) == "decrypt_failed"
+    for bad_nonce in (nonce[:-1], nonce + b"\x00", b""):
+        with pytest.raises(SealingError) as info:
+            open_as_executor(sealed, Envelope(bad_nonce, body))
+        assert reason(info) == "bad_nonce"
+    with pytest.raises(SealingError) as info:
+        open_as_executor(sealed, Envelope(nonce, bytes(MAX_PLAINTEXT + ENVELOPE_OVERHEAD + 1)))
+    assert reason(info) == "too_large"
 
 
 def test_directions_do_not_mix() -> None:
@@ -204,7 +228,12 @@ def test_argument_checks() -> None:
         seal_job(bytes(MAX_PLAINTEXT + 1), recipient_pubkey=EXECUTOR.public, **BINDING)
     assert reason(info) == "too_large"
     sealed = seal(b"v")
-    assert open_as_executor(sealed, bytearray(sealed.envelope)) == b"v"  # type: ignore[arg-type]
+    nonce, body = sealed.envelope
+    assert open_as_executor(sealed, (bytearray(nonce), memoryview(body))) == b"v"
+    for not_a_pair in (nonce + body, "ab", (nonce,), (nonce, body, b""), (nonce, "text"), 42):
+        with pytest.raises(SealingError) as info:
+            open_as_executor(sealed, not_a_pair)
+        assert reason(info) == "bad_argument", not_a_pair
 
 
 def test_largest_payload_round_trips() -> None:
@@ -223,10 +252,10 @@ def test_key_pairs() -> None:
     assert "result_key" not in repr(seal().session)
 
 
-@given(st.binary(max_size=120))
-def test_open_job_on_arbitrary_bytes_raises_only_sealing_error(envelope: bytes) -> None:
+@given(st.binary(max_size=40), st.binary(max_size=120))
+def test_open_job_on_arbitrary_bytes_raises_only_sealing_error(nonce: bytes, body: bytes) -> None:
     with pytest.raises(SealingError):
-        open_job(envelope, recipient=EXECUTOR, client_pubkey=OTHER_EXECUTOR.public, **BINDING)
+        open_job(Envelope(nonce, body), recipient=EXECUTOR, client_pubkey=OTHER_EXECUTOR.public, **BINDING)
 
 
 # --- streams --------------------------------------------------------------------------------------
@@ -391,52 +420,105 @@ def test_stream_opener_on_arbitrary_chunks_raises_only_sealing_error(chunks: lis
 # --- interoperability: docs/protocol/sealing.md re-implemented with raw primitives ----------------
 
 
+def documented_keys(c_pk: bytes, e_pk: bytes, shared: bytes, job_id: bytes = JOB_ID) -> tuple[bytes, bytes]:
+    """(k_job, k_result) exactly as docs/protocol/sealing.md gives them (hashlib, not the library)."""
+    k_session = hashlib.blake2b(
+        b"veilnet/seal/v3/session\x00" + c_pk + e_pk, key=shared, digest_size=32
+    ).digest()
+    keys = hashlib.blake2b(b"veilnet/seal/v3/job\x00" + job_id, key=k_session, digest_size=64).digest()
+    return keys[:32], keys[32:]
+
+
+def documented_aad(direction: str, c_pk: bytes, e_pk: bytes, version: int = 2) -> bytes:
+    return encode(
+        {
+            "v": version,
+            "dir": direction,
+            "job_id": JOB_ID,
+            "model_id": MODEL,
+            "client_pubkey": c_pk,
+            "executor_pubkey": e_pk,
+            "deadline_ms": DEADLINE,
+        }
+    )
+
+
 def test_envelopes_match_the_documented_construction() -> None:
     sealed = seal(b"documented")
     c_pk, e_pk = sealed.client_keys.public, EXECUTOR.public
-    shared = sodium.crypto_scalarmult(EXECUTOR.secret, c_pk)
-    k_session = hashlib.blake2b(
-        b"veilnet/seal/v2/session\x00" + c_pk + e_pk, key=shared, digest_size=32
-    ).digest()
-    k_job = hashlib.blake2b(b"veilnet/seal/v2/job\x00" + JOB_ID, key=k_session, digest_size=32).digest()
-    k_result = hashlib.blake2b(b"veilnet/seal/v2/result\x00" + JOB_ID, key=k_session, digest_size=32).digest()
+    k_job, k_result = documented_keys(c_pk, e_pk, sodium.crypto_scalarmult(EXECUTOR.secret, c_pk))
 
     def aad(direction: str) -> bytes:
-        return encode(
-            {
-                "v": 1,
-                "dir": direction,
-                "job_id": JOB_ID,
-                "model_id": MODEL,
-                "client_pubkey": c_pk,
-                "executor_pubkey": e_pk,
-                "deadline_ms": DEADLINE,
-            }
-        )
+        return documented_aad(direction, c_pk, e_pk)
 
-    nonce, body = sealed.envelope[:24], sealed.envelope[24:]
+    nonce, body = sealed.envelope
     assert sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(body, aad("job"), nonce, k_job) == b"documented"
     result = seal_result(sealed.session, b"answer")
     plain = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
-        result[24:], aad("result"), result[:24], k_result
+        result.ciphertext, aad("result"), result.nonce, k_result
     )
     assert plain == b"answer"
     # and an envelope built by hand from the page opens with the library
     mine_nonce = b"\x09" * 24
-    mine = mine_nonce + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+    mine = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
         b"hand made", aad("result"), mine_nonce, k_result
     )
-    assert open_result(sealed.session, mine) == b"hand made"
+    assert open_result(sealed.session, (mine_nonce, mine)) == b"hand made"
     # stream opening: key ‖ header under k_result, dir "stream"; chunks are plain secretstream
     sealer, opening = StreamSealer.start(sealed.session)
-    assert len(opening) == 96
+    assert (len(opening.nonce), len(opening.ciphertext)) == (24, 72)
     secret = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
-        opening[24:], aad("stream"), opening[:24], k_result
+        opening.ciphertext, aad("stream"), opening.nonce, k_result
     )
     state = sodium.crypto_secretstream_xchacha20poly1305_state()
     sodium.crypto_secretstream_xchacha20poly1305_init_pull(state, secret[32:], secret[:32])
     assert sodium.crypto_secretstream_xchacha20poly1305_pull(state, sealer.push(b"c1"), None) == (b"c1", 0)
     assert sodium.crypto_secretstream_xchacha20poly1305_pull(state, sealer.final(b""), None) == (b"", 3)
+
+
+# Test vector (docs/protocol/sealing.md): fixed keys, job, nonces → the exact bytes on the wire.
+VECTOR_CLIENT = EncryptionKeyPair.from_secret(bytes(range(32, 64)))
+VECTOR = {
+    "client_pubkey": "358072d6365880d1aeea329adf9121383851ed21a28e3b75e965d0d2cd166254",
+    "executor_pubkey": "132c442be010fbd57e72603328aa76e71fccc1503aae219327d14d9c9993f472",
+    "k_job": "deac6bd97a2601e8541da8bc5950ac0550a2c710cc91d56ac47530445dccd831",
+    "k_result": "ae0126b2d8100f4bc66ef2dec931cf01cfd0cf7a5a113fefb805d625dffacd49",
+    "aad_job": (
+        "87ad636c69656e745f7075626b6579c420358072d6365880d1aeea329adf9121383851ed21a28e3b75e965d0d2cd1662"
+        "54ab646561646c696e655f6d73cf000001a3185c5000a3646972a36a6f62af6578656375746f725f7075626b6579c420"
+        "132c442be010fbd57e72603328aa76e71fccc1503aae219327d14d9c9993f472a66a6f625f6964c41000010203040506"
+        "0708090a0b0c0d0e0fa86d6f64656c5f6964d949766e2d6d6f64656c3a63646364636463646364636463646364636463"
+        "646364636463646364636463646364636463646364636463646364636463646364636463646364636463646364a17602"
+    ),
+    # input_nonce = 09 × 24, plaintext "veilnet job vector"
+    "sealed_input": "4a9a1c4e7fef21fed28561b8dbacc23e4b8c480e3ce88f3bbf04be2060252a16276c",
+    # result_nonce = 0a × 24, plaintext "veilnet result vector"
+    "sealed_result": "33945407e4f0c95b01070af9db3fc26c2c3e6d509aa84c906d75f4617bd0685d3c7672f554",
+}
+
+
+def test_the_test_vector() -> None:
+    c_pk, e_pk = VECTOR_CLIENT.public, EXECUTOR.public
+    assert (c_pk.hex(), e_pk.hex()) == (VECTOR["client_pubkey"], VECTOR["executor_pubkey"])
+    k_job, k_result = documented_keys(c_pk, e_pk, sodium.crypto_scalarmult(VECTOR_CLIENT.secret, e_pk))
+    assert (k_job.hex(), k_result.hex()) == (VECTOR["k_job"], VECTOR["k_result"])
+    aad = job_aad(JobBinding.checked(JOB_ID, MODEL, DEADLINE), c_pk, e_pk, "job")
+    assert aad.hex() == documented_aad("job", c_pk, e_pk).hex() == VECTOR["aad_job"]
+    sealed_input = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        b"veilnet job vector", aad, b"\x09" * 24, k_job
+    )
+    assert sealed_input.hex() == VECTOR["sealed_input"]
+    # the library opens the vector's envelopes, on both sides
+    opened = open_job(
+        Envelope(b"\x09" * 24, bytes.fromhex(VECTOR["sealed_input"])), recipient=EXECUTOR, client_pubkey=c_pk,
+        **BINDING,
+    )
+    assert opened.payload == b"veilnet job vector"
+    assert opened.session.result_key.hex() == VECTOR["k_result"]
+    sealed = seal_job(b"x", recipient_pubkey=e_pk, client_keys=VECTOR_CLIENT, **BINDING)
+    result = Envelope(b"\x0a" * 24, bytes.fromhex(VECTOR["sealed_result"]))
+    assert open_result(sealed.session, result) == b"veilnet result vector"
+    assert open_result(opened.session, result) == b"veilnet result vector"
 
 
 # --- sessions: one client key for many jobs, every job its own keys ------------------------------
@@ -449,7 +531,7 @@ def test_jobs_of_one_session_share_the_client_key_but_not_their_keys() -> None:
     second = seal_job(b"two", recipient_pubkey=EXECUTOR.public, client_keys=ring, **other_id)
     assert first.client_keys.public == second.client_keys.public
     assert first.session.result_key != second.session.result_key  # per-job keys from the job id
-    assert first.envelope[:24] != second.envelope[:24]  # fresh random nonces
+    assert first.envelope.nonce != second.envelope.nonce  # fresh random nonces
     assert open_as_executor(first) == b"one"
     assert open_as_executor(second, **other_id) == b"two"
     # an envelope of one job does not open as another job of the same session
@@ -477,8 +559,41 @@ def test_a_version_1_envelope_is_refused() -> None:
     )
     nonce = b"\x05" * 24
     envelope = nonce + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(b"old", aad, nonce, k_job_v1)
+    with pytest.raises(SealingError) as exc:  # as it came: one blob, not a (nonce, ciphertext) pair
+        open_job(envelope, recipient=EXECUTOR, client_pubkey=c_pk, **BINDING)  # type: ignore[arg-type]
+    assert reason(exc) == "bad_argument"
+    with pytest.raises(SealingError) as exc:  # split as version 3 carries it: other keys, other AAD
+        open_job(Envelope(envelope[:24], envelope[24:]), recipient=EXECUTOR, client_pubkey=c_pk, **BINDING)
+    assert reason(exc) == "decrypt_failed"
+
+
+def test_a_version_2_envelope_is_refused() -> None:
+    """Version 2 (nonce ‖ ciphertext in one field, k_job and k_result from two BLAKE2b-256 under
+    the v2 labels, AAD "v": 1) does not open either way it could arrive."""
+    client = EncryptionKeyPair.generate()
+    c_pk, e_pk = client.public, EXECUTOR.public
+    shared = sodium.crypto_scalarmult(client.secret, e_pk)
+    k_session = hashlib.blake2b(
+        b"veilnet/seal/v2/session\x00" + c_pk + e_pk, key=shared, digest_size=32
+    ).digest()
+    k_job_v2 = hashlib.blake2b(b"veilnet/seal/v2/job\x00" + JOB_ID, key=k_session, digest_size=32).digest()
+    nonce = b"\x06" * 24
+    envelope = nonce + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        b"old", documented_aad("job", c_pk, e_pk, version=1), nonce, k_job_v2
+    )
     with pytest.raises(SealingError) as exc:
-        open_job(envelope, recipient=EXECUTOR, client_pubkey=c_pk, **BINDING)
+        open_job(envelope, recipient=EXECUTOR, client_pubkey=c_pk, **BINDING)  # type: ignore[arg-type]
+    assert reason(exc) == "bad_argument"
+    with pytest.raises(SealingError) as exc:
+        open_job(Envelope(envelope[:24], envelope[24:]), recipient=EXECUTOR, client_pubkey=c_pk, **BINDING)
+    assert reason(exc) == "decrypt_failed"
+    # nor does a v2 AAD under the v3 keys: the binding names its version
+    k_job, _ = documented_keys(c_pk, e_pk, shared)
+    body = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        b"old", documented_aad("job", c_pk, e_pk, version=1), nonce, k_job
+    )
+    with pytest.raises(SealingError) as exc:
+        open_job(Envelope(nonce, body), recipient=EXECUTOR, client_pubkey=c_pk, **BINDING)
     assert reason(exc) == "decrypt_failed"
 
 
@@ -487,13 +602,33 @@ def test_client_keys_limits_are_validated() -> None:
         ClientKeys(max_jobs=0)
 
 
-@given(st.binary(min_size=16, max_size=16), st.text(min_size=1, max_size=40), st.integers(0, 2**63 - 1))
+@given(
+    st.binary(min_size=16, max_size=16),
+    st.text(min_size=1, max_size=128),
+    st.integers(0, 2**64 - 1),
+    st.sampled_from(["job", "result", "stream"]) | st.text(max_size=40),
+)
 def test_the_aad_is_the_canonical_encoding_of_the_binding(
-    job_id: bytes, model_id: str, deadline: int
+    job_id: bytes, model_id: str, deadline: int, direction: str
 ) -> None:
-    binding = JobBinding(job_id, model_id, deadline)
+    binding = JobBinding.checked(job_id, model_id, deadline)
     expected = encode(
-        {"v": 1, "dir": "result", "job_id": job_id, "model_id": model_id, "client_pubkey": b"c" * 32,
+        {"v": 2, "dir": direction, "job_id": job_id, "model_id": model_id, "client_pubkey": b"c" * 32,
          "executor_pubkey": b"e" * 32, "deadline_ms": deadline}
     )
-    assert job_aad(binding, b"c" * 32, b"e" * 32, "result") == expected
+    assert job_aad(binding, b"c" * 32, b"e" * 32, direction) == expected
+
+
+def test_binding_checks() -> None:
+    for job_id, model_id, deadline in (
+        (JOB_ID[:-1], MODEL, DEADLINE), (bytearray(JOB_ID), MODEL, DEADLINE), (JOB_ID, "", DEADLINE),
+        (JOB_ID, "m" * 129, DEADLINE), (JOB_ID, b"model", DEADLINE), (JOB_ID, MODEL, -1),
+        (JOB_ID, MODEL, True), (JOB_ID, MODEL, 1.0), (JOB_ID, MODEL, "1"),
+    ):
+        with pytest.raises(SealingError) as info:
+            JobBinding.checked(job_id, model_id, deadline)
+        assert reason(info) == "bad_argument"
+    with pytest.raises(SealingError):
+        job_aad(JobBinding.checked(JOB_ID, MODEL, DEADLINE), b"c" * 31, b"e" * 32, "job")
+    with pytest.raises(SealingError):
+        job_aad(JobBinding.checked(JOB_ID, MODEL, DEADLINE), b"c" * 32, b"e" * 32, 1)  # type: ignore[arg-type]

@@ -56,8 +56,8 @@ def _request(member, model_id: str, *, texts=TEXTS[:1], deadline_ms: int | None 
                       model_id=model_id, deadline_ms=deadline_ms)
     request = JobRequest(
         job_id=job_id, model_id=tamper_model or model_id, task=Task.EMBEDDINGS, deadline_ms=deadline_ms,
-        client_pubkey=sealed.client_keys.public, executor_enc_pubkey=key, sealed_input=sealed.envelope,
-        mode=Mode.CONSENSUS, stream=False,
+        client_pubkey=sealed.client_keys.public, executor_enc_pubkey=key, input_nonce=sealed.envelope.nonce,
+        sealed_input=sealed.envelope.ciphertext, mode=Mode.CONSENSUS, stream=False,
     )
     return request, sealed
 
@@ -89,7 +89,7 @@ async def _good_job(io: MemoryFrames, member, model_id: str) -> None:
     assert isinstance(reveal, Reveal)
     reveal.verify(expected_peer_id=member.peer_id)
     reveal.check_against(commitment)
-    plaintext = open_result(sealed.session, reveal.sealed_result)
+    plaintext = open_result(sealed.session, (reveal.result_nonce, reveal.sealed_result))
     assert result_digest(plaintext) == reveal.result_digest
     result = decode_result(plaintext)
     assert isinstance(result, EmbeddingsResult) and result.count == 1
@@ -111,7 +111,7 @@ async def test_a_pipelined_reveal_request_gets_the_commitment_and_the_reveal_in_
         commitment.verify(expected_peer_id=member.peer_id)
         reveal.verify(expected_peer_id=member.peer_id)
         reveal.check_against(commitment)
-        result = decode_result(open_result(sealed.session, reveal.sealed_result))
+        result = decode_result(open_result(sealed.session, (reveal.result_nonce, reveal.sealed_result)))
         assert isinstance(result, EmbeddingsResult) and result.count == 1
         await _good_job(io, member, embed.model_id)  # the session goes on as before
         nursery.cancel_scope.cancel()
@@ -227,7 +227,8 @@ async def test_a_chat_prompt_too_long_for_the_context_is_refused_before_tokenizi
                           model_id=chat.model_id, deadline_ms=deadline_ms)
         request = JobRequest(
             job_id=job_id, model_id=chat.model_id, task=Task.CHAT, deadline_ms=deadline_ms,
-            client_pubkey=sealed.client_keys.public, executor_enc_pubkey=key, sealed_input=sealed.envelope,
+            client_pubkey=sealed.client_keys.public, executor_enc_pubkey=key,
+            input_nonce=sealed.envelope.nonce, sealed_input=sealed.envelope.ciphertext,
             mode=Mode.CONSENSUS, stream=False,
         )
         await io.write(request.to_wire())

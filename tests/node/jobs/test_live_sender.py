@@ -50,7 +50,7 @@ async def test_the_opening_leaves_with_the_first_tokens_and_the_stream_reads_bac
     assert 1 <= len(writes[-1]) <= 2  # the FINAL chunk rides with the last tokens if any are left
     chunks = [decode_message(frame) for frames in writes for frame in frames]
     assert all(isinstance(c, StreamChunk) and c.job_id == job_id for c in chunks)
-    opener = StreamOpener.start(sealed.session, chunks[0].data)  # type: ignore[attr-defined]
+    opener = StreamOpener.start(sealed.session, (chunks[0].opening_nonce, chunks[0].data))  # type: ignore[attr-defined]
     tokens: list[int] = []
     text = ""
     for chunk in chunks[1:-1]:
@@ -96,7 +96,8 @@ async def _writes_for(model: _ScriptedModel, write_cpu_s: float) -> list[tuple[f
         result, _, _ = await generate_live(send, job_id, sealed.session, model, job,  # type: ignore[arg-type]
                                            trio.CapacityLimiter(1))
     assert result.tokens == tuple(range(7, 7 + model.count))
-    opener = StreamOpener.start(sealed.session, decode_message(writes[0][1][0]).data)  # type: ignore[union-attr]
+    opening = decode_message(writes[0][1][0])
+    opener = StreamOpener.start(sealed.session, (opening.opening_nonce, opening.data))  # type: ignore[union-attr]
     carried: list[tuple[float, list[int]]] = []
     for when, frames in writes:
         tokens: list[int] = []
@@ -151,7 +152,8 @@ async def test_a_model_that_fails_mid_stream_raises_its_own_error_not_a_group():
     with trio.fail_after(60), pytest.raises(EngineUnavailable, match="peer closed"):
         await generate_live(send, job_id, sealed.session, _DyingModel(3), job,  # type: ignore[arg-type]
                             trio.CapacityLimiter(1))
-    opener = StreamOpener.start(sealed.session, decode_message(writes[0][0]).data)  # type: ignore[union-attr]
+    opening = decode_message(writes[0][0])
+    opener = StreamOpener.start(sealed.session, (opening.opening_nonce, opening.data))  # type: ignore[union-attr]
     frames = [frame for batch in writes for frame in batch][1:]
     pulled = [opener.pull(decode_message(frame).data) for frame in frames]  # type: ignore[union-attr]
     assert not opener.finished  # a failed generation never reads as complete

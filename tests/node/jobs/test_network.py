@@ -275,7 +275,8 @@ async def test_malformed_oversized_replayed_expired_requests_get_typed_errors(cl
                               model_id=model_id, deadline_ms=deadline_ms)
             return JobRequest(job_id=job_id, model_id=model_id, task=Task.EMBEDDINGS, deadline_ms=deadline_ms,
                               client_pubkey=sealed.client_keys.public, executor_enc_pubkey=key,
-                              sealed_input=sealed.envelope, mode=Mode.CONSENSUS, stream=False)
+                              input_nonce=sealed.envelope.nonce, sealed_input=sealed.envelope.ciphertext,
+                              mode=Mode.CONSENSUS, stream=False)
 
         io = await session()
         await io.write(b"\xc1garbage")

@@ -42,8 +42,8 @@ def test_garbage_is_refused() -> None:
 def test_job_request_live_is_omitted_when_unset_and_round_trips_when_set() -> None:
     fields = dict(
         job_id=b"j" * 16, model_id="vn-model:" + "a" * 64, task=Task.CHAT, deadline_ms=1_800_000_000_000,
-        client_pubkey=b"c" * 32, executor_enc_pubkey=b"e" * 32, sealed_input=b"sealed", mode=Mode.CONSENSUS,
-        stream=True,
+        client_pubkey=b"c" * 32, executor_enc_pubkey=b"e" * 32, input_nonce=b"n" * 24,
+        sealed_input=b"sealed-input-and-tag", mode=Mode.CONSENSUS, stream=True,
     )
     plain = JobRequest(**fields)  # type: ignore[arg-type]
     assert "live" not in plain.to_map()

@@ -18,6 +18,7 @@ from protocol.jobs.messages import (
     MAX_ERROR_MESSAGE,
     MAX_TIMESTAMP_MS,
     MIN_TIMESTAMP_MS,
+    PROTOCOL_VERSION,
     ChallengeRequest,
     ChallengeResponse,
     Commitment,
@@ -44,6 +45,8 @@ BOB = Identity(b"\x02" * 32)
 JOB_ID = bytes(range(16))
 SALT = b"\x5a" * 32
 DIGEST = result_digest(b"the result")
+SEAL_NONCE = b"\x24" * 24  # an envelope's nonce (protocol.sealing)
+SEALED = b"ciphertext-and-tag"  # at least the 16-byte tag
 
 # --- strategies -----------------------------------------------------------------------------------
 
@@ -62,7 +65,8 @@ job_requests = st.builds(
     deadline_ms=timestamps,
     client_pubkey=keys32,
     executor_enc_pubkey=keys32,
-    sealed_input=st.binary(max_size=200),
+    input_nonce=st.binary(min_size=24, max_size=24),
+    sealed_input=st.binary(min_size=16, max_size=200),
     mode=st.sampled_from(Mode),
     stream=st.booleans(),
 )
@@ -81,7 +85,8 @@ reveals = st.builds(
     job_id=job_ids,
     salt=keys32,
     result_digest=keys32,
-    sealed_result=st.binary(max_size=200),
+    result_nonce=st.binary(min_size=24, max_size=24),
+    sealed_result=st.binary(min_size=16, max_size=200),
 )
 errors = st.builds(
     ErrorMessage,
@@ -102,7 +107,10 @@ messages: st.SearchStrategy[Message] = st.one_of(
     commitments,
     st.builds(RevealRequest, job_id=job_ids),
     reveals,
-    st.builds(StreamChunk, job_id=job_ids, data=st.binary(max_size=100)),
+    st.builds(
+        StreamChunk, job_id=job_ids, data=st.binary(max_size=100),
+        opening_nonce=st.none() | st.binary(min_size=24, max_size=24),
+    ),
     errors,
     challenge_requests,
     challenge_responses,
@@ -117,7 +125,8 @@ def a_job_request(**changes: Any) -> JobRequest:
         "deadline_ms": 1_800_000_000_000,
         "client_pubkey": b"\x11" * 32,
         "executor_enc_pubkey": b"\x22" * 32,
-        "sealed_input": b"sealed",
+        "input_nonce": SEAL_NONCE,
+        "sealed_input": SEALED,
         "mode": Mode.CONSENSUS,
         "stream": False,
     }
@@ -127,6 +136,15 @@ def a_job_request(**changes: Any) -> JobRequest:
 
 def a_commitment() -> Commitment:
     return Commitment.create(ALICE, job_id=JOB_ID, salt=SALT, result_digest=DIGEST, queue_ms=3, compute_ms=40)
+
+
+def a_reveal(identity: Identity = ALICE, **changes: Any) -> Reveal:
+    fields: dict[str, Any] = {
+        "job_id": JOB_ID, "salt": SALT, "result_digest": DIGEST, "result_nonce": SEAL_NONCE,
+        "sealed_result": SEALED,
+    }
+    fields.update(changes)
+    return Reveal.create(identity, **fields)
 
 
 def raw_map(message: Message) -> dict[str, Any]:
@@ -160,9 +178,10 @@ def test_signed_messages_verify_after_round_trip(message: Commitment | Reveal | 
 
 def test_wire_map_has_version_and_tag_and_omits_absent_optionals() -> None:
     m = msgpack.unpackb(ErrorMessage(code=ErrorCode.BUSY, message="try later").to_wire())
-    assert m == {"v": 1, "t": "error", "code": "busy", "message": "try later"}
+    assert m == {"v": 2, "t": "error", "code": "busy", "message": "try later"}
+    assert PROTOCOL_VERSION == 2
     m = msgpack.unpackb(a_job_request().to_wire())
-    assert m["v"] == 1 and m["t"] == "job_request" and m["task"] == "embeddings" and m["mode"] == "consensus"
+    assert m["v"] == 2 and m["t"] == "job_request" and m["task"] == "embeddings" and m["mode"] == "consensus"
 
 
 def test_enums_are_normalised_from_plain_strings() -> None:
@@ -181,13 +200,13 @@ def test_all_error_codes_are_known() -> None:
 # --- header: version and type ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [0, 2, 255, -1, "1", True, b"\x01"])
+@pytest.mark.parametrize("version", [0, 1, 3, 255, -1, "2", True, b"\x02"])
 def test_unknown_versions_are_refused_clearly(version: Any) -> None:
     m = raw_map(a_job_request())
     m["v"] = version
     err = error_of(encode(m))
     assert err.reason == "unsupported_version"
-    assert "this node speaks 1" in str(err)
+    assert "this node speaks 2" in str(err)
 
 
 def test_missing_version_or_type() -> None:
@@ -228,7 +247,10 @@ def test_unknown_missing_and_nil_fields() -> None:
     m = raw_map(a_job_request())
     m["extra"] = 1
     assert error_of(encode(m)).reason == "unknown_field"
-    for name in ("job_id", "model_id", "task", "deadline_ms", "client_pubkey", "stream"):
+    required = (
+        "job_id", "model_id", "task", "deadline_ms", "client_pubkey", "input_nonce", "sealed_input", "stream",
+    )
+    for name in required:
         m = raw_map(a_job_request())
         del m[name]
         err = error_of(encode(m))
@@ -257,7 +279,11 @@ BAD_JOB_FIELDS: list[tuple[str, Any]] = [
     ("deadline_ms", "1800000000000"),
     ("client_pubkey", b"\x00" * 31),
     ("executor_enc_pubkey", b"\x00" * 33),
+    ("input_nonce", b"\x00" * 23),
+    ("input_nonce", b"\x00" * 25),
+    ("input_nonce", "n" * 24),
     ("sealed_input", "text"),
+    ("sealed_input", b"\x00" * 15),
     ("mode", "majority"),
     ("stream", 1),
     ("stream", b"\x01"),
@@ -303,7 +329,14 @@ def test_other_field_limits() -> None:
     with pytest.raises(MessageError):
         StreamChunk(job_id=JOB_ID, data=b"\x00" * ((1 << 20) + 18))
     with pytest.raises(MessageError):
-        Reveal.create(ALICE, job_id=JOB_ID, salt=b"short", result_digest=DIGEST, sealed_result=b"")
+        StreamChunk(job_id=JOB_ID, data=b"", opening_nonce=b"\x00" * 32)
+    with pytest.raises(MessageError):
+        a_reveal(salt=b"short")
+    too_long = b"\x00" * ((4 << 20) + 1)
+    for nonce, sealed in ((b"\x00" * 23, SEALED), (SEAL_NONCE, b"\x00" * 15), (SEAL_NONCE, too_long)):
+        with pytest.raises(MessageError) as info:
+            a_reveal(result_nonce=nonce, sealed_result=sealed)
+        assert info.value.reason == "bad_field"
 
 
 def test_error_message_at_its_limit_in_multibyte_characters_fits_the_codec() -> None:
@@ -330,7 +363,7 @@ def test_check_deadline() -> None:
 def signed_examples() -> list[Commitment | Reveal | ChallengeResponse]:
     return [
         a_commitment(),
-        Reveal.create(ALICE, job_id=JOB_ID, salt=SALT, result_digest=DIGEST, sealed_result=b"sealed"),
+        a_reveal(),
         ChallengeResponse.create(ALICE, nonce=b"\x07" * 32, kind="simulated", evidence=b"evidence"),
     ]
 
@@ -402,15 +435,13 @@ def test_result_digest_layout_and_incremental_hasher() -> None:
 
 def test_reveal_opens_its_commitment_and_nothing_else() -> None:
     c = a_commitment()
-    reveal = Reveal.create(ALICE, job_id=JOB_ID, salt=SALT, result_digest=DIGEST, sealed_result=b"r")
+    reveal = a_reveal()
     reveal.check_against(c)
     wrong = [
-        Reveal.create(ALICE, job_id=JOB_ID, salt=b"\x00" * 32, result_digest=DIGEST, sealed_result=b"r"),
-        Reveal.create(
-            ALICE, job_id=JOB_ID, salt=SALT, result_digest=result_digest(b"other"), sealed_result=b"r"
-        ),
-        Reveal.create(ALICE, job_id=b"\x09" * 16, salt=SALT, result_digest=DIGEST, sealed_result=b"r"),
-        Reveal.create(BOB, job_id=JOB_ID, salt=SALT, result_digest=DIGEST, sealed_result=b"r"),
+        a_reveal(salt=b"\x00" * 32),
+        a_reveal(result_digest=result_digest(b"other")),
+        a_reveal(job_id=b"\x09" * 16),
+        a_reveal(BOB),
     ]
     for r in wrong:
         with pytest.raises(MessageError) as info:
@@ -442,8 +473,10 @@ def message_corpus() -> list[bytes]:
         a_job_request(task=Task.CHAT, mode=Mode.SPOT_CHECK, stream=True, sealed_input=b"x" * 300),
         a_commitment(),
         RevealRequest(job_id=JOB_ID),
-        Reveal.create(ALICE, job_id=JOB_ID, salt=SALT, result_digest=DIGEST, sealed_result=b"s" * 70),
+        Reveal.create(ALICE, job_id=JOB_ID, salt=SALT, result_digest=DIGEST, result_nonce=SEAL_NONCE,
+                      sealed_result=b"s" * 70),
         StreamChunk(job_id=JOB_ID, data=b"chunk"),
+        StreamChunk(job_id=JOB_ID, data=SEALED, opening_nonce=SEAL_NONCE),
         ErrorMessage(code=ErrorCode.BUSY, message="busy, try another executor"),
         ErrorMessage(code=ErrorCode.REPLAY, message="", job_id=JOB_ID),
         ChallengeRequest(nonce=b"\x03" * 32),
@@ -484,8 +517,9 @@ def test_message_decoder_on_structured_garbage(program: bytes) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Wire vectors: every message type encoded from fixed inputs, compared with bytes captured from
-# the implementation before the signed-message pattern was folded into one base. Ed25519
-# signatures are deterministic, so signed messages are fixed too. A change here is a wire change.
+# the implementation before the signed-message pattern was folded into one base, and recaptured for
+# protocol version 2 (an envelope's nonce in its own field). Ed25519 signatures are deterministic,
+# so signed messages are fixed too. A change here is a wire change.
 
 _VECTOR_IDENTITY = Identity(bytes(range(32)))
 _VECTOR_JOB_ID = bytes(range(16))
@@ -497,7 +531,8 @@ def _vector_messages() -> dict[str, Message]:
         "job_request": JobRequest(
             job_id=job_id, model_id="all-MiniLM-L6-v2:sha256.ab", task=Task.EMBEDDINGS,
             deadline_ms=1_800_000_000_000, client_pubkey=b"\x01" * 32, executor_enc_pubkey=b"\x02" * 32,
-            sealed_input=b"sealed-input", mode=Mode.SPOT_CHECK, stream=False,
+            input_nonce=b"\x05" * 24, sealed_input=b"sealed-input-and-tag", mode=Mode.SPOT_CHECK,
+            stream=False,
         ),
         "commitment": Commitment.create(
             ident, job_id=job_id, salt=b"\x03" * 32, result_digest=result_digest(b"result"), queue_ms=7,
@@ -506,9 +541,12 @@ def _vector_messages() -> dict[str, Message]:
         "reveal_request": RevealRequest(job_id=job_id),
         "reveal": Reveal.create(
             ident, job_id=job_id, salt=b"\x03" * 32, result_digest=result_digest(b"result"),
-            sealed_result=b"sealed-result",
+            result_nonce=b"\x06" * 24, sealed_result=b"sealed-result-and-tag",
         ),
         "stream_chunk": StreamChunk(job_id=job_id, data=b"chunk"),
+        "stream_chunk_opening": StreamChunk(
+            job_id=job_id, data=b"opening-ciphertext", opening_nonce=b"\x07" * 24
+        ),
         "error": ErrorMessage(code=ErrorCode.BUSY, message="queue full", job_id=job_id),
         "error_no_job": ErrorMessage(code=ErrorCode.BAD_REQUEST, message="bad"),
         "challenge_request": ChallengeRequest(nonce=b"\x04" * 32, job_id=job_id),
@@ -521,54 +559,61 @@ def _vector_messages() -> dict[str, Message]:
 
 _WIRE_VECTORS = {
     "job_request": (
-        "8bad636c69656e745f7075626b6579c42001010101010101010101010101010101010101010101010101010101010101"
+        "8cad636c69656e745f7075626b6579c42001010101010101010101010101010101010101010101010101010101010101"
         "01ab646561646c696e655f6d73cf000001a3185c5000b36578656375746f725f656e635f7075626b6579c42002020202"
-        "02020202020202020202020202020202020202020202020202020202a66a6f625f6964c410000102030405060708090a"
-        "0b0c0d0e0fa46d6f6465aa73706f742d636865636ba86d6f64656c5f6964ba616c6c2d4d696e694c4d2d4c362d76323a"
-        "7368613235362e6162ac7365616c65645f696e707574c40c7365616c65642d696e707574a673747265616dc2a174ab6a"
-        "6f625f72657175657374a47461736baa656d62656464696e6773a17601"
+        "02020202020202020202020202020202020202020202020202020202ab696e7075745f6e6f6e6365c418050505050505"
+        "050505050505050505050505050505050505a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa46d6f6465"
+        "aa73706f742d636865636ba86d6f64656c5f6964ba616c6c2d4d696e694c4d2d4c362d76323a7368613235362e6162ac"
+        "7365616c65645f696e707574c4147365616c65642d696e7075742d616e642d746167a673747265616dc2a174ab6a6f62"
+        "5f72657175657374a47461736baa656d62656464696e6773a17602"
     ),
     "commitment": (
         "88aa636f6d6d69746d656e74c420255441340e619757673b2a185e8f6ea6754a88f17673e9f0a6af71722b6f037daa63"
         "6f6d707574655f6d73cd04d2a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa7706565725f6964c42600"
         "240801122003a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8a871756575655f6d7307a3"
-        "736967c440c0b78137d21578afcbd7c26103892a28a3d0a3cc51ba983afcab168b188faab4c47583b3d307f2bc025953"
-        "9a6be2156101d5bc0d737458bef3daf7b84622220ea174aa636f6d6d69746d656e74a17601"
+        "736967c4401b97c202b9a6ef6b25b495b97be86f3caa263d538d683e1deb54c21a7c61767dae1bfef630aed2ed5a6070"
+        "55d27b8952a7c0883d6b2c91901d54fefbd59c8a03a174aa636f6d6d69746d656e74a17602"
     ),
     "reveal_request": (
-        "83a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa174ae72657665616c5f72657175657374a17601"
+        "83a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa174ae72657665616c5f72657175657374a17602"
     ),
     "reveal": (
-        "88a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa7706565725f6964c42600240801122003a107bff3ce"
+        "89a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa7706565725f6964c42600240801122003a107bff3ce"
         "10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8ad726573756c745f646967657374c4204ff1c02ec07c"
-        "0d37be1ada62dcdf7478df05a3e5368ec84f63eecb4385b03c5ba473616c74c420030303030303030303030303030303"
-        "0303030303030303030303030303030303ad7365616c65645f726573756c74c40d7365616c65642d726573756c74a373"
-        "6967c4406cc9d0b23da1a7e8342e6d6bdc928773a43bc1ebbd7084ff56d6d0c4b9b343f06bf260fb156a4f2610fab2ad"
-        "c530d23122a2d69fb61bd2eee1b855e563d38b01a174a672657665616ca17601"
+        "0d37be1ada62dcdf7478df05a3e5368ec84f63eecb4385b03c5bac726573756c745f6e6f6e6365c41806060606060606"
+        "0606060606060606060606060606060606a473616c74c420030303030303030303030303030303030303030303030303"
+        "0303030303030303ad7365616c65645f726573756c74c4157365616c65642d726573756c742d616e642d746167a37369"
+        "67c440fe17755af1537c54ddb2f7a44bfeeb52bc34475536cfbbe07c5c769a960d7a0f1e11868c9927c0a7b1dba71b31"
+        "356fcad5f3f3471d426ae3242d05b078542808a174a672657665616ca17602"
     ),
     "stream_chunk": (
         "84a464617461c4056368756e6ba66a6f625f6964c410000102030405060708090a0b0c0d0e0fa174ac73747265616d5f"
-        "6368756e6ba17601"
+        "6368756e6ba17602"
+    ),
+    "stream_chunk_opening": (
+        "85a464617461c4126f70656e696e672d63697068657274657874a66a6f625f6964c410000102030405060708090a0b0c"
+        "0d0e0fad6f70656e696e675f6e6f6e6365c418070707070707070707070707070707070707070707070707a174ac7374"
+        "7265616d5f6368756e6ba17602"
     ),
     "error": (
         "85a4636f6465a462757379a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa76d657373616765aa717565"
-        "75652066756c6ca174a56572726f72a17601"
+        "75652066756c6ca174a56572726f72a17602"
     ),
-    "error_no_job": "84a4636f6465ab6261645f72657175657374a76d657373616765a3626164a174a56572726f72a17601",
+    "error_no_job": "84a4636f6465ab6261645f72657175657374a76d657373616765a3626164a174a56572726f72a17602",
     "challenge_request": (
         "84a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa56e6f6e6365c4200404040404040404040404040404"
-        "040404040404040404040404040404040404a174b16368616c6c656e67655f72657175657374a17601"
+        "040404040404040404040404040404040404a174b16368616c6c656e67655f72657175657374a17602"
     ),
     "challenge_request_no_job": (
         "83a56e6f6e6365c4200404040404040404040404040404040404040404040404040404040404040404a174b16368616c"
-        "6c656e67655f72657175657374a17601"
+        "6c656e67655f72657175657374a17602"
     ),
     "challenge_response": (
         "87a865766964656e6365c40865766964656e6365a46b696e64a973696d756c61746564a56e6f6e6365c4200404040404"
         "040404040404040404040404040404040404040404040404040404a7706565725f6964c42600240801122003a107bff3"
-        "ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8a3736967c440fb5240839fe0a9111c565e6833241e"
-        "b8a9977b700a1a7f8e742ce3ed795a1308a45b6220656c358d3f9c3aea34866ebd8a1ab1a846917b1670e3c63de64091"
-        "06a174b26368616c6c656e67655f726573706f6e7365a17601"
+        "ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8a3736967c440d1a8a45f21545caffd44dfc525e5cb"
+        "738a7598f219aa4260cfc84da7410342a72053d97245cd99fce9c16f6bae0088acc6f5135843e1a37b2e92da6c12643d"
+        "08a174b26368616c6c656e67655f726573706f6e7365a17602"
     ),
 }
 
@@ -583,9 +628,26 @@ def test_wire_encoding_is_byte_identical_to_the_captured_vectors(name: str) -> N
         message.verify(expected_peer_id=_VECTOR_IDENTITY.peer_id)
 
 
+# A version 1 job request (its envelope one field, nonce ‖ ciphertext), captured before version 2.
+_V1_JOB_REQUEST = (
+    "8bad636c69656e745f7075626b6579c42001010101010101010101010101010101010101010101010101010101010101"
+    "01ab646561646c696e655f6d73cf000001a3185c5000b36578656375746f725f656e635f7075626b6579c42002020202"
+    "02020202020202020202020202020202020202020202020202020202a66a6f625f6964c410000102030405060708090a"
+    "0b0c0d0e0fa46d6f6465aa73706f742d636865636ba86d6f64656c5f6964ba616c6c2d4d696e694c4d2d4c362d76323a"
+    "7368613235362e6162ac7365616c65645f696e707574c40c7365616c65642d696e707574a673747265616dc2a174ab6a"
+    "6f625f72657175657374a47461736baa656d62656464696e6773a17601"
+)
+
+
+def test_a_version_1_job_request_is_refused_with_a_typed_error() -> None:
+    err = error_of(bytes.fromhex(_V1_JOB_REQUEST))
+    assert err.reason == "unsupported_version"
+    assert "protocol version 1 (this node speaks 2)" in str(err)
+
+
 def test_framing_and_commitment_hash_vectors() -> None:
     assert encode_frame(_vector_messages()["reveal_request"].to_wire()).hex() == (
-        "0000002e83a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa174ae72657665616c5f72657175657374a17601"
+        "0000002e83a66a6f625f6964c410000102030405060708090a0b0c0d0e0fa174ae72657665616c5f72657175657374a17602"
     )
     digest = result_digest(b"result")
     salt = b"\x03" * 32

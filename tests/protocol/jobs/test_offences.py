@@ -44,7 +44,8 @@ def bad_reveal(opens: bool = False) -> OffenceRecord:
         job_id=JOB_ID,
         salt=SALT,
         result_digest=result_digest(b"a" if opens else b"b"),
-        sealed_result=b"sealed",
+        result_nonce=b"\x24" * 24,
+        sealed_result=b"sealed-result-and-tag",
     )
     return OffenceRecord.create(
         USER,
