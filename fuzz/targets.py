@@ -336,12 +336,34 @@ def multiaddr_bytes(text: str) -> bytes:
 
 
 def _message_seeds() -> list[bytes]:
-    from protocol.jobs.messages import ChallengeRequest, ErrorCode, ErrorMessage, RevealRequest
+    from protocol.identity import Identity
+    from protocol.jobs.messages import (
+        ChallengeRequest,
+        ErrorCode,
+        ErrorMessage,
+        JobRequest,
+        Mode,
+        Reveal,
+        RevealRequest,
+        StreamChunk,
+        Task,
+    )
 
+    job_id, nonce, sealed = bytes(16), bytes(24), bytes(32)  # envelopes: a 24-byte nonce, a ciphertext
     return [
         ChallengeRequest(nonce=bytes(32)).to_wire(),
-        RevealRequest(job_id=bytes(16)).to_wire(),
+        RevealRequest(job_id=job_id).to_wire(),
         ErrorMessage(code=ErrorCode.BUSY, message="busy").to_wire(),
+        JobRequest(
+            job_id=job_id, model_id="vn-model:ab", task=Task.CHAT, deadline_ms=1_800_000_000_000,
+            client_pubkey=bytes(32), executor_enc_pubkey=bytes(32), input_nonce=nonce, sealed_input=sealed,
+            mode=Mode.CONSENSUS, stream=True, live=True,
+        ).to_wire(),
+        Reveal.create(
+            Identity(bytes(32)), job_id=job_id, salt=bytes(32), result_digest=bytes(32), result_nonce=nonce,
+            sealed_result=sealed,
+        ).to_wire(),
+        StreamChunk(job_id=job_id, data=sealed, opening_nonce=nonce).to_wire(),
     ]
 
 
