@@ -24,6 +24,10 @@ security argument for sessions.
 Streamed results use libsodium's secretstream (per-chunk nonces, ordered, final tag) under a fresh
 random stream key that travels, with the stream header, inside an envelope sealed with ``k_result``
 (direction "stream").
+
+Why one module over 500 lines: envelopes and result streams are one construction (a stream opens
+with an envelope under the job's session, AAD and limits), specified as one page
+(docs/protocol/sealing.md); splitting them would split the key schedule from its only users.
 """
 
 from __future__ import annotations
