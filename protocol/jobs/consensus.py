@@ -396,9 +396,12 @@ def vote_embeddings(
         "bounds": {"min_cosine": bounds.min_cosine, "max_rel_l2": bounds.max_rel_l2},
     }
     if outcome.value is not None:
-        worst = [compare_embeddings(outcome.value, results[p], bounds) for p in outcome.majority]
-        detail["min_cosine"] = min(c.min_cosine for c in worst)
-        detail["max_rel_l2"] = max(c.max_rel_l2 for c in worst)
+        # The winner against itself is (1, 0) (decoded vectors are finite): compare the others only,
+        # which at k = 1 is none (a float64 pass over the vectors per job, for nothing).
+        others = [p for p in outcome.majority if p != outcome.winner]
+        worst = [compare_embeddings(outcome.value, results[p], bounds) for p in others]
+        detail["min_cosine"] = min((c.min_cosine for c in worst), default=1.0)
+        detail["max_rel_l2"] = max((c.max_rel_l2 for c in worst), default=0.0)
     return _with_detail(outcome, detail)
 
 

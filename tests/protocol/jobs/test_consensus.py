@@ -175,6 +175,19 @@ def test_embedding_vote_flags_the_wrong_output() -> None:
     assert outcome.detail["min_cosine"] >= CALIBRATED_EMBEDDING_BOUNDS.min_cosine
 
 
+def test_embedding_vote_detail_is_the_worst_of_the_other_majority_members() -> None:
+    honest = _unit_rows(2, 384, 9)
+    close = honest.copy()
+    close[0, 0] += 1e-6  # within the calibrated bounds, but not equal
+    alone = vote_embeddings({_peer(1): honest})  # k = 1: nothing to compare
+    assert alone.detail["min_cosine"] == 1.0 and alone.detail["max_rel_l2"] == 0.0
+    three = vote_embeddings({_peer(1): honest, _peer(2): honest.copy(), _peer(3): close})
+    against_close = consensus.compare_embeddings(honest, close)
+    assert three.winner == _peer(1) and three.majority == (_peer(1), _peer(2), _peer(3))
+    assert three.detail["min_cosine"] == against_close.min_cosine
+    assert three.detail["max_rel_l2"] == against_close.max_rel_l2 > 0
+
+
 def test_split_vote_escalates() -> None:
     outcome = vote_exact({_peer(1): b"a", _peer(2): b"a", _peer(3): b"b", _peer(4): b"b"})
     assert outcome.decision is Decision.ESCALATE
