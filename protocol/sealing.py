@@ -43,7 +43,14 @@ import nacl.exceptions
 import nacl.utils
 
 from protocol.errors import ProtocolError
-from protocol.jobs.messages import JOB_ID_LEN, MAX_MODEL_ID, MAX_SEALED, PROTOCOL_VERSION, SEAL_NONCE_LEN
+from protocol.jobs.messages import (
+    JOB_ID_LEN,
+    MAX_MODEL_ID,
+    MAX_SEALED,
+    PROTOCOL_VERSION,
+    SEAL_NONCE_LEN,
+    SEAL_TAG_LEN,
+)
 
 __all__ = [
     "ENVELOPE_OVERHEAD",
@@ -75,7 +82,8 @@ __all__ = [
 KEY_LEN = 32
 NONCE_LEN = sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES  # 24
 TAG_LEN = sodium.crypto_aead_xchacha20poly1305_ietf_ABYTES  # 16
-assert NONCE_LEN == SEAL_NONCE_LEN  # the wire's nonce fields (protocol.jobs.messages) hold these nonces
+# the wire's nonce and ciphertext fields (protocol.jobs.messages) are sized for these
+assert (NONCE_LEN, TAG_LEN) == (SEAL_NONCE_LEN, SEAL_TAG_LEN)
 ENVELOPE_OVERHEAD = TAG_LEN  # ciphertext bytes beyond the plaintext (the nonce travels apart)
 MAX_PLAINTEXT = MAX_SEALED - ENVELOPE_OVERHEAD
 
@@ -383,8 +391,8 @@ def seal_job(
     job_key, result_key = _shared_keys(
         client.secret, recipient_pubkey, client.public, recipient_pubkey, job_id
     )
-    aad = job_aad(binding, client.public, recipient_pubkey, "job")
-    session = _new(JobSession, (binding, client.public, recipient_pubkey, result_key, {"job": aad}))
+    session = JobSession.of(binding, client.public, recipient_pubkey, result_key)
+    aad = session.aad("job")
     return _new(SealedJob, (_seal(job_key, aad, payload), client, session))
 
 
@@ -403,8 +411,8 @@ def open_job(
     job_key, result_key = _shared_keys(
         recipient.secret, client_pubkey, client_pubkey, recipient.public, job_id
     )
-    aad = job_aad(binding, client_pubkey, recipient.public, "job")
-    session = _new(JobSession, (binding, client_pubkey, recipient.public, result_key, {"job": aad}))
+    session = JobSession.of(binding, client_pubkey, recipient.public, result_key)
+    aad = session.aad("job")
     return _new(OpenedJob, (_open(job_key, aad, envelope), session))
 
 

@@ -61,7 +61,7 @@ class TokenCounter:
                 tokenizer.no_truncation()
                 tokenizer.no_padding()
                 self._tokenizers[model_id] = tokenizer
-            return sum(len(encoding.ids) for encoding in tokenizer.encode_batch(texts))
+            return _tokens_in(tokenizer, texts)
 
     def _count_inline(self, model_id: str, texts: list[str]) -> int | None:
         """The count, if it is cheap enough for the loop: short input, tokenizer loaded, lock free
@@ -71,8 +71,7 @@ class TokenCounter:
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            tokenizer = self._tokenizers[model_id]
-            return sum(len(tokenizer.encode(text).ids) for text in texts)
+            return _tokens_in(self._tokenizers[model_id], texts)
         except Exception:
             return 0
         finally:
@@ -110,3 +109,7 @@ class TokenCounter:
         if failure is not None:
             raise failure
         return value, tokens
+
+
+def _tokens_in(tokenizer: Any, texts: list[str]) -> int:
+    return sum(len(encoding.ids) for encoding in tokenizer.encode_batch(texts))
