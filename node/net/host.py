@@ -43,7 +43,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from node.keyfile import IdentityFileError
 from node.metrics import Metrics
 from node.net import guard as net_guard
-from node.net import pnet
+from node.net import pnet, signed_records
 from node.net.boundary import report_stream_failure
 from node.net.handshake import install_handshake_gate
 from node.net.limits import LimitSettings
@@ -152,6 +152,7 @@ def build_host(
         raise ValueError("the pre-shared key is 32 bytes")
     key_pair = key_pair_for(identity)
     pnet.install()  # py-libp2p's own psk= layer is not the PSK v1 wire format (see node.net.pnet)
+    signed_records.install()  # each distinct peer record is opened once, not once per message
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
     addrs = [multiaddr.Multiaddr(addr) for addr in listen_addrs]
     peerstore = SafePeerStore()
