@@ -7,8 +7,9 @@ change and on a re-announce timer shorter than the bundle's lifetime (gossip is 
 
 Gossip only reaches peers that are in the mesh when it is sent, so a node that just connected
 would wait up to a whole re-announce period to learn its peers. Each connection therefore also
-pulls the peer's current bundle directly over ``/veilnet/attest/1.0.0`` and appraises it exactly
-as a gossiped one.
+pulls the peer's current bundle (or, at most every 2 s, a sync of every bundle it knows) directly
+over ``/veilnet/attest/1.0.0`` and appraises it exactly as a gossiped one. The start bundle is
+published once the mesh has a peer (see :meth:`AttestService._publish_once_meshed`).
 """
 
 from __future__ import annotations
@@ -163,6 +164,8 @@ class AttestService:
         self._reannounce_now = trio.Event()
         self._pull_send, self._pull_receive = trio.open_memory_channel[ID](256)
         self._no_bundle: set[ID] = set()
+        self._pulling: set[ID] = set()  # peers with a pull in flight
+        self._last_sync: float | None = None  # trio time the last sync pull began
         self.announces = metrics.counter(
             "veilnet_bundle_announces_total", "Bundles this node published, by trigger", ("trigger",)
         )
@@ -210,7 +213,8 @@ class AttestService:
             engines=[EngineEntry(m, e) for m, e in sorted(self.engines.items())],
         )
 
-    async def announce(self, trigger: str) -> None:
+    async def announce(self, trigger: str, *, publish: bool = True) -> None:
+        """Build, self-check and (with ``publish``) publish a fresh bundle."""
         if self.source is None:
             return
         now = self.clock()
@@ -222,7 +226,8 @@ class AttestService:
             log.error("THIS NODE'S OWN BUNDLE FAILS ITS OWN POLICY; peers will refuse it too (reason above)")
         self.self_check_ok = accepted
         self.announced_at = self.clock()  # set before sending: propagation is measured from here
-        await self.gossip.publish(bundle)
+        if publish:
+            await self.gossip.publish(bundle)
         self.announces.inc(trigger=trigger)
         log.debug(
             "announced bundle (%s, %d bytes, epoch %d)",
@@ -234,7 +239,29 @@ class AttestService:
     async def run_announcer(self) -> None:
         if self.source is None:
             return
-        await self.announce("start")
+        meshed = self.gossip.has_mesh_peers()
+        await self.announce("start", publish=meshed)
+        async with trio.open_nursery() as nursery:
+            if not meshed:
+                nursery.start_soon(self._publish_once_meshed)
+            await self._announce_forever()
+
+    async def _publish_once_meshed(self) -> None:
+        """Publish the start bundle when the first mesh peer arrives.
+
+        A node builds its first bundle before it has peers, and a message published to an empty
+        mesh reaches others only later and piecemeal (gossip IHAVE, py-libp2p's replay to each
+        new subscriber, which :class:`node.net.gossip.AttestGossipSub` no longer does). Peers
+        that connect pull the bundle directly, but a pulled bundle is not forwarded: this
+        publish is what carries a newcomer's bundle across an established network at once
+        rather than at the next re-announce.
+        """
+        await self.gossip.wait_for_mesh_peer()
+        if self.bundle is not None:
+            await self.gossip.publish(self.bundle)
+            self.announces.inc(trigger="joined")
+
+    async def _announce_forever(self) -> None:
         last = self.clock()
         while True:
             now = self.clock()
@@ -293,11 +320,24 @@ class AttestService:
             self._pull_send.send_nowait(peer)
 
     async def run_puller(self) -> None:
+        """Pull from each newly connected peer, and sweep (below).
+
+        A connection brings a sync (the peer's bundle and every bundle it knows) unless this node
+        began one less than ``_REPULL_FAST_INTERVAL`` ago; then it brings only the peer's own
+        bundle, and nothing when the registry already holds that, fresh. A newcomer's first
+        connection thus teaches it the network, and the dozen connections its DHT join opens
+        within the next second do not each fetch the same list again (on 20 nodes starting
+        together that was ~330 already-held bundles per node, one stream each way per
+        connection).
+        """
         limiter = trio.CapacityLimiter(_PULL_PARALLEL)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sweep, nursery, limiter)
             async for peer in self._pull_receive:
-                nursery.start_soon(self._pull_limited, peer, limiter, True)
+                sync = self._sync_due()
+                if peer in self._pulling or not (sync or self._stale(peer, self.clock())):
+                    continue
+                self._start_pull(nursery, limiter, peer, sync)
 
     async def _sweep(self, nursery: trio.Nursery, limiter: trio.CapacityLimiter) -> None:
         """Anti-entropy: fetch from connected peers missing from the registry (or close to expiry),
@@ -307,34 +347,39 @@ class AttestService:
         machine; this sweep is what guarantees the registry converges.
         """
         started = trio.current_time()
-        in_flight: set[ID] = set()
-
-        async def pull_once(peer: ID, sync: bool) -> None:
-            try:
-                await self._pull_limited(peer, limiter, sync)
-            finally:
-                in_flight.discard(peer)
-
         while True:
             young = trio.current_time() - started < _REPULL_FAST_PHASE
             await trio.sleep(_REPULL_FAST_INTERVAL if young else _REPULL_INTERVAL)
             now = self.clock()
             connected = [peer for peer in self.host.get_connected_peers() if peer not in self._no_bundle]
             for peer in connected:
-                entry = self.gossip.registry.get(peer.to_bytes())
-                stale = entry is None or entry.expires_at - now < 2 * self.reannounce_seconds
-                if stale and peer not in in_flight:
-                    in_flight.add(peer)
-                    nursery.start_soon(pull_once, peer, False)
-            idle = [peer for peer in connected if peer not in in_flight]
+                if self._stale(peer, now) and peer not in self._pulling:
+                    self._start_pull(nursery, limiter, peer, False)
+            idle = [peer for peer in connected if peer not in self._pulling]
             if idle:
-                peer = random.choice(idle)
-                in_flight.add(peer)
-                nursery.start_soon(pull_once, peer, True)
+                self._start_pull(nursery, limiter, random.choice(idle), True)
+
+    def _stale(self, peer: ID, now: float) -> bool:
+        """Missing from the registry, or its entry expires within two re-announce periods."""
+        entry = self.gossip.registry.get(peer.to_bytes())
+        return entry is None or entry.expires_at - now < 2 * self.reannounce_seconds
+
+    def _sync_due(self) -> bool:
+        return self._last_sync is None or trio.current_time() - self._last_sync >= _REPULL_FAST_INTERVAL
+
+    def _start_pull(self, nursery: trio.Nursery, limiter: trio.CapacityLimiter, peer: ID, sync: bool) -> None:
+        """One pull per peer at a time, whoever asks (a connection, the sweep)."""
+        self._pulling.add(peer)
+        if sync:
+            self._last_sync = trio.current_time()
+        nursery.start_soon(self._pull_limited, peer, limiter, sync)
 
     async def _pull_limited(self, peer: ID, limiter: trio.CapacityLimiter, sync: bool) -> None:
-        async with limiter:
-            await self.pull(peer, sync=sync)
+        try:
+            async with limiter:
+                await self.pull(peer, sync=sync)
+        finally:
+            self._pulling.discard(peer)
 
     async def pull(self, peer: ID, *, sync: bool = False) -> bool | None:
         """Fetch and appraise ``peer``'s bundle (and with ``sync``, the bundles it knows).

@@ -30,9 +30,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from libp2p.abc import IHost
@@ -91,8 +91,47 @@ class Appraisal:
 Appraise = Callable[[bytes, bytes | None, int], Appraisal]
 
 
-def gossipsub_router(score_params: ScoreParams) -> GossipSub:
-    return GossipSub(
+class AttestGossipSub(GossipSub):
+    """py-libp2p's GossipSub with two start-up costs removed and a mesh signal added.
+
+    * No replay on subscription: py-libp2p sends a newly subscribed peer every message of the
+      last ``gossip_window`` heartbeats, one RPC each. At start-up that was most of the publish
+      RPCs a node sent (82 of 144 per node, 20 nodes) and every one repeated a bundle the
+      connect-time pull and sync already fetch (``/veilnet/attest/1.0.0``). The node's own
+      first announce, which the replay used to carry to its first peers, is published again
+      once its mesh has a peer (:meth:`node.attest.service.AttestService.run_announcer`).
+    * IDONTWANT only for messages of at least ``IDONTWANT_MIN_BYTES`` (go-libp2p's default
+      threshold, 1 KiB): py-libp2p sends one for every message to every mesh peer, each its own
+      RPC, which for a 600-byte bundle costs about what the duplicate it may prevent costs.
+    * ``mesh_joined`` is set whenever a peer joins the mesh of any topic.
+    """
+
+    IDONTWANT_MIN_BYTES = 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mesh_joined = trio.Event()
+
+    async def send_recent_messages(self, peer_id: ID, topic: str) -> None:
+        return
+
+    async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Iterable[str]) -> None:
+        message = self.mcache.get(msg_id)
+        if message is not None and len(message.data) < self.IDONTWANT_MIN_BYTES:
+            return
+        await super()._emit_idontwant_for_message(msg_id, topic_ids)
+
+    def _notify_mesh_peer_added(self, peer_id: ID, topic: str) -> None:
+        super()._notify_mesh_peer_added(peer_id, topic)
+        self.mesh_joined.set()
+        self.mesh_joined = trio.Event()
+
+    def has_mesh_peers(self, topic: str) -> bool:
+        return bool(self.mesh.get(topic))
+
+
+def gossipsub_router(score_params: ScoreParams) -> AttestGossipSub:
+    return AttestGossipSub(
         protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11],
         degree=6,
         degree_low=4,
@@ -210,6 +249,16 @@ class AttestationGossip:
         await self.ready.wait()
         await self.pubsub.publish(ATTEST_TOPIC, bundle)
         self.messages_out.inc()
+
+    def has_mesh_peers(self) -> bool:
+        """Whether a publish now reaches anyone directly (the attestation topic's mesh has a peer)."""
+        return self.router.has_mesh_peers(ATTEST_TOPIC)
+
+    async def wait_for_mesh_peer(self) -> None:
+        """Return once the attestation topic's mesh has a peer."""
+        await self.ready.wait()
+        while not self.has_mesh_peers():
+            await self.router.mesh_joined.wait()
 
     # --------------------------------------------------------------------------- validation
 
