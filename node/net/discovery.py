@@ -234,11 +234,21 @@ class Discovery:
         return set(self.dht.routing_table.get_peer_ids()) | set(peerstore.peers_with_addrs())
 
     async def _join_lookup(self) -> None:
-        """The Kademlia join: look up our own id so our neighbourhood learns us and we learn it."""
+        """The Kademlia join: look up our own id so our neighbourhood learns us and we learn it.
+
+        The lookup asks for the ``target_peers // 2`` closest peers, not Kademlia's k = 20:
+        py-libp2p queries up to ten peers at once and dials every one it queries, so in a network
+        of up to ~20 nodes each join connected a node to nearly all the others (18 connections
+        each on 20 nodes starting together; each one a handshake, identify both ways, a gossip
+        stream each way and DHT answers). Other nodes' joins and the keeper's dials bring a node
+        up to its target (~15 connections each on those 20 nodes).
+        """
         await self._sync_routing_table()
         with trio.move_on_after(_LOOKUP_TIMEOUT):
             try:
-                found = await self.dht.peer_routing.find_closest_peers_network(self.host.get_id().to_bytes())
+                found = await self.dht.peer_routing.find_closest_peers_network(
+                    self.host.get_id().to_bytes(), count=max(1, self.target_peers // 2)
+                )
                 log.debug("join lookup found %d peers", len(found))
             except Exception as exc:
                 log.debug("join lookup failed: %s", exc)
