@@ -178,6 +178,7 @@ class AttestationGossip:
         self.scores = guard.scores
         self.scores.set_bonus(self._bonus)
         self._labelled: set[str] = set()
+        self._validating: set[bytes] = set()  # ids of messages being pushed (validated, forwarded)
         self.ready = trio.Event()
 
         self.accepted = metrics.counter(
@@ -264,7 +265,15 @@ class AttestationGossip:
 
     async def _guard_push(self, forwarder: ID, message: rpc_pb2.Message) -> None:
         """Pubsub's per-message entry (run as a Pubsub service task): nothing one message does may
-        raise out of it, and a banned forwarder's messages are dropped unread."""
+        raise out of it, a banned forwarder's messages are dropped unread, and a copy of a message
+        that is still being validated is dropped.
+
+        py-libp2p marks a message seen only once its validation has finished, so every copy that
+        arrived from other mesh peers meanwhile (our validator appraises in a thread) was validated
+        again and forwarded again, each to the whole mesh: on 20 nodes starting together, ~28
+        validations per node for 20 bundles, and the extra forwards fed further copies. Copies
+        carry the same origin-signed data, so they would get the same verdict.
+        """
         if forwarder == self._host.get_id():
             await self._push_msg(forwarder, message)  # our own publish: errors are ours to see
             return
@@ -273,7 +282,15 @@ class AttestationGossip:
             self.dropped.inc(reason="banned")
             return
         try:
-            await self._push_msg(forwarder, message)
+            message_id = self.pubsub.get_message_id(message)
+            if message_id in self._validating:
+                self.dropped.inc(reason="duplicate")
+                return
+            self._validating.add(message_id)
+            try:
+                await self._push_msg(forwarder, message)
+            finally:
+                self._validating.discard(message_id)
         except Exception as exc:
             self.dropped.inc(reason="malformed")
             self.scores.penalise(peer, Offence.INVALID_MESSAGE)

@@ -1,12 +1,16 @@
 """Start-up traffic cuts: each distinct signed peer record is opened once (invalid ones every
-time), and the attestation router sends IDONTWANT only for messages of 1 KiB or more."""
+time), the attestation router sends IDONTWANT only for messages of 1 KiB or more, and a copy of a
+gossip message still being validated is dropped."""
 
 from __future__ import annotations
 
 import importlib
+import os
 
 import multiaddr
 import pytest
+import trio
+import trio.testing
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import create_signed_peer_record
@@ -14,8 +18,12 @@ from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.score import ScoreParams
 
+from node.metrics import Metrics
 from node.net import signed_records
-from node.net.gossip import ATTEST_TOPIC, AttestGossipSub, gossipsub_router
+from node.net.gossip import ATTEST_TOPIC, Appraisal, AttestationGossip, AttestGossipSub, gossipsub_router
+from node.net.host import build_host
+from node.net.registry import Registry
+from protocol.identity import Identity
 
 
 def _record(port: int = 4001) -> bytes:
@@ -83,3 +91,29 @@ async def test_idontwant_only_for_messages_of_a_kilobyte_or_more(monkeypatch: py
         router.mcache.put(message)
         await router._emit_idontwant_for_message(b"peer" + seqno, [ATTEST_TOPIC])
     assert sent == [b"peer\x02"]
+
+
+async def test_a_copy_of_a_message_still_in_validation_is_dropped_and_a_later_one_is_not() -> None:
+    host = build_host(Identity.generate(), os.urandom(32), ["/ip4/127.0.0.1/tcp/0"])
+    metrics = Metrics()
+    refuse = lambda *_: Appraisal(ok=False)  # noqa: E731 - never called: the push is replaced
+    gossip = AttestationGossip(host, refuse, Registry(), metrics, addrs_of=lambda _: ())
+    release = trio.Event()
+    pushed: list[ID] = []
+
+    async def slow_push(forwarder: ID, message: rpc_pb2.Message) -> None:
+        pushed.append(forwarder)
+        await release.wait()
+
+    gossip._push_msg = slow_push  # type: ignore[method-assign]
+    first, second = (ID(Identity.generate().peer_id) for _ in range(2))
+    message = rpc_pb2.Message(from_id=b"origin", seqno=b"\x01", data=b"bundle", topicIDs=[ATTEST_TOPIC])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gossip._guard_push, first, message)
+        await trio.testing.wait_all_tasks_blocked()
+        await gossip._guard_push(second, message)  # returns at once: dropped
+        assert pushed == [first]
+        assert metrics.render().count('veilnet_gossip_messages_dropped_total{reason="duplicate"} 1') == 1
+        release.set()
+    await gossip._guard_push(second, message)  # validation over: handled again (pubsub's seen check)
+    assert pushed == [first, second]
