@@ -195,7 +195,11 @@ class Discovery:
         While known peers stay unreached (a partition, a restart) it doubles only up to 8 s.
         """
         await self.bootstrap_once()
-        await self._join_lookup()
+        # No top-up straight after the first join: the peers whose joins are finding us (a
+        # testnet starting together, a busy network) connect within that first interval, and
+        # dialling random known peers before they do left 20 nodes starting together with ~17
+        # connections each where 12 were wanted.
+        await self._join_lookup(top_up=False)
         interval = _KEEPER_FAST_INTERVAL
         while True:
             self._unwire_auto_connector_refresh()
@@ -233,7 +237,7 @@ class Discovery:
         peerstore = self.host.get_peerstore()
         return set(self.dht.routing_table.get_peer_ids()) | set(peerstore.peers_with_addrs())
 
-    async def _join_lookup(self) -> None:
+    async def _join_lookup(self, *, top_up: bool = True) -> None:
         """The Kademlia join: look up our own id so our neighbourhood learns us and we learn it.
 
         The lookup asks for the ``target_peers // 2`` closest peers, not Kademlia's k = 20:
@@ -253,7 +257,7 @@ class Discovery:
             except Exception as exc:
                 log.debug("join lookup failed: %s", exc)
         connected = self.connected()
-        if len(connected) < self.target_peers:
+        if top_up and len(connected) < self.target_peers:
             await self._dial_known_peers(self.target_peers - len(connected))
 
     def _unreached_peers(self) -> list[ID]:
