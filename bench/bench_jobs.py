@@ -196,8 +196,9 @@ async def _clients(url: str, texts_per_job: int, concurrency: int) -> tuple[floa
                 failed += 1
 
     async with contextlib.AsyncExitStack() as stack:
+        one_connection = httpx.Limits(max_connections=1)
         clients = [
-            await stack.enter_async_context(httpx.AsyncClient(timeout=120.0, limits=httpx.Limits(max_connections=1)))
+            await stack.enter_async_context(httpx.AsyncClient(timeout=120.0, limits=one_connection))
             for _ in range(concurrency)
         ]
 
