@@ -4,6 +4,8 @@ executor, prove the user's input and answer, feed offence records, and stay with
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 
 import pytest
 import trio
@@ -62,6 +64,30 @@ async def test_the_router_signs_a_receipt_that_verifies_and_names_the_outvoted(m
         proof=slim.to_wire(),
     )
     assert verify_offence(record.to_wire()).offender == liar.peer_id
+
+
+async def test_a_receipt_without_an_offence_is_signed_when_first_asked_for(models):
+    embed, _, _ = models
+    async with trio.open_nursery() as nursery:
+        net = MemoryNetwork(nursery, names=names_for([embed]))
+        for _ in range(3):
+            add_member(net, {embed.model_id: embed})
+        router = make_router(net)
+        assert router.receipts is not None
+        told: list[KeptReceipt] = []
+        router.receipts.listeners.append(told.append)
+        await nursery.start(router.run)
+        result = await router.embeddings(embed.model_id, TEXTS, replicas=3)
+        nursery.cancel_scope.cancel()
+    assert told == []  # nothing to publish: no offence
+    kept = router.receipts.get(result.job_id.hex())
+    assert kept is not None and router.receipts.get(result.job_id.hex()) is kept  # signed once
+    assert kept.receipt.finished_ms <= int(time.time() * 1000) and len(kept.receipt.winners) == 3
+    verdict = verify_receipt(
+        kept.wire, policy=POLICY, answer=kept.answer, job_input=kept.job_input, salt=kept.input_salt
+    )
+    assert verdict.ok, verdict.steps
+    assert router.receipts.get(os.urandom(16).hex()) is None
 
 
 async def test_a_chat_receipt_covers_the_primary_and_its_verifiers(models):
