@@ -33,7 +33,7 @@ log = logging.getLogger("veilnet.router")
 REPUTATION_FILE = "reputation.msgpack"
 BUSY_BACKOFF_S = 2.0  # a peer that said busy is ranked as fully loaded for this long
 _QUEUE_FULL_MS = 1000.0  # smoothed queue time that counts as full load
-_INFLIGHT_FULL = 2.0  # our own concurrent jobs on one peer that count as full load (see load_of)
+_INFLIGHT_FULL = 16.0  # our own concurrent jobs on one peer that count as full load
 _QUEUE_WEIGHT = 0.3  # EWMA weight of the newest queue_ms report (smooths one slow batch away)
 _QUEUE_KEEP = 0.7  # and of the history (1 - _QUEUE_WEIGHT, written out so the arithmetic is exact)
 
@@ -112,13 +112,7 @@ class Standing:
     # ------------------------------------------------------------------ load
 
     def load_of(self, peer: bytes, now: float) -> float:
-        """Advertised load: recent busy answers, queue time in commitments, our own in-flight jobs.
-
-        One job of ours already on an executor is half its load and two fill it: an executor runs
-        one batch at a time, so a job that lands behind another waits a whole model call, and
-        concurrent jobs from a few clients should spread over idle executors first. Under heavy
-        load every executor is full, the weights are equal again, and jobs share batches.
-        """
+        """Advertised load: recent busy answers, queue time in commitments, our own in-flight jobs."""
         if self._busy_until.get(peer, 0.0) > now:
             return 1.0
         queue = min(1.0, self._queue_ewma.get(peer, 0.0) / _QUEUE_FULL_MS)
