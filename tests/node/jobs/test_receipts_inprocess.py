@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from typing import Any
 
 import pytest
 import trio
@@ -66,13 +67,16 @@ async def test_the_router_signs_a_receipt_that_verifies_and_names_the_outvoted(m
     assert verify_offence(record.to_wire()).offender == liar.peer_id
 
 
+def _router_of_three_honest(net: MemoryNetwork, model: Any) -> Any:
+    for _ in range(3):
+        add_member(net, {model.model_id: model})
+    return make_router(net)
+
+
 async def test_a_receipt_without_an_offence_is_signed_when_first_asked_for(models):
     embed, _, _ = models
     async with trio.open_nursery() as nursery:
-        net = MemoryNetwork(nursery, names=names_for([embed]))
-        for _ in range(3):
-            add_member(net, {embed.model_id: embed})
-        router = make_router(net)
+        router = _router_of_three_honest(MemoryNetwork(nursery, names=names_for([embed])), embed)
         assert router.receipts is not None
         told: list[KeptReceipt] = []
         router.receipts.listeners.append(told.append)
@@ -94,9 +98,7 @@ async def test_a_chat_receipt_covers_the_primary_and_its_verifiers(models):
     _, chat, _ = models
     async with trio.open_nursery() as nursery:
         net = MemoryNetwork(nursery, names=names_for([chat]))
-        for _ in range(3):
-            add_member(net, {chat.model_id: chat})
-        router = make_router(net)
+        router = _router_of_three_honest(net, chat)
         await nursery.start(router.run)
         result = await router.chat(
             chat.model_id, [{"role": "user", "content": "hello"}], max_tokens=6, replicas=3
