@@ -202,16 +202,18 @@ class ReceiptBook:
         salt = os.urandom(SALT_LEN)
         job_input = sub.job.to_bytes()
         slimmed = tuple(entries)
+        # only these values are held until signing, not the submission (its providers' bundles)
+        job_id, model_id, task, mode = sub.job_id, sub.model_id, sub.task.value, sub.mode.value
+        created_ms = int(sub.started * 1000)
+        finished_ms = max(int(finished * 1000), created_ms)
 
         def sign() -> KeptReceipt:
             receipt = Receipt.create(
-                self._identity, job_id=sub.job_id, model_id=sub.model_id, task=sub.task.value,
-                mode=sub.mode.value, input_digest=input_digest(salt, job_input), status=status, quorum=quorum,
+                self._identity, job_id=job_id, model_id=model_id, task=task, mode=mode,
+                input_digest=input_digest(salt, job_input), status=status, quorum=quorum,
                 needed=majority_of(quorum), escalated=escalated, comparator=comparator, bounds=bounds,
-                executors=slimmed, winners=tuple(sorted(winners)),
-                created_ms=int(sub.started * 1000),
-                finished_ms=max(int(finished * 1000), int(sub.started * 1000)),
-                answer_digest=answer_digest,
+                executors=slimmed, winners=tuple(sorted(winners)), created_ms=created_ms,
+                finished_ms=finished_ms, answer_digest=answer_digest,
             )
             return KeptReceipt(receipt, receipt.to_wire(), salt, job_input, answer)
 
