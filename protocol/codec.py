@@ -40,9 +40,31 @@ DEFAULT_LIMITS = Limits()
 Value = Any  # None | bool | int | str | bytes | list[Value] | dict[str, Value]
 
 
+_PLAIN = frozenset({str, bytes, int, bool, type(None)})
+
+
 def _canonicalize(obj: Any, depth: int) -> Any:
+    """The value with every map's keys in canonical order, tuples as lists, no floats.
+
+    Exact built-in types take a fast path (this runs over every message signed, hashed, encoded
+    or checked after decoding): a ``str`` key's code-point order is its UTF-8 byte order, so a
+    map of ``str`` keys sorts by its keys as they are. Anything else (subclasses, other mappings
+    and sequences, bytearray, memoryview) goes through ``_canonicalize_any``.
+    """
     if depth > 64:
         raise CodecError("too_deep", "value nests more than 64 levels")
+    kind = type(obj)
+    if kind in _PLAIN:
+        return obj
+    if kind is dict:
+        if all(type(key) is str for key in obj):
+            return {key: _canonicalize(obj[key], depth + 1) for key in sorted(obj)}
+    elif kind is list or kind is tuple:
+        return [_canonicalize(item, depth + 1) for item in obj]
+    return _canonicalize_any(obj, depth)
+
+
+def _canonicalize_any(obj: Any, depth: int) -> Any:
     if obj is None or isinstance(obj, (bool, int, str, bytes)):
         return obj
     if isinstance(obj, (bytearray, memoryview)):

@@ -341,3 +341,40 @@ def test_decoder_on_mutated_encodings_raises_only_codec_error(data: bytes, progr
 @given(values, mutations)
 def test_decoder_on_mutated_generated_values_raises_only_codec_error(value: Any, program: bytes) -> None:
     check_decoder(mutate(encode(value), program))
+
+
+def reference_encoding(value: Any) -> bytes:
+    """The canonical form written out the slow way: keys sorted by their UTF-8 bytes."""
+
+    def canonical(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {k: canonical(item[k]) for k in sorted(item, key=lambda k: k.encode("utf-8"))}
+        if isinstance(item, (list, tuple)):
+            return [canonical(v) for v in item]
+        return item
+
+    packed = msgpack.packb(canonical(value), use_bin_type=True)
+    assert isinstance(packed, bytes)
+    return packed
+
+
+tuple_values: st.SearchStrategy[Any] = st.recursive(
+    scalars | st.characters().map(lambda c: c * 2),  # every plane, so key order crosses UTF-8 lengths
+    lambda children: (
+        st.lists(children, max_size=6)
+        | st.lists(children, max_size=6).map(tuple)
+        | st.dictionaries(st.text(max_size=6), children, max_size=8)
+    ),
+    max_leaves=30,
+)
+
+
+@given(tuple_values)
+def test_the_fast_path_encodes_exactly_as_the_reference(value: Any) -> None:
+    assert encode(value) == reference_encoding(value)
+
+
+def test_keys_across_utf8_lengths_sort_by_bytes() -> None:
+    keys = ["\U00010000", "\uffff", "\u07ff", "\u0800", "z", "\x7f", "\u00e9"]
+    data = encode(dict.fromkeys(keys, 0))
+    assert list(decode(data)) == sorted(keys, key=lambda k: k.encode("utf-8"))
