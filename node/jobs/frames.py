@@ -123,8 +123,9 @@ class Libp2pFrames:
         layer and the socket for the lot), and a writer whose bytes a holder already sent finds
         them done when its turn comes. At saturation many jobs share one link, and each write
         through py-libp2p's stack costs more CPU than the job protocol itself. A writer cancelled
-        before its bytes were taken leaves nothing behind; when the holder's write fails, every
-        writer whose bytes were in it fails too.
+        before its bytes were taken leaves nothing behind; a holder cancelled while writing hands
+        the others' bytes back to the queue; when the stream fails, every writer whose bytes were
+        in that write fails too.
         """
         payloads = (payload, *more)
         pending = _PendingWrite(b"".join(encode_frame(p) for p in payloads))
@@ -135,29 +136,35 @@ class Libp2pFrames:
         try:
             async with self._write_lock:
                 if not pending.done:
-                    await self._write_queued()
+                    await self._write_queued(pending)
         finally:
             if not pending.taken:  # cancelled while waiting its turn: never sent
                 self._queued.remove(pending)
         if pending.failure is not None:
             raise trio.BrokenResourceError(pending.failure)
 
-    async def _write_queued(self) -> None:
+    async def _write_queued(self, own: _PendingWrite) -> None:
         batch, self._queued = self._queued, []
         for p in batch:
             p.taken = True
         data = batch[0].data if len(batch) == 1 else b"".join(p.data for p in batch)
-        failure: str | None = "write interrupted"
         try:
             await self.stream.write(data)
-            failure = None
-        except Exception as exc:
-            failure = f"stream write failed: {type(exc).__name__}: {exc}"
-            raise
-        finally:
+        except Exception as exc:  # the stream failed: so did every write in the batch
             for p in batch:
-                p.done = True
-                p.failure = failure
+                p.done, p.failure = True, f"stream write failed: {type(exc).__name__}: {exc}"
+            raise
+        except BaseException:
+            # Cancelled (the holder's job ended): the others' frames go back to the head of the
+            # queue for the next holder, as if this writer had never taken them.
+            others = [p for p in batch if p is not own]
+            for p in others:
+                p.taken = False
+            self._queued[:0] = others
+            own.done = True
+            raise
+        for p in batch:
+            p.done = True
 
     async def close(self) -> None:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from node.jobs.frames import Libp2pFrames
 from protocol.jobs.framing import FrameDecoder, encode_frame
@@ -131,3 +132,29 @@ async def test_frames_round_trip_through_the_decoder_whatever_the_grouping(write
             nursery.start_soon(frames.write, payload)
     decoded = [frame for i in range(len(stream.writes)) for frame in stream.frames(i)]
     assert sorted(decoded) == sorted(payloads)
+
+
+async def test_a_holder_cancelled_mid_write_hands_the_others_frames_to_the_next_writer() -> None:
+    stream = GatedStream()
+    frames = Libp2pFrames(stream, b"peer")  # type: ignore[arg-type]
+    holder = trio.CancelScope()
+
+    async def cancelled_holder() -> None:
+        with holder:
+            await frames.write(b"abandoned")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(frames.write, b"first")
+        await stream.started.wait()
+        nursery.start_soon(cancelled_holder)  # queued behind "first"
+        nursery.start_soon(frames.write, b"second")
+        await _settle()
+        first_release, stream.release = stream.release, trio.Event()
+        first_release.set()  # "first" finishes; the next holder takes "abandoned" and "second"
+        await _settle()
+        assert stream.frames(1) == [b"abandoned", b"second"]
+        holder.cancel()  # the holder's job ends while its write is in flight
+        await _settle()
+        stream.release.set()
+    # "second" was not lost with the cancelled write: its writer wrote it again itself
+    assert stream.frames(len(stream.writes) - 1) == [b"second"]
