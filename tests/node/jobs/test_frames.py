@@ -35,6 +35,23 @@ class GatedStream:
         return FrameDecoder(1 << 20).feed(self.writes[index])
 
 
+def _gated() -> tuple[GatedStream, Libp2pFrames]:
+    stream = GatedStream()
+    return stream, Libp2pFrames(stream, b"peer")  # type: ignore[arg-type]
+
+
+async def _first_write_in_flight(nursery: trio.Nursery, stream: GatedStream, frames: Libp2pFrames) -> None:
+    """Start writing b"first" and return once its stream write is blocked in the gate."""
+    nursery.start_soon(frames.write, b"first")
+    await stream.started.wait()
+
+
+async def _write_within(scope: trio.CancelScope, frames: Libp2pFrames, payload: bytes) -> None:
+    """One writer inside ``scope``, so a test can cancel that writer alone."""
+    with scope:
+        await frames.write(payload)
+
+
 async def _settle() -> None:
     """Let every runnable task reach its next blocking point."""
     await trio.testing.wait_all_tasks_blocked()
@@ -49,8 +66,7 @@ async def test_an_uncontended_write_is_one_stream_write_of_its_frames() -> None:
 
 
 async def test_writers_queued_behind_a_write_go_out_together_in_order() -> None:
-    stream = GatedStream()
-    frames = Libp2pFrames(stream, b"peer")  # type: ignore[arg-type]
+    stream, frames = _gated()
     finished: list[bytes] = []
 
     async def write(payload: bytes) -> None:
@@ -72,19 +88,12 @@ async def test_writers_queued_behind_a_write_go_out_together_in_order() -> None:
 
 
 async def test_a_writer_cancelled_before_its_turn_sends_nothing() -> None:
-    stream = GatedStream()
-    frames = Libp2pFrames(stream, b"peer")  # type: ignore[arg-type]
+    stream, frames = _gated()
     waiting = trio.CancelScope()
-
-    async def cancelled_writer() -> None:
-        with waiting:
-            await frames.write(b"dropped")
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(frames.write, b"first")
-        await stream.started.wait()
+        await _first_write_in_flight(nursery, stream, frames)
         nursery.start_soon(frames.write, b"kept")
-        nursery.start_soon(cancelled_writer)
+        nursery.start_soon(_write_within, waiting, frames, b"dropped")
         await _settle()
         waiting.cancel()
         await _settle()
@@ -93,8 +102,7 @@ async def test_a_writer_cancelled_before_its_turn_sends_nothing() -> None:
 
 
 async def test_every_writer_in_a_failed_write_gets_an_error() -> None:
-    stream = GatedStream()
-    frames = Libp2pFrames(stream, b"peer")  # type: ignore[arg-type]
+    stream, frames = _gated()
     errors: dict[bytes, BaseException] = {}
 
     async def write(payload: bytes) -> None:
@@ -135,18 +143,12 @@ async def test_frames_round_trip_through_the_decoder_whatever_the_grouping(write
 
 
 async def test_a_holder_cancelled_mid_write_hands_the_others_frames_to_the_next_writer() -> None:
-    stream = GatedStream()
-    frames = Libp2pFrames(stream, b"peer")  # type: ignore[arg-type]
+    stream, frames = _gated()
     holder = trio.CancelScope()
-
-    async def cancelled_holder() -> None:
-        with holder:
-            await frames.write(b"abandoned")
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(frames.write, b"first")
-        await stream.started.wait()
-        nursery.start_soon(cancelled_holder)  # queued behind "first"
+        await _first_write_in_flight(nursery, stream, frames)
+        nursery.start_soon(_write_within, holder, frames, b"abandoned")  # queued behind "first"
+        await _settle()
         nursery.start_soon(frames.write, b"second")
         await _settle()
         first_release, stream.release = stream.release, trio.Event()
