@@ -3,8 +3,9 @@
 Batched inference is several times faster per text on a CPU than one text per call, so concurrent
 jobs for the same model share forward passes: the batcher takes every request already waiting,
 waits at most ``max_wait_ms`` for more until ``max_batch_size`` texts are gathered, runs one
-``embed`` call in a worker thread, and hands each caller its own rows. Under load, requests pile up
-while a batch computes and the next batch starts with all of them, with no extra wait.
+``embed`` call in the model's own thread (``ModelThread``), and hands each caller its own rows.
+Under load, requests pile up while a batch computes and the next batch starts with all of them,
+with no extra wait.
 
 Backpressure: at most ``max_queued_texts`` texts may wait; beyond that ``embed`` raises ``Busy`` at
 once, so the router can try another executor instead of queueing behind a saturated one.
@@ -31,6 +32,7 @@ import trio
 
 from node import timeline
 from node.runtime.errors import BatcherClosed, Busy, InvalidInput, ModelRuntimeError
+from node.runtime.model_thread import ModelThread
 
 if TYPE_CHECKING:
     # The installed trio-stubs (pulled in by libp2p) shadow trio's own annotations and lack
@@ -180,12 +182,13 @@ class EmbeddingBatcher:
             raise RuntimeError("this batcher is already running")
         self._running = True
         try:
-            task_status.started()
-            while True:
-                await self._collect()
-                if self._batch:
-                    await self._compute(self._batch)
-                self._batch = []
+            with ModelThread(f"embed {getattr(self.runtime, 'name', 'model')}") as thread:
+                task_status.started()
+                while True:
+                    await self._collect()
+                    if self._batch:
+                        await self._compute(thread, self._batch)
+                    self._batch = []
         finally:
             self._running = False
             self._fail_all()
@@ -275,7 +278,7 @@ class EmbeddingBatcher:
                         return False
         return True
 
-    async def _compute(self, batch: list[_Request]) -> None:
+    async def _compute(self, thread: ModelThread, batch: list[_Request]) -> None:
         texts = [text for request in batch for text in request.texts]
         embed = self.runtime.embed
         if timeline.enabled():
@@ -290,7 +293,7 @@ class EmbeddingBatcher:
                     timeline.mark_many("batch.torch_done", jobs)
 
         try:
-            vectors = await trio.to_thread.run_sync(embed, texts, limiter=self._limiter)
+            vectors = await thread.run_sync(embed, texts, limiter=self._limiter)
         except ModelRuntimeError as exc:
             for request in batch:
                 request.finish(error=BatchFailed(str(exc)))
