@@ -12,7 +12,9 @@ computing at once oversubscribe the cores (4 clients: 16 jobs/s against 48 for o
 Rows:
 - k=1 job through the API, p50/p95 (one executor: seal → job stream → commit → reveal → open →
   vote of one → JSON answer) against ``runtime.embed([text])`` in this process. Goal: p50 overhead
-  (API p50 − in-process p50) under 5 ms.
+  (API p50 − in-process p50) under 5 ms. A second overhead row (informational) sends the same
+  job with the standard library's ``http.client``: the difference is httpx's own client-side
+  cost, not the node's.
 - k=3 consensus latency p50/p95 against k=1 (interleaved, same executors available). Goal ≤ 1.5×.
 - throughput at saturation, jobs/s: 48 concurrent clients sending one-text k=1 jobs to a single
   executor (the others are stopped), against in-process batched inference (batches of 32) on the
@@ -25,6 +27,8 @@ Rows:
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import math
 import statistics
 import tempfile
@@ -33,6 +37,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -88,6 +93,7 @@ class _Network:
         self.code_root = code_root
         self.nodes: list[NodeProcess] = []
         self.http = httpx.Client(timeout=120.0)
+        self.lean: http.client.HTTPConnection | None = None
         self.env = shared_cores_env(NODES)  # the node processes' environment
 
     def _overrides(self, index: int, config: NodeConfig) -> NodeConfig:
@@ -133,9 +139,27 @@ class _Network:
         assert answer["veilnet"]["status"] == "ok"
         return elapsed
 
+    def timed_stdlib(self, replicas: int) -> float:
+        """``timed`` through the standard library's ``http.client``: httpx's own client-side
+        cost (~0.4 ms a request here) is then left out of the figure."""
+        if self.lean is None:
+            url = urlsplit(self.nodes[0].api_url)
+            self.lean = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=120)
+        body = {"model": MODEL, "input": [TEXT], "veilnet": {"replicas": replicas}}
+        started = time.perf_counter()
+        self.lean.request("POST", "/v1/embeddings", json.dumps(body).encode(),
+                          {"content-type": "application/json"})
+        response = self.lean.getresponse()
+        answer = json.loads(response.read())
+        elapsed = time.perf_counter() - started
+        assert response.status == 200 and answer["veilnet"]["status"] == "ok", answer
+        return elapsed
+
     def close(self) -> None:
         stop_processes(self.nodes)
         self.http.close()
+        if self.lean is not None:
+            self.lean.close()
 
 
 def _load() -> Any:
@@ -254,11 +278,12 @@ def _measure(runtime: Any) -> list[Result]:
             for _ in range(5):
                 network.timed(1)
                 network.timed(3)
-            k1, k3, single = [], [], []
+            k1, k3, single, lean = [], [], [], []
             for _ in range(LATENCY_SAMPLES):
                 k1.append(network.timed(1))
                 single.append(_embed_once(runtime))
                 k3.append(network.timed(3))
+                lean.append(network.timed_stdlib(1))
             client_rows = _client_rows(network.nodes[0].api_url)
             # saturation against one executor: stop the other two so every job lands on node 1
             stop_processes(network.nodes[2:])
@@ -284,6 +309,9 @@ def _measure(runtime: Any) -> list[Result]:
                "in-process embed, p95", _percentile(k1, 0.95) / _percentile(single, 0.95)),
         Result("job k=1 overhead (API p50 − in-process p50)", (k1_p50 - in_process_p50) * ms, "ms",
                goal="< 5 ms"),
+        Result("job k=1 overhead, client http.client (API p50 − in-process p50)",
+               (statistics.median(lean) - in_process_p50) * ms, "ms",
+               goal="informational: the row above less httpx's client-side cost"),
         Result("job k=3 consensus via API, p50", k3_p50 * ms, "ms", k1_p50 * ms, "k=1 via API, p50",
                k3_p50 / k1_p50, "≤ 1.5×"),
         Result("job k=3 consensus via API, p95", _percentile(k3, 0.95) * ms, "ms", _percentile(k1, 0.95) * ms,
