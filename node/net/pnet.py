@@ -18,6 +18,12 @@ XSalsa20(k, n) is Salsa20 keyed with HSalsa20(k, n[0:16]) and using n[16:24] as 
 HSalsa20 (one 20-round core, run once per connection) is written out below, the bulk stream
 cipher is pycryptodome's Salsa20 (already a py-libp2p dependency).
 
+Reading is buffered (the wire is not changed by it): a receive asks the socket for up to
+:data:`READ_AHEAD` bytes, decrypts them all at once, in wire order, and later ``read`` calls are
+answered from that buffer before the socket is asked again. Noise reads each message as a 2-byte
+length and then the body; without the buffer that was two socket receives, each a turn of the
+event loop. The buffer never holds more than one receive.
+
 :func:`install` makes py-libp2p's swarm use :class:`XSalsa20PskConn` for ``psk=``; it is called
 by :func:`node.net.host.build_host`.
 """
@@ -36,10 +42,11 @@ from multiaddr import Multiaddr
 
 from node.net.prompt_lock import PromptLock
 
-__all__ = ["NONCE_SIZE", "PSK_SIZE", "XSalsa20PskConn", "hsalsa20", "install", "xsalsa20_cipher"]
+__all__ = ["NONCE_SIZE", "PSK_SIZE", "READ_AHEAD", "XSalsa20PskConn", "hsalsa20", "install", "xsalsa20_cipher"]
 
 PSK_SIZE = 32
 NONCE_SIZE = 24
+READ_AHEAD = 65536  # trio's default receive size: one receive drains what a loopback send wrote
 
 _SIGMA = struct.unpack("<4I", b"expand 32-byte k")
 _MASK = 0xFFFFFFFF
@@ -116,6 +123,9 @@ class XSalsa20PskConn(IRawConnection):
         self._local_nonce = os.urandom(NONCE_SIZE)
         self._write_cipher = xsalsa20_cipher(psk, self._local_nonce)
         self._read_cipher: Salsa20.Salsa20Cipher | None = None
+        # Decrypted bytes received but not yet handed out: self._plain[self._plain_at:].
+        self._plain = b""
+        self._plain_at = 0
         self._nonce_sent = False
         # Encrypt-then-write must keep key-stream order equal to byte order on the wire.
         self._write_lock = PromptLock()
@@ -140,10 +150,31 @@ class XSalsa20PskConn(IRawConnection):
         async with self._read_lock:
             if self._read_cipher is None:
                 self._read_cipher = xsalsa20_cipher(self._psk, await self._read_exactly(NONCE_SIZE))
-            data = await self._conn.read(n)
-            if not data:
+            if n is not None and n < 1:
+                if n < 0:
+                    raise ValueError("read size must be None or >= 0")
                 return b""
-            return self._read_cipher.decrypt(data)
+            if self._plain_at >= len(self._plain):
+                data = await self._conn.read(READ_AHEAD if n is None else max(n, READ_AHEAD))
+                if not data:
+                    return b""
+                # Every received byte is decrypted exactly once, in wire order.
+                self._plain = self._read_cipher.decrypt(data)
+                self._plain_at = 0
+            return self._take(n)
+
+    def _take(self, n: int | None) -> bytes:
+        start = self._plain_at
+        end = len(self._plain) if n is None else min(len(self._plain), start + n)
+        self._plain_at = end
+        if start == 0 and end == len(self._plain):
+            chunk = self._plain  # the whole receive: no copy
+        else:
+            chunk = self._plain[start:end]
+        if end == len(self._plain):
+            self._plain = b""
+            self._plain_at = 0
+        return chunk
 
     async def _read_exactly(self, size: int) -> bytes:
         buffer = b""

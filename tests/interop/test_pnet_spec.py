@@ -127,3 +127,99 @@ async def test_a_peer_that_closes_before_its_nonce_is_a_connection_error() -> No
     await left_raw.send_stream.aclose()  # half-close: 5 of the 24 nonce bytes, then EOF
     with trio.fail_after(5), pytest.raises(RawConnError):
         await right.read(100)
+
+
+class _ScriptedConn(_PipeConn):
+    """A raw connection whose receives are given in advance, as a socket would hand them out:
+    each read returns at most ``n`` bytes of the next receive (the rest stays for the next read);
+    when the script is done, EOF."""
+
+    def __init__(self, receives: list[bytes]) -> None:
+        super().__init__(trio.testing.memory_stream_pair()[0], False)
+        self._receives = [chunk for chunk in receives if chunk]
+        self.asked: list[int | None] = []
+
+    async def read(self, n: int | None = None) -> bytes:
+        self.asked.append(n)
+        await trio.lowlevel.checkpoint()
+        if not self._receives:
+            return b""
+        chunk = self._receives.pop(0)
+        if n is not None and n < len(chunk):
+            self._receives.insert(0, chunk[n:])
+            chunk = chunk[:n]
+        return chunk
+
+    async def write(self, data: bytes) -> None:
+        self.sent += data
+
+
+def _peer_wire(key: bytes, plaintext: bytes) -> bytes:
+    """What a PSK v1 peer sends: its nonce, then the plaintext XORed with its key stream."""
+    nonce = os.urandom(pnet.NONCE_SIZE)
+    return nonce + pnet.xsalsa20_cipher(key, nonce).encrypt(plaintext)
+
+
+async def test_a_length_then_its_message_from_one_receive_cost_one_socket_read() -> None:
+    key = os.urandom(32)
+    message = os.urandom(900)
+    plaintext = len(message).to_bytes(2, "big") + message
+    wire = _peer_wire(key, plaintext)
+    raw = _ScriptedConn([wire[: pnet.NONCE_SIZE], wire[pnet.NONCE_SIZE :]])
+    conn = pnet.XSalsa20PskConn(raw, key)
+    with trio.fail_after(5):
+        assert await conn.read(2) == plaintext[:2]
+        assert await conn.read(900) == message
+        assert await conn.read(10) == b""  # EOF after the buffer is spent
+    # The nonce read is exact (24), then one receive for length and body, then the EOF.
+    assert raw.asked == [pnet.NONCE_SIZE, pnet.READ_AHEAD, pnet.READ_AHEAD]
+
+
+async def test_a_message_split_across_receives_is_handed_out_in_order_and_never_over_n() -> None:
+    key = os.urandom(32)
+    plaintext = os.urandom(300)
+    wire = _peer_wire(key, plaintext)
+    body = wire[pnet.NONCE_SIZE :]
+    raw = _ScriptedConn([wire[:10], wire[10 : pnet.NONCE_SIZE] + body[:3], body[3:200], body[200:]])
+    conn = pnet.XSalsa20PskConn(raw, key)
+    with trio.fail_after(5):
+        assert await conn.read(2) == plaintext[:2]  # the nonce's receive carried 3 bytes more
+        assert await conn.read(100) == plaintext[2:3]  # what is buffered, without a receive
+        assert await conn.read(100) == plaintext[3:103]
+        assert await conn.read() == plaintext[103:200]  # n None: the rest of the buffer
+        assert await conn.read() == plaintext[200:]
+        assert await conn.read() == b""
+        assert await conn.read(0) == b""
+    with pytest.raises(ValueError):
+        await conn.read(-1)
+
+
+@given(
+    plaintext=st.binary(min_size=1, max_size=3000),
+    cuts=st.lists(st.integers(min_value=0, max_value=3100), max_size=12),
+    sizes=st.lists(st.one_of(st.none(), st.integers(min_value=1, max_value=1200)), min_size=1, max_size=40),
+)
+def test_any_split_into_receives_and_any_read_sizes_give_back_the_plaintext_in_order(
+    plaintext: bytes, cuts: list[int], sizes: list[int | None]
+) -> None:
+    key = os.urandom(32)
+    wire = _peer_wire(key, plaintext)
+    bounds = sorted({0, len(wire), *(min(cut, len(wire)) for cut in cuts)})
+    raw = _ScriptedConn([wire[a:b] for a, b in zip(bounds, bounds[1:], strict=False)])
+    conn = pnet.XSalsa20PskConn(raw, key)
+    got = bytearray()
+
+    async def drain() -> None:
+        with trio.fail_after(5):
+            index = 0
+            while True:
+                size = sizes[index % len(sizes)]
+                index += 1
+                chunk = await conn.read(size)
+                if not chunk:
+                    return
+                assert size is None or len(chunk) <= size
+                got.extend(chunk)
+
+    trio.run(drain)
+    assert bytes(got) == plaintext
