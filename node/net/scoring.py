@@ -78,6 +78,7 @@ _TRANSPORT_FAILURE_NAMES = frozenset(
         "MuxedStreamClosed",
         "RawConnError",
         "IOException",
+        "ConnectionClosedError",  # py-libp2p's TCP stream: the peer reset or closed the socket
         "IncompleteReadError",
         "BrokenResourceError",
         "ClosedResourceError",

@@ -26,7 +26,8 @@ Rules the reader enforces, in order, for every 12-byte header (spec: hashicorp/y
    on.
 5. A window update may not push a send window past 2^32 − 1.
 
-A violation of 1, 2, 3 or 5 closes this connection only and reports a fault against the peer;
+A violation of 1, 2, 3 or 5 closes this connection only and reports a fault against the peer
+(a transport failure, read or write — the reader also answers — ends it with no fault);
 nothing the reader meets can raise out of ``start()`` (the Swarm runs it as a service task,
 where an exception ends the node). Receive windows auto-tune as upstream but stop at
 ``max_stream_window``.
@@ -66,6 +67,7 @@ from libp2p.stream_muxer.yamux.yamux import (
 from node.net.limits import ConnectionReservation, LimitExceeded
 from node.net.muxer import MuxerFault, StreamBudget
 from node.net.prompt_lock import PromptLock, PromptSemaphore
+from node.net.scoring import offence_for
 
 __all__ = ["GuardedYamux", "GuardedYamuxStream", "YamuxViolation"]
 
@@ -277,9 +279,15 @@ class GuardedYamux(Yamux):
             await self._refuse_connection(exc.fault, str(exc))
         except trio.Cancelled:
             raise
-        except Exception as exc:  # a bug or an unforeseen input: still this connection only
-            log.warning("yamux reader for %s failed: %s: %s", self.peer_id, type(exc).__name__, exc)
-            await self._refuse_connection(MuxerFault.PARSER_ERROR, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            if offence_for(exc) is None:
+                # The reader also writes (SYN's ACK, RST, ping ACK, window updates); a peer that
+                # hung up before the answer went out broke no rule (issue 12: charged as a parser
+                # error, four fast reconnects banned an honest peer for 300 s).
+                log.debug("yamux connection to %s ended while answering: %s", self.peer_id, exc)
+            else:  # a bug or an unforeseen input: still this connection only
+                log.warning("yamux reader for %s failed: %s: %s", self.peer_id, type(exc).__name__, exc)
+                await self._refuse_connection(MuxerFault.PARSER_ERROR, f"{type(exc).__name__}: {exc}")
         finally:
             with trio.move_on_after(_SHUTDOWN_TIMEOUT) as scope:
                 scope.shield = True

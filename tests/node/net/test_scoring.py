@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 
 from node.metrics import Metrics
@@ -100,6 +101,7 @@ def test_transport_failures_are_not_offences_but_bad_bytes_are() -> None:
     assert offence_for(StreamEOF()) is None
     assert offence_for(StreamReset()) is None
     assert offence_for(trio.BrokenResourceError()) is None
+    assert offence_for(ConnectionClosedError("TCP connection reset by remote peer", transport="tcp")) is None
     assert offence_for(ValueError("garbage")) is Offence.BROKEN_STREAM
     assert offence_for(trio.TooSlowError()) is Offence.TIMEOUT
     limit = LimitExceeded(Scope.PEER, Resource.INBOUND_STREAMS, current=1, attempted=1, limit=1)

@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
@@ -201,6 +202,36 @@ async def test_garbage_never_escapes_start() -> None:
                 await remote.closed_by_node()
                 await conn.event_closed.wait()
             assert all(f.is_violation for _, f in faults)
+
+
+class HungUpSecureConn(FakeSecureConn):
+    """A connection whose peer has gone: every write fails as py-libp2p's TCP stream fails it."""
+
+    async def write(self, data: bytes) -> None:
+        raise ConnectionClosedError("TCP connection reset by remote peer: [Errno 32] Broken pipe")
+
+
+@pytest.mark.parametrize(
+    "unanswered",
+    [frame(WINDOW_UPDATE, SYN, 2, 0), frame(PING, SYN, 0, 7)],  # the node owes an ACK to each
+    ids=["stream-syn", "ping"],
+)
+async def test_a_peer_that_hangs_up_before_the_answer_is_written_is_not_charged(unanswered: bytes) -> None:
+    """Issue 12: the reader's ACK hit the closed socket and was counted as a parser error (25
+    points); four fast reconnects of one identity banned it for 300 s."""
+    budget = StreamBudget(MuxerLimits())
+    faults: list[tuple[ID, MuxerFault]] = []
+    budget.add_listener(lambda p, f: faults.append((p, f)))
+    scores = PeerScores(LimitSettings(), Metrics())
+    budget.add_listener(penalise_faults(scores))
+    ours, theirs = trio.testing.memory_stream_pair()
+    conn = GuardedYamux(HungUpSecureConn(ours, True), PEER, budget=budget, is_initiator=True)  # type: ignore[arg-type]
+    await theirs.send_all(unanswered)
+    with trio.fail_after(5):
+        await conn.start()  # returns (never raises) once the reader has ended the connection
+    assert conn.event_closed.is_set()
+    assert faults == [] and conn.fault is None
+    assert scores.score(PEER.to_bytes()) == 0
 
 
 # -------------------------------------------------------------------------------- limits
