@@ -42,7 +42,15 @@ from multiaddr import Multiaddr
 
 from node.net.prompt_lock import PromptLock
 
-__all__ = ["NONCE_SIZE", "PSK_SIZE", "READ_AHEAD", "XSalsa20PskConn", "hsalsa20", "install", "xsalsa20_cipher"]
+__all__ = [
+    "NONCE_SIZE",
+    "PSK_SIZE",
+    "READ_AHEAD",
+    "XSalsa20PskConn",
+    "hsalsa20",
+    "install",
+    "xsalsa20_cipher",
+]
 
 PSK_SIZE = 32
 NONCE_SIZE = 24
@@ -167,10 +175,8 @@ class XSalsa20PskConn(IRawConnection):
         start = self._plain_at
         end = len(self._plain) if n is None else min(len(self._plain), start + n)
         self._plain_at = end
-        if start == 0 and end == len(self._plain):
-            chunk = self._plain  # the whole receive: no copy
-        else:
-            chunk = self._plain[start:end]
+        whole = start == 0 and end == len(self._plain)
+        chunk = self._plain if whole else self._plain[start:end]  # the whole receive: no copy
         if end == len(self._plain):
             self._plain = b""
             self._plain_at = 0

@@ -7,6 +7,7 @@ against libsodium, and the connection wrapper over an in-memory byte pipe.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import nacl.secret
@@ -205,7 +206,7 @@ def test_any_split_into_receives_and_any_read_sizes_give_back_the_plaintext_in_o
     key = os.urandom(32)
     wire = _peer_wire(key, plaintext)
     bounds = sorted({0, len(wire), *(min(cut, len(wire)) for cut in cuts)})
-    raw = _ScriptedConn([wire[a:b] for a, b in zip(bounds, bounds[1:], strict=False)])
+    raw = _ScriptedConn([wire[a:b] for a, b in itertools.pairwise(bounds)])
     conn = pnet.XSalsa20PskConn(raw, key)
     got = bytearray()
 
