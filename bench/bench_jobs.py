@@ -127,8 +127,7 @@ class _Network:
         return sum(entry["veilnet"]["attested_providers"] for entry in data if entry["id"] == MODEL)
 
     def embed(self, replicas: int) -> dict[str, Any]:
-        body = {"model": MODEL, "input": [TEXT], "veilnet": {"replicas": replicas}}
-        response = self.http.post(f"{self.nodes[0].api_url}/v1/embeddings", json=body)
+        response = self.http.post(f"{self.nodes[0].api_url}/v1/embeddings", json=_body(replicas))
         response.raise_for_status()
         return dict(response.json())
 
@@ -145,9 +144,8 @@ class _Network:
         if self.lean is None:
             url = urlsplit(self.nodes[0].api_url)
             self.lean = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=120)
-        body = {"model": MODEL, "input": [TEXT], "veilnet": {"replicas": replicas}}
         started = time.perf_counter()
-        self.lean.request("POST", "/v1/embeddings", json.dumps(body).encode(),
+        self.lean.request("POST", "/v1/embeddings", json.dumps(_body(replicas)).encode(),
                           {"content-type": "application/json"})
         response = self.lean.getresponse()
         answer = json.loads(response.read())
@@ -160,6 +158,11 @@ class _Network:
         self.http.close()
         if self.lean is not None:
             self.lean.close()
+
+
+def _body(replicas: int, texts_per_job: int = 1) -> dict[str, Any]:
+    """The embeddings request every row sends."""
+    return {"model": MODEL, "input": [TEXT] * texts_per_job, "veilnet": {"replicas": replicas}}
 
 
 def _load() -> Any:
@@ -202,7 +205,7 @@ async def _clients(url: str, texts_per_job: int, concurrency: int) -> tuple[floa
     workload: httpcore rescans its whole pool on every request state change, and at 48
     connections that scan was ~40 % of this process's CPU, which shares the cores with the nodes.
     """
-    body = {"model": MODEL, "input": [TEXT] * texts_per_job, "veilnet": {"replicas": 1}}
+    body = _body(1, texts_per_job)
     done = 0
     failed = 0
     latencies: list[float] = []

@@ -86,15 +86,9 @@ class ModelThread:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if limiter is not None:
-            try:
-                limiter.acquire_nowait()
-            except trio.WouldBlock:
-                await limiter.acquire()
+            await _take(limiter)
         try:
-            try:
-                self._lock.acquire_nowait()
-            except trio.WouldBlock:
-                await self._lock.acquire()
+            await _take(self._lock)
             try:
                 return await self._call(fn, args)
             finally:
@@ -115,3 +109,12 @@ class ModelThread:
         if error is not None:
             raise error
         return value
+
+
+async def _take(lock: trio.Lock | trio.CapacityLimiter) -> None:
+    """Take ``lock`` at once when it is free, else wait with trio's fair hand-off: the same rule
+    as ``node.net.prompt_lock``, which this layer (below ``node.net``) cannot import."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
