@@ -188,6 +188,7 @@ _SUMMARY = {  # (first stage, last stage) → row name; the full table: python -
     ("client.sent", "router.sealed#1"): "HTTP in + routing + sealing",
     ("router.sealed#1", "exec.request_decoded#1"): "libp2p hop to the executor",
     ("router.event.Committed#last", "router.event.Revealed#last"): "reveal round after the last commitment",
+    ("client.sent", "router.answered"): "client send → answered at a majority (k > 1)",
     ("api.response_built", "client.received"): "HTTP out",
 }
 

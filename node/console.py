@@ -53,7 +53,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("executors:")
     for row in report.get("executors", []):
         timings = row.get("timings_ms") or {}
-        fault = row.get("offence") or row.get("failure") or "outvoted"
+        running = row.get("state") not in ("revealed", "failed")  # answered before it finished
+        fault = row.get("offence") or row.get("failure") or ("still running" if running else "outvoted")
         verdict = "agrees" if row.get("in_majority") else fault
         lines.append(
             f"  {row.get('peer_id')}  {row.get('role'):<8} {row.get('tee_label') or row.get('tee_kind')}"
@@ -64,6 +65,11 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"penalised: {penalty.get('peer_id')} for {penalty.get('offence')}{banned}")
     if report.get("total_ms") is not None:
         lines.append(f"total {report['total_ms']:.1f} ms")
+    if report.get("settled") is False:
+        lines.append(
+            "answered once a majority of the quorum agreed; the final report, with every executor "
+            f"judged: GET /veilnet/v1/jobs/{report.get('job_id')}"
+        )
     return "\n".join(lines)
 
 

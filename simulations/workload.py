@@ -120,6 +120,19 @@ def _executors(report: Mapping[str, Any], peer_index: Mapping[str, int]) -> list
     return rows
 
 
+async def _final_report(
+    client: httpx.AsyncClient, api_url: str, report: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    """The report once every executor was judged: an answer given at a majority of the quorum
+    comes before its slower executors are (docs/protocol/jobs.md §4, rule 6)."""
+    try:
+        response = await client.get(f"{api_url}/veilnet/v1/jobs/{report.get('job_id')}", timeout=timeout)
+        final = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        final = None
+    return final if isinstance(final, dict) else report
+
+
 async def send_job(
     client: httpx.AsyncClient, api_url: str, spec: JobSpec, workload: Workload, *, seq: int,
     entry_node: int, started_s: float, clock: Any, peer_index: Mapping[str, int],
@@ -157,6 +170,8 @@ async def send_job(
         record.status, record.message = "bad_response", response.text[:200]
         return record
     report = data.get("veilnet") if isinstance(data, dict) else None
+    if isinstance(report, dict) and report.get("settled") is False:
+        report = await _final_report(client, api_url, report, workload.deadline_s + 15.0)
     if isinstance(report, dict):
         record.report = report
         record.job_id = report.get("job_id")

@@ -212,6 +212,7 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
 
     async def job_report(request: Request) -> Response:
         job_id = request.path_params["job_id"]
+        await router().settled(job_id)  # the final report, once the slower executors are judged
         report = router().report(job_id)
         if report is None:
             return ApiError(404, f"no recent job {job_id}", code="unknown_job").response()

@@ -5,7 +5,9 @@ returns the receipt's canonical msgpack bytes, exactly what ``veilnet receipt ve
 Otherwise (the default) the answer is JSON: ``receipt`` (the JSON rendering), ``wire`` (the
 msgpack bytes, base64) and ``private``: the input salt, the job input and the answer, base64.
 The private parts never enter the receipt; the API is the user's own, and these let the user
-prove, if they choose, that the receipt is about their input and their answer.
+prove, if they choose, that the receipt is about their input and their answer. A job answered at a
+majority of its quorum is signed for once it has judged its slower executors: the request waits
+for that (bounded by the job's deadline).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def _wants_msgpack(request: Request) -> bool:
 def receipt_route(router: Callable[[], Router]) -> Route:
     async def job_receipt(request: Request) -> Response:
         job_id = request.path_params["job_id"]
+        await router().settled(job_id)  # a job answered at a majority is still judging the rest
         book = router().receipts
         kept = book.get(job_id) if book is not None else None
         if kept is None:

@@ -86,6 +86,7 @@ class PhaseSpec:
     rank_key: bytes | None = None  # rank executors on this random key instead of the job id (a
     # live stream's verification rounds share one, so the same verifiers extend their KV caches)
     prefer: Callable[[bytes], bool] | None = None  # tried first, in rank order (same numerics class)
+    answer_early: bool = False  # answer at a majority of the quorum, judge the rest after (jobflow rule 6)
 
 
 @dataclass

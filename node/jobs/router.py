@@ -28,6 +28,7 @@ lives beside it (``chat_stream`` holds the live stream's reader).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -65,7 +66,7 @@ from node.jobs.standing import Standing
 from node.jobs.voters import embeddings_voter, single_voter
 from protocol.identity import Identity, peer_id_to_text
 from protocol.jobs import consensus
-from protocol.jobs.jobflow import Failure, Finished, JobFlow, Outcome, RequestReveal, Send
+from protocol.jobs.jobflow import Answered, Failure, Finished, JobFlow, Outcome, RequestReveal, Send
 from protocol.jobs.messages import (
     JOB_ID_LEN,
     Commitment,
@@ -100,6 +101,8 @@ if TYPE_CHECKING:
 
 __all__ = ["JobResult", "Router", "RouterSettings"]
 
+log = logging.getLogger(__name__)
+
 _SAVE_INTERVAL_S = 5.0  # how often a running router writes a changed reputation book to disk
 
 
@@ -116,16 +119,18 @@ class RouterSettings:
     escalate: bool = True
     open_stream_timeout_s: float = 5.0
     deadline_margin_s: float = 0.25  # the flow finishes this much before the caller's deadline
+    answer_at_majority: bool = True  # embeddings: answer once a majority of the quorum agrees
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any]) -> RouterSettings:
         """Read ``[extra]`` keys ``replicas``, ``mode``, ``spot_check_probability``, ``deadline_s``,
-        ``commit_timeout_s``, ``reveal_timeout_s``, ``challenge`` (all optional)."""
+        ``commit_timeout_s``, ``reveal_timeout_s``, ``challenge``, ``max_tokens_default``, ``escalate``,
+        ``answer_at_majority`` (all optional)."""
         kwargs: dict[str, Any] = {}
         for key, kind in (
             ("replicas", int), ("spot_check_probability", (int, float)), ("deadline_s", (int, float)),
             ("commit_timeout_s", (int, float)), ("reveal_timeout_s", (int, float)), ("challenge", bool),
-            ("max_tokens_default", int), ("escalate", bool),
+            ("max_tokens_default", int), ("escalate", bool), ("answer_at_majority", bool),
         ):
             if key in extra:
                 value = extra[key]
@@ -156,6 +161,16 @@ class JobResult:
     vectors: np.ndarray | None = None
     generation: GenerateResult | None = None
     report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Answer:
+    """How a phase settling in the router's nursery hands its answer to the request waiting."""
+
+    ready: trio.Event = field(default_factory=trio.Event)  # result or error is set
+    settled: trio.Event = field(default_factory=trio.Event)  # the phase has finished
+    result: JobResult | None = None
+    error: BaseException | None = None
 
 
 _ERROR_FAILURE = {
@@ -199,6 +214,8 @@ class Router:
         self.receipts = ReceiptBook(identity) if identity is not None else None  # signed by the user's key
         # told of every executor that proved its own misbehaviour (``node.jobs.evidence`` publishes it)
         self.misbehaviour_listeners: list[Callable[[Misbehaviour], None]] = []
+        self._nursery: trio.Nursery | None = None  # ``run``'s: phases that settle after their answer
+        self._settling: dict[str, _Answer] = {}  # job id hex → a phase answered and still running
         self._chat = ChatFlow(
             self.run_phase, self.reports, self.standing, escalate=self.settings.escalate,
             receipts=self.receipts,
@@ -218,13 +235,13 @@ class Router:
         """Hold the links' reader tasks; persist reputation periodically and at exit."""
         try:
             async with trio.open_nursery() as nursery:
-                self.links.nursery = nursery
+                self.links.nursery = self._nursery = nursery
                 task_status.started()
                 while True:
                     await trio.sleep(_SAVE_INTERVAL_S)
                     self.save_reputation()
         finally:
-            self.links.nursery = None
+            self.links.nursery = self._nursery = None
             self.save_reputation()
             await self.links.close_all()
 
@@ -376,16 +393,72 @@ class Router:
         return sub, report
 
     async def _submit_embeddings(self, sub: Submission, report: dict[str, Any]) -> JobResult:
-        """One phase of k replicas (or 1 + k in an audited spot check; 1 when unchecked)."""
+        """One phase of k replicas (or 1 + k in an audited spot check; 1 when unchecked).
+
+        With more than one executor (and ``answer_at_majority``) the phase runs in the router's
+        nursery: the request gets its answer once a majority of the quorum agrees (jobflow rule 6),
+        and the phase goes on to judge the slower executors; its receipt and final report exist
+        once it has (``settled``)."""
         k, mode = sub.k, sub.mode
         quorum = k if mode is Mode.CONSENSUS else (1 + k if sub.verify else 1)
-        outcome, phase = await self.run_phase(PhaseSpec(
+        early = self.settings.answer_at_majority and quorum > 1 and self._nursery is not None
+        spec = PhaseSpec(
             sub.job_id, sub.model_id, sub.task, mode, sub.job, sub.decode, sub.infos, quorum=quorum,
             deadline=sub.deadline, challenge=sub.challenge, escalate=self.settings.escalate and quorum > 1,
-        ))
+            answer_early=early,
+        )
+        if not early or self._nursery is None:
+            outcome, phase = await self.run_phase(spec)
+            return self._conclude(sub, report, outcome, phase, quorum, final=True)
+        answer = _Answer()
+        self._settling[sub.job_id.hex()] = answer
+        self._nursery.start_soon(self._settle, sub, report, spec, quorum, answer)
+        await answer.ready.wait()
+        if answer.error is not None:
+            raise answer.error
+        assert answer.result is not None
+        return answer.result
+
+    async def _settle(
+        self, sub: Submission, report: dict[str, Any], spec: PhaseSpec, quorum: int, answer: _Answer
+    ) -> None:
+        """Run an embeddings phase to its end; hand ``answer`` the first answer it has."""
+
+        def on_answer(provisional: Outcome, phase: Phase) -> None:
+            answer.result = self._conclude(sub, dict(report), provisional, phase, quorum, final=False)
+            answer.ready.set()
+
+        try:
+            outcome, phase = await self.run_phase(spec, on_answer=on_answer)
+            result = self._conclude(sub, report, outcome, phase, quorum, final=True)
+            if not answer.ready.is_set():
+                answer.result = result
+        except RouterError as exc:
+            if not answer.ready.is_set():
+                answer.error = exc
+        except Exception as exc:  # a defect: the request that waits gets it, the router goes on
+            if answer.ready.is_set():
+                log.exception("job %s failed after its answer", sub.job_id.hex())
+            else:
+                answer.error = exc
+        finally:
+            if answer.result is None and answer.error is None:  # cancelled: the router is stopping
+                answer.error = RouterError(
+                    RouterErrorCode.UNAVAILABLE, "the node stopped before the job finished", report
+                )
+            answer.ready.set()
+            answer.settled.set()
+            self._settling.pop(sub.job_id.hex(), None)
+
+    def _conclude(
+        self, sub: Submission, report: dict[str, Any], outcome: Outcome, phase: Phase, quorum: int, *,
+        final: bool,
+    ) -> JobResult:
+        """The report (kept for ``GET /veilnet/v1/jobs/{id}``), the receipt when ``final``, the answer."""
+        report["settled"] = final
         report["executors"] = executor_report(outcome, phase, role="replica")
         self.reports.finish(report, outcome, sub.started)
-        if self.receipts is not None:
+        if final and self.receipts is not None:
             self.receipts.record(sub, outcome, phase, quorum=quorum, finished=self._clock())
         if not outcome.ok:
             raise error_for(outcome, report)
@@ -393,10 +466,20 @@ class Router:
         report["result_from"] = peer_id_to_text(winner)
         return JobResult(job_id=sub.job_id, model_id=sub.model_id, vectors=np.array(vectors), report=report)
 
+    async def settled(self, job_id_hex: str) -> None:
+        """Wait until the job has finished judging its executors (an answer at a majority comes
+        first): its receipt and its final report exist then. The job's deadline bounds the wait."""
+        answer = self._settling.get(job_id_hex)
+        if answer is not None:
+            await answer.settled.wait()
+
     # ------------------------------------------------------------------ one flow
 
-    async def run_phase(self, spec: PhaseSpec) -> tuple[Outcome, Phase]:
-        """Rank the unbanned providers, run one JobFlow to its outcome, record reputation."""
+    async def run_phase(
+        self, spec: PhaseSpec, *, on_answer: Callable[[Outcome, Phase], None] | None = None
+    ) -> tuple[Outcome, Phase]:
+        """Rank the unbanned providers, run one JobFlow to its outcome, record reputation;
+        ``on_answer`` hears of an answer decided before the end (``spec.answer_early``)."""
         now = self._clock()
         banned = self.reputation.banned(now)
         candidates = [
@@ -421,12 +504,15 @@ class Router:
             commitment_of=commitment_hash,
             escalation_quorum=(2 * spec.quorum + 1) if spec.escalate else 0,
             needed=spec.needed,
+            answer_early=spec.answer_early,
         )
-        outcome = await self._drive(flow, phase)
+        outcome = await self._drive(flow, phase, on_answer)
         self.standing.apply(outcome)
         return outcome, phase
 
-    async def _drive(self, flow: JobFlow, phase: Phase) -> Outcome:
+    async def _drive(
+        self, flow: JobFlow, phase: Phase, on_answer: Callable[[Outcome, Phase], None] | None
+    ) -> Outcome:
         send, receive = trio.open_memory_channel[Any](math.inf)
         async with trio.open_nursery() as nursery:
             actions = flow.start(self._clock())
@@ -436,7 +522,11 @@ class Router:
                         timeline.mark("router.finished")
                         nursery.cancel_scope.cancel()
                         return action.outcome
-                    if isinstance(action, Send):
+                    if isinstance(action, Answered):
+                        timeline.mark("router.answered")
+                        if on_answer is not None:
+                            on_answer(action.outcome, phase)
+                    elif isinstance(action, Send):
                         nursery.start_soon(self._attempt, phase, action.peer_id, send)
                     elif isinstance(action, RequestReveal):
                         # asked already, in the job's own write: the executor reveals right after

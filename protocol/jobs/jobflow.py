@@ -30,13 +30,21 @@ Rules, in the order they apply:
 5. At the deadline the flow votes with whatever it holds; if that is not enough it finishes with
    ``deadline`` (or ``no_consensus`` when results exist but disagree). The caller therefore always
    gets an outcome before the deadline, never silence.
+6. With ``answer_early``, a first-round cluster of ``needed`` results, each opening its own
+   signed commitment, is the answer as soon as it exists (``Answered``), pipelined reveals that the
+   gate of rule 2 still holds included: the attempts still running cannot outvote a majority of
+   the quorum, so the caller need not wait for the slowest executor. The flow goes on until rule 4 or
+   5 finishes it; each later reveal is then judged against the answered cluster (it joins the
+   winners when the voter finds it in agreement with all of them, else it is ``wrong_output``),
+   so a slow executor is checked exactly as a fast one; one that fails is not replaced. The answer
+   never changes.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -44,6 +52,7 @@ from protocol.jobs.reputation import EvidenceRecord, Offence
 
 __all__ = [
     "Action",
+    "Answered",
     "Attempt",
     "AttemptState",
     "CommitmentFn",
@@ -182,7 +191,15 @@ class Finished:
     outcome: Outcome
 
 
-Action = Send | RequestReveal | Finished
+@dataclass(frozen=True)
+class Answered:
+    """The answer is decided before the flow finishes (rule 6); ``outcome`` is provisional: its
+    value and winners are final, its attempts are a snapshot and its penalties come at ``Finished``."""
+
+    outcome: Outcome
+
+
+Action = Send | RequestReveal | Answered | Finished
 
 
 def majority_of(n: int) -> int:
@@ -207,6 +224,7 @@ class JobFlow:
         commitment_of: CommitmentFn,
         escalation_quorum: int = 0,
         needed: int | None = None,
+        answer_early: bool = False,
     ) -> None:
         if quorum < 1:
             raise ValueError("quorum must be >= 1")
@@ -235,6 +253,8 @@ class JobFlow:
         self._attempts: dict[bytes, Attempt] = {}
         self._outcome: Outcome | None = None
         self._started = False
+        self._answer_early = answer_early
+        self._answered: VoteResult | None = None
 
     # ------------------------------------------------------------------ state inspection
 
@@ -306,7 +326,7 @@ class JobFlow:
             return self._fail(a, Failure.BAD_REVEAL, "reveal does not open the commitment", now)
         if early:  # pipelined: held until the reveal gate opens for this attempt (rule 2)
             a.early = (result, now)
-            return []
+            return self._advance(now) if self._answer_early else []
         a.state = AttemptState.REVEALED
         a.result = result
         a.revealed_at = now
@@ -325,6 +345,8 @@ class JobFlow:
         a = self._attempts.get(peer_id)
         if self.done or a is None or not a.live or a.state is AttemptState.REVEALED:
             return []
+        if self._answered is not None and peer_id in self._answered.winners:
+            return []  # its result is part of the answer already; what breaks after is not a fault
         return self._fail(a, failure, detail, now)
 
     def on_tick(self, now: float) -> list[Action]:
@@ -361,8 +383,10 @@ class JobFlow:
         if now >= self.deadline:
             return [self._finish_at_deadline()]
         actions: list[Action] = []
-        # 1. keep `target` attempts alive
-        while len(self._live()) < self._target and self._cursor < len(self._ranking):
+        # 1. keep `target` attempts alive (once answered, a replacement could change nothing)
+        while (
+            self._answered is None and len(self._live()) < self._target and self._cursor < len(self._ranking)
+        ):
             peer = self._ranking[self._cursor]
             self._cursor += 1
             self._attempts[peer] = Attempt(peer_id=peer, round=self._round, sent_at=now)
@@ -384,13 +408,50 @@ class JobFlow:
                         continue
                     a.state = AttemptState.REVEAL_REQUESTED
                     actions.append(RequestReveal(a.peer_id))
-        # 3. vote once nothing is pending
+        # 3. vote once nothing is pending (6: answer as soon as a majority of the quorum agrees)
         if all(a.state is AttemptState.REVEALED for a in live):
             actions.extend(self._decide(now))
+        elif self._answer_early and self._answered is None and self._round == 0:
+            actions.extend(self._answer_if_decided())
         return actions
+
+    def _answer_if_decided(self) -> list[Action]:
+        results = self._opened()
+        if len(results) < self.needed:
+            return []
+        vote = self._vote(results, self.needed)
+        if not vote.winners:
+            return []
+        self._answered = vote
+        snapshot = tuple(replace(a) for a in self._attempts.values())
+        return [Answered(self._outcome_of(OutcomeStatus.OK, vote, snapshot, (), ""))]
+
+    def _judged_against_answer(self, answered: VoteResult) -> VoteResult:
+        """The answered cluster plus every later result the voter finds in agreement with all of it."""
+        for a in self._attempts.values():  # the answer may rest on reveals the gate still held
+            if a.state is AttemptState.COMMITTED and a.early is not None:
+                a.state = AttemptState.REVEALED
+                a.result, a.revealed_at = a.early
+        results = self._results()
+        cluster = {peer: results[peer] for peer in answered.winners}
+        winners = list(answered.winners)
+        for peer, result in results.items():
+            if peer in cluster:
+                continue
+            if peer in self._vote({**cluster, peer: result}, len(cluster) + 1).winners:
+                winners.append(peer)
+        return VoteResult(winners=tuple(winners), value=answered.value, detail=answered.detail)
 
     def _results(self) -> dict[bytes, Any]:
         return {p: a.result for p, a in self._attempts.items() if a.state is AttemptState.REVEALED}
+
+    def _opened(self) -> dict[bytes, Any]:
+        """Every result checked against its commitment, the ones the gate still holds included."""
+        held = {
+            p: a.early[0] for p, a in self._attempts.items()
+            if a.state is AttemptState.COMMITTED and a.early is not None
+        }
+        return {**self._results(), **held}
 
     def _needed_now(self, n_results: int) -> int:
         if self._round == 0:
@@ -398,6 +459,8 @@ class JobFlow:
         return max(self.needed, majority_of(n_results))
 
     def _decide(self, now: float) -> list[Action]:
+        if self._answered is not None:
+            return [self._finish(OutcomeStatus.OK, self._judged_against_answer(self._answered), "")]
         results = self._results()
         vote = self._vote(results, self._needed_now(len(results)))
         if vote.winners:
@@ -414,6 +477,8 @@ class JobFlow:
         return [self._finish(OutcomeStatus.NO_CONSENSUS, vote, self._disagreement_message(results))]
 
     def _finish_at_deadline(self) -> Finished:
+        if self._answered is not None:
+            return self._finish(OutcomeStatus.OK, self._judged_against_answer(self._answered), "")
         results = self._results()
         if results:
             vote = self._vote(results, self._needed_now(len(results)))
@@ -428,6 +493,8 @@ class JobFlow:
         )
 
     def _finish_unavailable(self) -> Finished:
+        if self._answered is not None:
+            return self._finish(OutcomeStatus.OK, self._judged_against_answer(self._answered), "")
         results = self._results()
         if results:  # everything else failed, but what we hold may still carry a majority
             vote = self._vote(results, self._needed_now(len(results)))
@@ -471,16 +538,22 @@ class JobFlow:
                     counter=counter if offence is Offence.WRONG_OUTPUT else (),
                 )
                 penalties.append((a.peer_id, offence, record))
-        outcome = Outcome(
+        outcome = self._outcome_of(status, vote, tuple(self._attempts.values()), tuple(penalties), message)
+        self._outcome = outcome
+        return Finished(outcome)
+
+    def _outcome_of(
+        self, status: OutcomeStatus, vote: VoteResult, attempts: tuple[Attempt, ...],
+        penalties: tuple[tuple[bytes, Offence, EvidenceRecord], ...], message: str,
+    ) -> Outcome:
+        return Outcome(
             status=status,
             value=vote.value if vote.winners else None,
             winners=tuple(vote.winners),
             escalated=self._round > 0,
-            attempts=tuple(self._attempts.values()),
-            penalties=tuple(penalties),
+            attempts=attempts,
+            penalties=penalties,
             successes=tuple(vote.winners),
             vote_detail=dict(vote.detail),
             message=message,
         )
-        self._outcome = outcome
-        return Finished(outcome)

@@ -210,13 +210,22 @@ class JobCluster(Cluster):
     def post(self, node: NodeProcess, path: str, body: dict[str, Any]) -> httpx.Response:
         return httpx.post(f"{node.api_url}{path}", json=body, timeout=90.0)
 
-    def embed(self, texts: list[str], node: NodeProcess | None = None, **veilnet: Any) -> dict[str, Any]:
+    def embed(
+        self, texts: list[str], node: NodeProcess | None = None, *, settled: bool = True, **veilnet: Any
+    ) -> dict[str, Any]:
+        """The answer; with ``settled``, its ``veilnet`` report is the final one (an answer given at
+        a majority of the quorum judges its slower executors after: docs/protocol/jobs.md §4)."""
         body: dict[str, Any] = {"model": EMBED, "input": texts}
         if veilnet:
             body["veilnet"] = veilnet
-        response = self.post(node or self.nodes[0], "/v1/embeddings", body)
+        node = node or self.nodes[0]
+        response = self.post(node, "/v1/embeddings", body)
         assert response.status_code == 200, response.text
-        return dict(response.json())
+        answer = dict(response.json())
+        if settled and answer["veilnet"].get("settled") is False:
+            answer["veilnet"] = self.get(node, f"/veilnet/v1/jobs/{answer['veilnet']['job_id']}")
+            assert answer["veilnet"]["settled"] is True
+        return answer
 
     def gauge(self, node: NodeProcess, name: str) -> float:
         return self.metrics(node).get(name, 0.0)

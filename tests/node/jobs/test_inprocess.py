@@ -44,13 +44,15 @@ async def test_three_honest_executors_agree_and_match_in_process(models):
         assert result.vectors is not None and result.vectors.shape == reference.shape
         for row, ref in zip(result.vectors, reference, strict=True):
             assert _cos(row, ref) >= 0.99999
-        report = result.report
+        assert result.report["status"] == "ok" and result.report["agreement"]["agreeing"] >= 2
+        await router.settled(result.job_id.hex())  # answered at 2 of 3, the third judged after
+        report = router.report(result.job_id.hex())
+        assert report is not None and report["settled"] is True
         assert report["status"] == "ok" and report["mode"] == "consensus"
         assert [e["in_majority"] for e in report["executors"]] == [True, True, True]
         assert {e["tee_kind"] for e in report["executors"]} == {"simulated"}
         assert report["agreement"]["agreeing"] == 3 and report["agreement"]["of"] == 3
         assert report["agreement"]["min_cosine"] >= 0.99999
-        assert router.report(report["job_id"]) is report
         # a second job reuses the three streams: no new session per job
         await router.embeddings(embed.model_id, TEXTS[:1])
         assert router.streams_opened == 3
@@ -73,8 +75,11 @@ async def test_wrong_output_is_outvoted_flagged_and_banned(models, tmp_path):
             result = await router.embeddings("all-MiniLM-L6-v2", TEXTS)
             assert result.vectors is not None
             assert _cos(result.vectors[0], reference[0]) >= 0.99999  # always the honest answer
-            chosen = {e["peer_id"]: e for e in result.report["executors"]}
-            liar_rows = [e for e in result.report["executors"] if e["offence"] == "wrong_output"]
+            await router.settled(result.job_id.hex())  # the liar may be judged after the answer
+            report = router.report(result.job_id.hex())
+            assert report is not None
+            chosen = {e["peer_id"]: e for e in report["executors"]}
+            liar_rows = [e for e in report["executors"] if e["offence"] == "wrong_output"]
             if liar_rows:
                 offences += 1
                 assert not liar_rows[0]["in_majority"]
@@ -128,15 +133,47 @@ async def test_faulty_executor_is_replaced_and_the_job_succeeds(models, fault, f
             result = await router.embeddings("all-MiniLM-L6-v2", TEXTS)
             assert trio.current_time() - started < 20.0
             assert result.vectors is not None and _cos(result.vectors[1], reference[1]) >= 0.99999
-            rows = [e for e in result.report["executors"] if e["peer_id"] == faulty.identity.peer_id_text]
+            await router.settled(result.job_id.hex())
+            report = router.report(result.job_id.hex())
+            assert report is not None and report["settled"] is True
+            rows = [e for e in report["executors"] if e["peer_id"] == faulty.identity.peer_id_text]
             if rows:
                 seen = True
                 assert rows[0]["offence"] == failure
-                # a failed executor is replaced (3 agree); a wrong answer is simply outvoted (2 of 3)
-                expected = 2 if failure == "wrong_output" else 3
-                assert sum(e["in_majority"] for e in result.report["executors"]) == expected
+                # A wrong answer is outvoted (2 of 3). A failure before the answer is replaced (3
+                # agree); after it (2 of 3 agreed already), a replacement could change nothing.
+                agreeing = sum(e["in_majority"] for e in report["executors"])
+                assert agreeing == 2 if failure == "wrong_output" else agreeing in (2, 3)
                 break
         assert seen, "the faulty executor was never chosen"
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_answer_does_not_wait_for_a_slow_third_executor(models):
+    """Two of three agree: the user has the answer while the third still computes (jobflow rule
+    6); the third is judged after, here by its commit timeout, and the receipt names all three."""
+    embed, _, reference = models
+    async with trio.open_nursery() as nursery:
+        net = MemoryNetwork(nursery, names=names_for([embed]))
+        slow = add_member(net, _runtimes(models), fault=Fault.SLOW, slow_seconds=20)
+        for _ in range(2):
+            add_member(net, _runtimes(models))
+        router = make_router(net, commit_timeout_s=3.0, deadline_s=20.0)
+        await nursery.start(router.run)
+        result = await router.embeddings("all-MiniLM-L6-v2", TEXTS, replicas=3)
+        assert result.vectors is not None and _cos(result.vectors[0], reference[0]) >= 0.99999
+        answered = result.report
+        assert answered["settled"] is False and answered["agreement"]["agreeing"] == 2
+        row = next(e for e in answered["executors"] if e["peer_id"] == slow.identity.peer_id_text)
+        assert row["state"] == "sent" and not row["in_majority"] and row["offence"] is None
+        await router.settled(result.job_id.hex())
+        final = router.report(result.job_id.hex())
+        assert final is not None and final["settled"] is True and final["status"] == "ok"
+        row = next(e for e in final["executors"] if e["peer_id"] == slow.identity.peer_id_text)
+        assert row["offence"] == "timeout" and len(final["executors"]) == 3  # judged, not replaced
+        assert router.receipts is not None
+        kept = router.receipts.get(result.job_id.hex())
+        assert kept is not None and len(kept.receipt.executors) == 3 and len(kept.receipt.winners) == 2
         nursery.cancel_scope.cancel()
 
 

@@ -63,9 +63,14 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_embeddings_through_the_api_equal_in_process_and_name_three_executors(cluster, models):
     _, _, reference = models
-    answer = cluster.embed(TEXTS)
+    answer = cluster.embed(TEXTS, settled=False)
     assert (_cosines(_vectors(answer), reference) >= 0.99999).all()
-    report = answer["veilnet"]
+    first = answer["veilnet"]  # answered once two of three agreed; the third may still be running
+    assert first["status"] == "ok" and first["agreement"]["agreeing"] >= 2
+    assert sum(e["in_majority"] for e in first["executors"]) >= 2
+    # the report kept for GET /veilnet/v1/jobs/{id} is the final one: all three judged
+    report = cluster.get(cluster.nodes[0], f"/veilnet/v1/jobs/{first['job_id']}")
+    assert report["settled"] is True
     assert report["status"] == "ok" and report["mode"] == "consensus"
     executors = report["executors"]
     assert len(executors) == 3 and all(e["in_majority"] for e in executors)
@@ -73,9 +78,6 @@ def test_embeddings_through_the_api_equal_in_process_and_name_three_executors(cl
     attested = {p["peer_id"] for p in cluster.peers(cluster.nodes[0])}
     assert {e["peer_id"] for e in executors} <= attested
     assert report["agreement"]["agreeing"] == 3 and report["agreement"]["min_cosine"] >= 0.99999
-    # the report is kept for GET /veilnet/v1/jobs/{id}
-    again = cluster.get(cluster.nodes[0], f"/veilnet/v1/jobs/{report['job_id']}")
-    assert again["job_id"] == report["job_id"] and again["executors"] == executors
     # streams are reused: a burst of jobs opens no stream beyond one per executor
     for _ in range(4):
         cluster.embed(TEXTS[:1])

@@ -37,7 +37,9 @@ async def test_the_router_signs_a_receipt_that_verifies_and_names_the_outvoted(m
         router.receipts.listeners.append(told.append)
         await nursery.start(router.run)
         first = await router.embeddings(embed.model_id, TEXTS[:1], replicas=3)
+        await router.settled(first.job_id.hex())  # the liar is judged after the honest answer
         result = await router.embeddings(embed.model_id, TEXTS, replicas=3)
+        await router.settled(result.job_id.hex())
         nursery.cancel_scope.cancel()
     assert router.receipts.get(first.job_id.hex()) is None  # over the byte budget: dropped
     kept = router.receipts.get(result.job_id.hex())
@@ -82,6 +84,7 @@ async def test_a_receipt_without_an_offence_is_signed_when_first_asked_for(model
         router.receipts.listeners.append(told.append)
         await nursery.start(router.run)
         result = await router.embeddings(embed.model_id, TEXTS, replicas=3)
+        await router.settled(result.job_id.hex())  # answered at 2 of 3; signed for all three
         nursery.cancel_scope.cancel()
     assert told == []  # nothing to publish: no offence
     kept = router.receipts.get(result.job_id.hex())
@@ -139,9 +142,11 @@ async def test_the_router_hands_on_misbehaviour_that_a_third_party_can_verify(mo
         router.misbehaviour_listeners.append(seen.append)
         await nursery.start(router.run)
         result = await router.embeddings(embed.model_id, TEXTS[:1], replicas=4)  # every member is asked
+        await router.settled(result.job_id.hex())  # the liar may be judged after the answer
+        report = router.report(result.job_id.hex())
         nursery.cancel_scope.cancel()
-    assert result.report["status"] == "ok"
-    row = next(e for e in result.report["executors"] if e["peer_id"] == peer_id_to_text(liar.peer_id))
+    assert report is not None and report["status"] == "ok"
+    row = next(e for e in report["executors"] if e["peer_id"] == peer_id_to_text(liar.peer_id))
     assert row["offence"] == "bad_reveal" and not row["in_majority"]
     assert [(s.kind, s.offender, s.job_id) for s in seen] == [(kind, liar.peer_id, result.job_id)]
     reporter = Identity.generate()  # anyone holding the two signed messages can prove it

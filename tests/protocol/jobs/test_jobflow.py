@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.jobs.jobflow import (
+    Answered,
     AttemptState,
     Failure,
     Finished,
@@ -474,14 +475,21 @@ BEHAVIOURS = ["honest", "wrong", "busy", "crash", "slow", "drop_reveal", "bad_re
     behaviours=st.lists(st.sampled_from(BEHAVIOURS), min_size=0, max_size=10),
     quorum=st.integers(min_value=1, max_value=4),
     escalation=st.sampled_from([0, 3, 7]),
+    answer_early=st.booleans(),
 )
-def test_every_schedule_finishes_before_the_deadline_with_a_sound_outcome(behaviours, quorum, escalation):
+def test_every_schedule_finishes_before_the_deadline_with_a_sound_outcome(
+    behaviours, quorum, escalation, answer_early
+):
     """Whatever executors do, the flow finishes by the deadline, never accepts a minority answer,
-    never sends one peer the job twice, and only penalises peers that misbehaved."""
+    never sends one peer the job twice, and only penalises peers that misbehaved; an answer given
+    early (rule 6) is the final one."""
     peers = PEERS[: len(behaviours)]
     behaviour = dict(zip(peers, behaviours, strict=True))
     deadline = T0 + 60
-    flow = make_flow(ranking=peers, quorum=quorum, escalation=escalation, deadline=60.0)
+    flow = make_flow(
+        ranking=peers, quorum=quorum, escalation=escalation, deadline=60.0, answer_early=answer_early
+    )
+    early_answers = []
     sent: list[bytes] = []
     now = T0
     pending = list(flow.start(now))
@@ -495,7 +503,10 @@ def test_every_schedule_finishes_before_the_deadline_with_a_sound_outcome(behavi
         assert steps < 1000
         while pending:
             action = pending.pop(0)
-            if isinstance(action, Send):
+            if isinstance(action, Answered):
+                assert answer_early and not early_answers
+                early_answers.append(action.outcome)
+            elif isinstance(action, Send):
                 assert action.peer_id not in sent
                 sent.append(action.peer_id)
                 b = behaviour[action.peer_id]
@@ -532,3 +543,86 @@ def test_every_schedule_finishes_before_the_deadline_with_a_sound_outcome(behavi
     assert all(behaviour[p] not in ("honest", "pipelined", "busy") for p in offenders)
     for a in outcome.attempts:
         assert a.state in (AttemptState.REVEALED, AttemptState.FAILED)
+    if early_answers:
+        assert outcome.ok and outcome.value == early_answers[0].value == "x"
+        assert set(early_answers[0].winners) <= set(outcome.winners)
+
+
+# ---------------------------------------------------------------- rule 6: answer at a majority
+
+
+def answered(actions):
+    done = [a for a in actions if isinstance(a, Answered)]
+    assert len(done) <= 1
+    return done[0].outcome if done else None
+
+
+def test_an_early_majority_answers_before_the_slowest_executor_commits():
+    flow = make_flow(answer_early=True)
+    assert sends(flow.start(T0)) == [A, B, C]
+    for peer in (A, B):  # pipelined: each commits and reveals at once; the gate holds the reveals
+        assert commit(flow, peer, "x", T0 + 1) == []
+    assert reveal(flow, A, "x", T0 + 1) == []
+    provisional = answered(reveal(flow, B, "x", T0 + 1))
+    assert provisional is not None and provisional.value == "x" and set(provisional.winners) == {A, B}
+    assert provisional.penalties == () and not flow.done
+    assert {a.peer_id: a.state for a in provisional.attempts}[C] is AttemptState.SENT
+    commit(flow, C, "x", T0 + 2)
+    outcome = finished(reveal(flow, C, "x", T0 + 2))
+    assert outcome.status is OutcomeStatus.OK and outcome.value == "x"
+    assert set(outcome.winners) == {A, B, C} and outcome.penalties == ()
+
+
+def test_a_slow_executor_that_disagrees_is_still_judged_after_the_answer():
+    flow = make_flow(answer_early=True)
+    flow.start(T0)
+    run_honest(flow, {A: "x", B: "x"})
+    assert flow.outcome is None
+    commit(flow, C, "wrong", T0 + 3)
+    outcome = finished(reveal(flow, C, "wrong", T0 + 3))
+    assert outcome.value == "x" and set(outcome.winners) == {A, B}
+    assert [(p, o) for p, o, _ in outcome.penalties] == [(C, Offence.WRONG_OUTPUT)]
+    evidence = outcome.penalties[0][2]
+    assert evidence.counter == (b"signed:A", b"signed:B")  # the answer's signed commitments
+
+
+def test_after_the_answer_a_failed_executor_is_penalised_and_not_replaced():
+    flow = make_flow(answer_early=True)
+    flow.start(T0)
+    run_honest(flow, {A: "x", B: "x"})
+    actions = flow.on_tick(T0 + 10.0)  # C's commit window has passed
+    assert sends(actions) == []  # D is not asked: two of three agree already
+    outcome = finished(actions)
+    assert outcome.value == "x" and set(outcome.winners) == {A, B}
+    assert [(p, o) for p, o, _ in outcome.penalties] == [(C, Offence.TIMEOUT)]
+
+
+def test_a_disagreeing_pair_waits_for_the_third():
+    flow = make_flow(answer_early=True)
+    flow.start(T0)
+    commit(flow, A, "x", T0 + 1)
+    commit(flow, B, "y", T0 + 1)
+    assert answered(reveal(flow, A, "x", T0 + 1)) is None
+    assert answered(reveal(flow, B, "y", T0 + 1)) is None
+    actions = commit(flow, C, "y", T0 + 2)
+    outcome = finished(actions + reveal(flow, C, "y", T0 + 2))
+    assert outcome.value == "y" and set(outcome.winners) == {B, C}
+    assert [(p, o) for p, o, _ in outcome.penalties] == [(A, Offence.WRONG_OUTPUT)]
+
+
+def test_the_answer_holds_at_the_deadline_and_a_member_breaking_after_it_is_no_fault():
+    flow = make_flow(answer_early=True, deadline=5.0)
+    flow.start(T0)
+    run_honest(flow, {A: "x", B: "x"})
+    assert flow.on_failure(A, Failure.CRASH, "stream closed", T0 + 3) == []
+    outcome = finished(flow.on_tick(T0 + 5.0))
+    assert outcome.status is OutcomeStatus.OK and outcome.value == "x" and set(outcome.winners) == {A, B}
+    assert outcome.penalties == ()  # C was still running: abandoned, not an offence
+    assert {a.peer_id: a.failure for a in outcome.attempts}[C] is Failure.ABANDONED
+
+
+def test_without_answer_early_nothing_is_answered_before_the_end():
+    flow = make_flow()
+    flow.start(T0)
+    assert all(answered([a]) is None for a in run_honest(flow, {A: "x", B: "x"}))
+    assert flow.outcome is None
