@@ -104,6 +104,10 @@ __all__ = ["JobResult", "Router", "RouterSettings"]
 log = logging.getLogger(__name__)
 
 _SAVE_INTERVAL_S = 5.0  # how often a running router writes a changed reputation book to disk
+# Jobs answered at a majority whose slower executors are still being judged. Each holds its input
+# and sessions until its deadline at most; past this many, a job answers only once it has settled,
+# so a client sending back to back cannot pile up background work behind a slow executor.
+MAX_SETTLING = 256
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,7 @@ class Router:
         self.misbehaviour_listeners: list[Callable[[Misbehaviour], None]] = []
         self._nursery: trio.Nursery | None = None  # ``run``'s: phases that settle after their answer
         self._settling: dict[str, _Answer] = {}  # job id hex → a phase answered and still running
+        self.max_settling = MAX_SETTLING
         self._chat = ChatFlow(
             self.run_phase, self.reports, self.standing, escalate=self.settings.escalate,
             receipts=self.receipts,
@@ -401,7 +406,10 @@ class Router:
         once it has (``settled``)."""
         k, mode = sub.k, sub.mode
         quorum = k if mode is Mode.CONSENSUS else (1 + k if sub.verify else 1)
-        early = self.settings.answer_at_majority and quorum > 1 and self._nursery is not None
+        early = (
+            self.settings.answer_at_majority and quorum > 1 and self._nursery is not None
+            and len(self._settling) < self.max_settling
+        )
         spec = PhaseSpec(
             sub.job_id, sub.model_id, sub.task, mode, sub.job, sub.decode, sub.infos, quorum=quorum,
             deadline=sub.deadline, challenge=sub.challenge, escalate=self.settings.escalate and quorum > 1,

@@ -174,6 +174,10 @@ async def test_the_answer_does_not_wait_for_a_slow_third_executor(models):
         assert router.receipts is not None
         kept = router.receipts.get(result.job_id.hex())
         assert kept is not None and len(kept.receipt.executors) == 3 and len(kept.receipt.winners) == 2
+        # with no room for another job in the background, the next one answers once settled
+        router.max_settling = 0
+        result = await router.embeddings("all-MiniLM-L6-v2", TEXTS[:1], replicas=3)
+        assert result.report["settled"] is True and result.report["status"] == "ok"
         nursery.cancel_scope.cancel()
 
 
