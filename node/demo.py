@@ -110,8 +110,9 @@ def demo_job(run: RunningTestnet) -> None:
     head = ", ".join(f"{x:+.4f}" for x in vector[:6])
     print(f"\nanswer: embedding with {len(vector)} dimensions [{head}, …]", flush=True)
     report = answer["veilnet"]
-    if report.get("settled") is False:  # answered at two of three: show the report with all three
-        print(f"answered in {report['total_ms']:.1f} ms, once two executors agreed", flush=True)
+    if report.get("settled") is False:  # answered at a majority: show the report with every executor
+        agreeing = report["agreement"]["agreeing"]
+        print(f"answered in {report['total_ms']:.1f} ms, once {agreeing} executors agreed", flush=True)
         report = _get(f"{api}/veilnet/v1/jobs/{report['job_id']}", "report")
     print("verification report:\n" + format_report(report), flush=True)
 
