@@ -68,25 +68,16 @@ def _wait_providers(run: RunningTestnet, model: str, wanted: int) -> float:
             time.sleep(1.0)
 
 
-def _post(url: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+def _request(method: str, url: str, what: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One call to node 0's API; a failure of any kind is a ``TestnetError`` that says which."""
     try:
-        response = httpx.post(url, json=body, timeout=180.0)
+        response = httpx.request(method, url, json=body, timeout=180.0)
         answer: dict[str, Any] = response.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise TestnetError(f"the demo {what} failed: {exc}") from None
     if response.status_code != 200:
-        error = answer.get("error", {})
+        error = answer.get("error", {}) if isinstance(answer, dict) else {}
         raise TestnetError(f"the demo {what} failed ({error.get('code')}): {error.get('message')}")
-    return answer
-
-
-def _get(url: str, what: str) -> dict[str, Any]:
-    try:
-        response = httpx.get(url, timeout=180.0)
-        response.raise_for_status()
-        answer: dict[str, Any] = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise TestnetError(f"the demo {what} failed: {exc}") from None
     return answer
 
 
@@ -105,7 +96,7 @@ def demo_job(run: RunningTestnet) -> None:
     body = {
         "model": DEMO_MODEL, "input": [DEMO_TEXT], "encoding_format": "float", "veilnet": {"replicas": wanted}
     }
-    answer = _post(f"{api}/v1/embeddings", body, "embeddings job")
+    answer = _request("POST", f"{api}/v1/embeddings", "embeddings job", body)
     vector = answer["data"][0]["embedding"]
     head = ", ".join(f"{x:+.4f}" for x in vector[:6])
     print(f"\nanswer: embedding with {len(vector)} dimensions [{head}, …]", flush=True)
@@ -113,7 +104,7 @@ def demo_job(run: RunningTestnet) -> None:
     if report.get("settled") is False:  # answered at a majority: show the report with every executor
         agreeing = report["agreement"]["agreeing"]
         print(f"answered in {report['total_ms']:.1f} ms, once {agreeing} executors agreed", flush=True)
-        report = _get(f"{api}/veilnet/v1/jobs/{report['job_id']}", "report")
+        report = _request("GET", f"{api}/veilnet/v1/jobs/{report['job_id']}", "report")
     print("verification report:\n" + format_report(report), flush=True)
 
 
@@ -135,7 +126,7 @@ def demo_chat(run: RunningTestnet) -> None:
             "model": DEMO_CHAT_MODEL, "messages": [{"role": "user", "content": DEMO_QUESTION}],
             "max_tokens": 48, "veilnet": {"replicas": wanted},
         }
-        answer = _post(f"{api}/v1/chat/completions", body, "chat question")
+        answer = _request("POST", f"{api}/v1/chat/completions", "chat question", body)
         print(f"\nanswer: {answer['choices'][0]['message']['content']}", flush=True)
         print("verification report:\n" + format_report(answer["veilnet"]), flush=True)
     else:

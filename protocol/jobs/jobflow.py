@@ -463,7 +463,7 @@ class JobFlow:
 
     def _decide(self, now: float) -> list[Action]:
         if self._answered is not None:
-            return [self._finish(OutcomeStatus.OK, self._judged_against_answer(self._answered), "")]
+            return [self._finish_answered()]
         results = self._results()
         vote = self._vote(results, self._needed_now(len(results)))
         if vote.winners:
@@ -479,33 +479,42 @@ class JobFlow:
             return self._advance(now)
         return [self._finish(OutcomeStatus.NO_CONSENSUS, vote, self._disagreement_message(results))]
 
-    def _finish_at_deadline(self) -> Finished:
+    def _finish_answered(self) -> Finished:
+        """The answer given stands; the results that came after it are judged against it."""
+        assert self._answered is not None
+        return self._finish(OutcomeStatus.OK, self._judged_against_answer(self._answered), "")
+
+    def _finish_on_held(self) -> Finished | None:
+        """The job ends before everyone revealed: finish on what is held if that decides it (an
+        answer given, a majority cluster, or enough results that disagree), else None."""
         if self._answered is not None:
-            return self._finish(OutcomeStatus.OK, self._judged_against_answer(self._answered), "")
+            return self._finish_answered()
         results = self._results()
-        if results:
-            vote = self._vote(results, self._needed_now(len(results)))
-            if vote.winners:
-                return self._finish(OutcomeStatus.OK, vote, "")
-            if len(results) >= self.needed:
-                return self._finish(OutcomeStatus.NO_CONSENSUS, vote, self._disagreement_message(results))
+        if not results:
+            return None
+        vote = self._vote(results, self._needed_now(len(results)))
+        if vote.winners:
+            return self._finish(OutcomeStatus.OK, vote, "")
+        if len(results) >= self.needed:
+            return self._finish(OutcomeStatus.NO_CONSENSUS, vote, self._disagreement_message(results))
+        return None
+
+    def _finish_at_deadline(self) -> Finished:
+        held = self._finish_on_held()
+        if held is not None:
+            return held
         return self._finish(
             OutcomeStatus.DEADLINE,
             VoteResult(),
-            f"deadline passed with {len(results)} of {self.needed} needed results",
+            f"deadline passed with {len(self._results())} of {self.needed} needed results",
         )
 
     def _finish_unavailable(self) -> Finished:
-        if self._answered is not None:
-            return self._finish(OutcomeStatus.OK, self._judged_against_answer(self._answered), "")
-        results = self._results()
-        if results:  # everything else failed, but what we hold may still carry a majority
-            vote = self._vote(results, self._needed_now(len(results)))
-            if vote.winners:
-                return self._finish(OutcomeStatus.OK, vote, "")
-            if len(results) >= self.needed:
-                return self._finish(OutcomeStatus.NO_CONSENSUS, vote, self._disagreement_message(results))
-        return self._finish(OutcomeStatus.UNAVAILABLE, VoteResult(), self._shortfall_message(results))
+        """Everyone left to ask failed; what we hold may still carry a majority."""
+        held = self._finish_on_held()
+        if held is not None:
+            return held
+        return self._finish(OutcomeStatus.UNAVAILABLE, VoteResult(), self._shortfall_message(self._results()))
 
     def _shortfall_message(self, results: Mapping[bytes, Any]) -> str:
         if not self._attempts:
