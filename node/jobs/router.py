@@ -43,7 +43,7 @@ import trio
 
 from node import timeline
 from node.jobs.chat_flow import ChatFlow
-from node.jobs.chat_stream import ChatStream, StreamEvent, StreamFailed
+from node.jobs.chat_stream import STALL_S, ChatStream, StreamEvent, StreamFailed
 from node.jobs.errors import RouterError, RouterErrorCode
 from node.jobs.frames import EndOfStream
 from node.jobs.links import Broken, JobLink, LinkPool
@@ -124,17 +124,19 @@ class RouterSettings:
     open_stream_timeout_s: float = 5.0
     deadline_margin_s: float = 0.25  # the flow finishes this much before the caller's deadline
     answer_at_majority: bool = True  # embeddings: answer once a majority of the quorum agrees
+    stream_stall_s: float = STALL_S  # live chat: a primary silent this long after a chunk has stalled
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any]) -> RouterSettings:
         """Read ``[extra]`` keys ``replicas``, ``mode``, ``spot_check_probability``, ``deadline_s``,
         ``commit_timeout_s``, ``reveal_timeout_s``, ``challenge``, ``max_tokens_default``, ``escalate``,
-        ``answer_at_majority`` (all optional)."""
+        ``answer_at_majority``, ``stream_stall_s`` (all optional)."""
         kwargs: dict[str, Any] = {}
         for key, kind in (
             ("replicas", int), ("spot_check_probability", (int, float)), ("deadline_s", (int, float)),
             ("commit_timeout_s", (int, float)), ("reveal_timeout_s", (int, float)), ("challenge", bool),
             ("max_tokens_default", int), ("escalate", bool), ("answer_at_majority", bool),
+            ("stream_stall_s", (int, float)),
         ):
             if key in extra:
                 value = extra[key]
@@ -152,8 +154,9 @@ class RouterSettings:
             raise ValueError("replicas must be 1..15")
         if not 0.0 <= self.spot_check_probability <= 1.0:
             raise ValueError("spot_check_probability must be within [0, 1]")
-        if self.deadline_s <= 0 or self.commit_timeout_s <= 0 or self.reveal_timeout_s <= 0:
-            raise ValueError("timeouts must be positive")
+        timeouts = (self.deadline_s, self.commit_timeout_s, self.reveal_timeout_s, self.stream_stall_s)
+        if not all(math.isfinite(t) and t > 0 for t in timeouts):
+            raise ValueError("timeouts must be positive and finite")
 
 
 @dataclass
@@ -324,7 +327,8 @@ class Router:
                 return
             stream = ChatStream(
                 self.run_phase, self.reports, self.standing, sub, report, release=release,
-                commit_timeout_s=self.settings.commit_timeout_s, clock=self._clock, retry=retry,
+                commit_timeout_s=self.settings.commit_timeout_s, stall_s=self.settings.stream_stall_s,
+                clock=self._clock, retry=retry,
             )
             await stream.run(out)
 

@@ -36,7 +36,7 @@ class _SmolCluster(Cluster):
     def _overrides(self, index: int, config: NodeConfig) -> NodeConfig:
         config = super()._overrides(index, config)
         # Generous timeouts: three node processes share two cores with other tests.
-        extra = {"commit_timeout_s": 30, "reveal_timeout_s": 10, "deadline_s": 120}
+        extra = {"commit_timeout_s": 30, "reveal_timeout_s": 10, "deadline_s": 120, "stream_stall_s": 30}
         return replace(config, models=(str(self.model_dir),), extra=extra)
 
 
