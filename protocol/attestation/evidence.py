@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from protocol.attestation import allowlist
+
 
 class EvidenceKind(StrEnum):
     SIMULATED = "simulated"
@@ -81,6 +83,25 @@ class EvidenceVerdict:
     @classmethod
     def refused(cls, kind: str, reason: Reason, detail: str, **claims: Any) -> EvidenceVerdict:
         return cls(kind=kind, ok=False, reasons=(reason,), detail=detail, **claims)
+
+
+def refused_before_reading(
+    kind: EvidenceKind, label: str, now: object, policy: Mapping[str, Any], known_keys: frozenset[str]
+) -> EvidenceVerdict | None:
+    """What every hardware verifier refuses before it reads a byte of evidence: a verification time
+    that is not an integer, and a policy key it does not know (a typo in a security policy must not
+    silently mean "default")."""
+    if isinstance(now, bool) or not isinstance(now, int):
+        return EvidenceVerdict.refused(
+            kind.value, Reason.MALFORMED, "verification time must be an integer", label=label
+        )
+    try:
+        allowlist.check_keys(policy, known_keys, kind.value)
+    except allowlist.PolicyError as exc:
+        return EvidenceVerdict.refused(
+            kind.value, Reason.POLICY_VIOLATION, f"bad [{kind.value}] policy: {exc}", label=label
+        )
+    return None
 
 
 class EvidenceVerifier(Protocol):

@@ -36,7 +36,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from protocol.attestation import allowlist, der
-from protocol.attestation.evidence import Evidence, EvidenceKind, EvidenceVerdict, Reason
+from protocol.attestation.evidence import (
+    Evidence,
+    EvidenceKind,
+    EvidenceVerdict,
+    Reason,
+    refused_before_reading,
+)
 from protocol.attestation.issuer_links import verify_issued_by
 from protocol.attestation.nvidia_rim import Rim, RimError, parse_rim
 from protocol.attestation.roots import fingerprint, nvidia_device_root
@@ -162,14 +168,9 @@ class NvidiaGpuVerifier:
         now: int,
     ) -> EvidenceVerdict:
         kind = EvidenceKind.NVIDIA_GPU.value
-        if isinstance(now, bool) or not isinstance(now, int):
-            return EvidenceVerdict.refused(
-                kind, Reason.MALFORMED, "verification time must be an integer", label=LABEL
-            )
-        try:
-            allowlist.check_keys(policy, POLICY_KEYS, "nvidia-gpu")
-        except allowlist.PolicyError as exc:
-            return EvidenceVerdict.refused(kind, Reason.POLICY_VIOLATION, str(exc), label=LABEL)
+        refused = refused_before_reading(EvidenceKind.NVIDIA_GPU, LABEL, now, policy, POLICY_KEYS)
+        if refused is not None:
+            return refused
         try:
             transcript = parse_transcript(evidence.data)
         except SpdmFormatError as exc:

@@ -29,7 +29,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from protocol.attestation import allowlist, der
-from protocol.attestation.evidence import Evidence, EvidenceKind, EvidenceVerdict, Reason
+from protocol.attestation.evidence import (
+    Evidence,
+    EvidenceKind,
+    EvidenceVerdict,
+    Reason,
+    refused_before_reading,
+)
 from protocol.attestation.issuer_links import verify_issued_by
 from protocol.attestation.roots import AMD_PRODUCTS, amd_chain, fingerprint
 from protocol.attestation.snp_report import (
@@ -154,14 +160,9 @@ class SevSnpVerifier:
         now: int,
     ) -> EvidenceVerdict:
         kind = EvidenceKind.SEV_SNP.value
-        if isinstance(now, bool) or not isinstance(now, int):
-            return EvidenceVerdict.refused(
-                kind, Reason.MALFORMED, "verification time must be an integer", label=LABEL
-            )
-        try:
-            allowlist.check_keys(policy, POLICY_KEYS, "sev-snp")
-        except allowlist.PolicyError as exc:
-            return EvidenceVerdict.refused(kind, Reason.POLICY_VIOLATION, str(exc), label=LABEL)
+        refused = refused_before_reading(EvidenceKind.SEV_SNP, LABEL, now, policy, POLICY_KEYS)
+        if refused is not None:
+            return refused
         try:
             report = parse_report(evidence.data)
         except ReportFormatError as exc:

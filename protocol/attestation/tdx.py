@@ -37,7 +37,13 @@ from protocol.attestation import allowlist
 from protocol.attestation.allowlist import report_data_problem
 from protocol.attestation.ccel import CcEvent, EventLogError, parse_event_log, replay_rtmrs
 from protocol.attestation.dstack_eventlog import looks_like_json, parse_json_event_log, runtime_events
-from protocol.attestation.evidence import Evidence, EvidenceKind, EvidenceVerdict, Reason
+from protocol.attestation.evidence import (
+    Evidence,
+    EvidenceKind,
+    EvidenceVerdict,
+    Reason,
+    refused_before_reading,
+)
 from protocol.attestation.roots import intel_sgx_root_der
 from protocol.attestation.tdx_collateral import CollateralError, CollateralInfo, parse_collateral
 from protocol.attestation.tdx_quote import (
@@ -225,12 +231,10 @@ class TdxVerifier:
         now: int,
     ) -> EvidenceVerdict:
         kind = EvidenceKind.TDX.value
-        if isinstance(now, bool) or not isinstance(now, int):
-            return EvidenceVerdict.refused(
-                kind, Reason.MALFORMED, "verification time must be an integer", label=LABEL
-            )
+        refused = refused_before_reading(EvidenceKind.TDX, LABEL, now, policy, POLICY_KEYS)
+        if refused is not None:
+            return refused
         try:
-            allowlist.check_keys(policy, POLICY_KEYS, "tdx")
             allowed_statuses(policy)
             return self._verify(evidence, expected_report_data, policy, now)
         except allowlist.PolicyError as exc:
