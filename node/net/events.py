@@ -13,10 +13,32 @@ import trio
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.peer.id import ID
 
-__all__ = ["PeerEvents"]
+__all__ = ["PeerEvents", "QuietNotifee"]
 
 
-class PeerEvents(INotifee):
+class QuietNotifee(INotifee):
+    """Ignores every swarm event; a notifee subclasses it and overrides only the events it wants."""
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        return None
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        return None
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+class PeerEvents(QuietNotifee):
     """Sends the peer id of each connection that opens (``on="connected"``) or closes
     (``on="disconnected"``) to ``send``."""
 
@@ -37,15 +59,3 @@ class PeerEvents(INotifee):
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         if self._on == "disconnected":
             self._forward(conn)
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None
-
-    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None

@@ -11,12 +11,12 @@ import time
 import weakref
 from collections.abc import Callable
 
-import multiaddr
-from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import IHost, INetConn, INetwork
 
 from node.metrics import Metrics
 from node.net.admission import ConnectionAdmission
 from node.net.boundary import StreamBoundary
+from node.net.events import QuietNotifee
 from node.net.limits import LimitSettings, ResourceManager
 from node.net.scoring import PeerScores
 
@@ -63,24 +63,9 @@ def guard_of(host: IHost) -> NetGuard | None:
     return _guards.get(host)
 
 
-class _Disconnects(INotifee):
+class _Disconnects(QuietNotifee):
     def __init__(self, on_disconnected: Callable[[INetConn], None]) -> None:
         self._on_disconnected = on_disconnected
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         self._on_disconnected(conn)
-
-    async def connected(self, network: INetwork, conn: INetConn) -> None:
-        return None
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None
-
-    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None

@@ -103,15 +103,9 @@ class EmbeddingRuntime(ModelRuntime):
         self.chunk_size = chunk_size
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-            self._model = AutoModel.from_pretrained(
-                str(self.path),
-                local_files_only=True,
-                dtype=torch.float32,
-                attn_implementation="sdpa",
-                use_safetensors=True,
-            ).eval()
         except (OSError, ValueError, KeyError) as exc:
             raise UnsupportedModel(f"cannot load {self.path}: {exc}") from None
+        self._model = torch_env.load_local_model(AutoModel, self.path)
         self.max_seq_length = self._resolve_max_length()
         self.dim = int(self._model.config.hidden_size)
         self._lock = threading.Lock()

@@ -40,7 +40,7 @@ from transformers import AutoModelForCausalLM
 
 from node.runtime import torch_env
 from node.runtime.base import Capability, EngineIdentity, ModelRuntime, Task
-from node.runtime.errors import InvalidInput, UnsupportedModel
+from node.runtime.errors import InvalidInput
 from node.runtime.prompts import Prompt, PromptEncoder, TextDeltas, check_prompt_size, prompt_bytes
 
 __all__ = [
@@ -174,16 +174,7 @@ class ChatRuntime(ModelRuntime):
         self.model_id = model_id
         self.name = name or self.path.name
         self.prompts = PromptEncoder(self.path)
-        try:
-            self._model = AutoModelForCausalLM.from_pretrained(
-                str(self.path),
-                local_files_only=True,
-                dtype=torch.float32,
-                attn_implementation="sdpa",
-                use_safetensors=True,
-            ).eval()
-        except (OSError, ValueError, KeyError) as exc:
-            raise UnsupportedModel(f"cannot load {self.path}: {exc}") from None
+        self._model = torch_env.load_local_model(AutoModelForCausalLM, self.path)
         self.vocab_size = self.prompts.vocab_size
         self.context_length = self.prompts.context_length
         self.max_prompt_bytes = self.prompts.max_prompt_bytes

@@ -10,6 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from pathlib import Path
+from typing import Any
+
+from node.runtime.errors import UnsupportedModel
 
 
 def enforce_offline() -> None:
@@ -58,3 +62,21 @@ def configure_torch(threads: int | None = None) -> int:
             torch.set_num_threads(threads)
             _configured = threads
         return threads
+
+
+def load_local_model(auto_class: Any, path: Path) -> Any:
+    """A Hugging Face model from the files in ``path`` only (never a hub; safetensors, fp32, SDPA
+    attention), in eval mode. A directory it cannot load is ``UnsupportedModel``."""
+    import torch
+
+    try:
+        model = auto_class.from_pretrained(
+            str(path),
+            local_files_only=True,
+            dtype=torch.float32,
+            attn_implementation="sdpa",
+            use_safetensors=True,
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise UnsupportedModel(f"cannot load {path}: {exc}") from None
+    return model.eval()
