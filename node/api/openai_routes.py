@@ -73,6 +73,21 @@ log = logging.getLogger("veilnet.api")
 _SSE_CHARS = 16  # characters per streamed content delta ("after" release)
 
 
+def _input_problem(texts: object) -> str:
+    """Why embeddings ``input`` is refused; token ids get their own reason (clients such as
+    LangChain send the ids of their own tokenizer, which mean nothing to the model)."""
+    message = "input must be a string or a non-empty array of strings"
+    token_ids = isinstance(texts, list) and texts and all(
+        isinstance(t, int) or (isinstance(t, list) and all(isinstance(i, int) for i in t)) for t in texts
+    )
+    if token_ids:
+        message += (
+            "; token ids are not accepted (a client's tokenizer is not the model's: send the text, e.g."
+            " LangChain's OpenAIEmbeddings with check_embedding_ctx_length=False)"
+        )
+    return message
+
+
 def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
     """The OpenAI-compatible routes, answered by ``jobs`` (installed by the composition root)."""
 
@@ -141,7 +156,7 @@ def routes(jobs: JobService, registry: Registry) -> list[BaseRoute]:
             if isinstance(texts, str):
                 texts = [texts]
             if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-                raise bad("input must be a string or a non-empty array of strings", "input")
+                raise bad(_input_problem(texts), "input")
             encoding = body.get("encoding_format", "float")
             if encoding not in ("float", "base64"):
                 raise bad("encoding_format must be float or base64", "encoding_format")

@@ -139,6 +139,15 @@ def test_parameters_are_typed_as_openai_types_them(client: openai.OpenAI, api: s
     assert a.choices[0].message.content == b.choices[0].message.content
 
 
+def test_embeddings_input_of_token_ids_is_a_400_that_says_to_send_text(client: openai.OpenAI) -> None:
+    for token_ids in ([9906, 1917], [[9906, 1917], [36, 77]]):  # what LangChain sends by default
+        body = _raises(openai.BadRequestError, 400, client.embeddings.create, model=EMBED, input=token_ids)
+        assert body["param"] == "input"
+        assert "token ids are not accepted" in body["message"], body
+    body = _raises(openai.BadRequestError, 400, client.embeddings.create, model=EMBED, input=[])
+    assert "token ids" not in body["message"]
+
+
 def test_embeddings_usage_counts_tokens(client: openai.OpenAI) -> None:
     answer = client.embeddings.create(model=EMBED, input=["hello world", "enclaves"])
     # [CLS] hello world [SEP] + [CLS] en ##cl ##aves [SEP]: at least 4 + 3 tokens
